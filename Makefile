@@ -1,0 +1,22 @@
+# `make run`: set up .venv (once) and run the pipeline on params.yaml.
+# `make test`: set up .venv (once) and run the whole test suite.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test bench
+
+$(INSTALLED): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(INSTALLED)
+
+run: $(INSTALLED)
+	dvc repro
+
+test: $(INSTALLED)
+	$(PYTHON) -m pytest
+
+bench: $(INSTALLED)
+	$(PYTHON) benchmarks/run_pipeline.py

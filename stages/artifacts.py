@@ -1,0 +1,115 @@
+"""Conversion between gps_core objects and the datasets of the HDF5 artifacts.
+
+Dataset names and shapes are documented in docs/artifacts.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gps_core.gmm import GMM
+from gps_core.lingauss import LinearGaussianPolicy
+from gps_core.lqr import Dynamics, QuadraticCost
+from stages.h5io import UserError
+
+CONTROLLER_FIELDS = ("K", "k", "pol_covar")
+
+
+def controllers_to_datasets(pols: list[LinearGaussianPolicy]) -> dict[str, np.ndarray]:
+    return {
+        "K": np.stack([p.K for p in pols]),
+        "k": np.stack([p.k for p in pols]),
+        "pol_covar": np.stack([p.covar for p in pols]),
+    }
+
+
+def controllers_from_datasets(data: dict[str, np.ndarray], path: str = "") -> list[LinearGaussianPolicy]:
+    K, k, covar = data["K"], data["k"], data["pol_covar"]
+    if K.ndim != 4 or k.shape != K.shape[:3] or covar.shape != K.shape[:3] + (K.shape[2],):
+        raise UserError(f"{path}: K [M,T,dU,dX], k [M,T,dU], pol_covar [M,T,dU,dU] have inconsistent shapes")
+    return [LinearGaussianPolicy(K=K[m], k=k[m], covar=covar[m]) for m in range(K.shape[0])]
+
+
+def gmms_to_datasets(prefix: str, gmms: list[GMM | None]) -> dict[str, np.ndarray]:
+    if any(g is None for g in gmms):
+        return {}
+    return {
+        f"{prefix}/gmm_mu": np.stack([g.mu for g in gmms]),
+        f"{prefix}/gmm_sigma": np.stack([g.sigma for g in gmms]),
+        f"{prefix}/gmm_logmass": np.stack([g.logmass for g in gmms]),
+        f"{prefix}/gmm_n_init": np.array([g.n_init for g in gmms], dtype=np.int64),
+    }
+
+
+def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int) -> list[GMM | None]:
+    if f"{prefix}/gmm_mu" not in data:
+        return [None] * M
+    return [
+        GMM(
+            mu=data[f"{prefix}/gmm_mu"][m],
+            sigma=data[f"{prefix}/gmm_sigma"][m],
+            logmass=data[f"{prefix}/gmm_logmass"][m],
+            n_init=int(data[f"{prefix}/gmm_n_init"][m]),
+        )
+        for m in range(M)
+    ]
+
+
+def dynamics_from_datasets(data: dict[str, np.ndarray]) -> list[Dynamics]:
+    return [
+        Dynamics(Fm=data["Fm"][m], fv=data["fv"][m], covar=data["dyn_covar"][m], x0mu=data["x0mu"][m], x0sigma=data["x0sigma"][m])
+        for m in range(data["Fm"].shape[0])
+    ]
+
+
+def costs_from_datasets(data: dict[str, np.ndarray]) -> list[QuadraticCost]:
+    return [QuadraticCost(Cm=data["Cm"][m], cv=data["cv"][m], cc=data["cc"][m]) for m in range(data["Cm"].shape[0])]
+
+
+def policy_to_datasets(params: Any, adam: Any | None, losses: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """PolicyParams (+ Adam state and S-step losses) -> datasets, attributes."""
+    data = {f"policy/W{i}": w for i, w in enumerate(params.weights)}
+    data.update({f"policy/b{i}": b for i, b in enumerate(params.biases)})
+    data.update({"policy/obs_scale": params.obs_scale, "policy/obs_bias": params.obs_bias, "policy/var": params.var})
+    attrs: dict[str, Any] = {"normalised": bool(params.normalised), "n_layers": len(params.weights)}
+    if adam is not None:
+        for i, (m1, m2) in enumerate(zip(adam.exp_avg, adam.exp_avg_sq)):
+            data[f"adam/exp_avg{i}"] = m1
+            data[f"adam/exp_avg_sq{i}"] = m2
+        attrs["adam_step"] = int(adam.step)
+    if losses is not None:
+        data["loss"] = losses
+    return data, attrs
+
+
+def policy_from_datasets(data: dict[str, np.ndarray], attrs: dict[str, Any], path: str = ""):
+    from gps_core.policy_net import PolicyParams
+
+    try:
+        n = int(attrs["n_layers"])
+        params = PolicyParams(
+            weights=[data[f"policy/W{i}"] for i in range(n)],
+            biases=[data[f"policy/b{i}"] for i in range(n)],
+            obs_scale=data["policy/obs_scale"],
+            obs_bias=data["policy/obs_bias"],
+            var=data["policy/var"],
+            normalised=bool(attrs["normalised"]),
+        )
+    except KeyError as exc:
+        raise UserError(f"{path}: policy dataset or attribute {exc.args[0]!r} is missing") from None
+    return params
+
+
+def adam_from_datasets(data: dict[str, np.ndarray], attrs: dict[str, Any]):
+    from gps_core.s_step import AdamState
+
+    if "adam_step" not in attrs:
+        return None
+    n = 2 * int(attrs["n_layers"])
+    return AdamState(
+        exp_avg=[data[f"adam/exp_avg{i}"] for i in range(n)],
+        exp_avg_sq=[data[f"adam/exp_avg_sq{i}"] for i in range(n)],
+        step=int(attrs["adam_step"]),
+    )

@@ -1,0 +1,480 @@
+"""`gps`: one command per MDGPS step, each reading and writing HDF5 artifacts.
+
+Each command takes its input and output files as options, so any stage can be
+rerun by hand on any artifacts; dvc.yaml (written by `gps pipeline`) chains
+them per iteration. Heavy imports (mujoco, torch) happen inside the commands
+that need them, so the other stages start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from stages import config as cfg
+from stages.h5io import UserError, read_artifact, write_artifact, write_json
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+_debug = {"on": False}
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read")
+ItrOpt = typer.Option(..., "--iteration", "-i", min=0, help="0-based iteration number")
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors")) -> None:
+    """MDGPS pipeline stages."""
+    _debug["on"] = debug
+
+
+def stage_command(name: str):
+    """Register a command: user errors print one line and exit 2."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                fn(*args, **kwargs)
+            except (UserError, FloatingPointError) as exc:
+                if _debug["on"]:
+                    raise
+                typer.echo(f"gps {name}: error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            typer.echo(f"gps {name}: done in {time.perf_counter() - start:.2f} s", err=True)
+
+        return app.command(name)(run)
+
+    return wrap
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# --------------------------------------------------------------------------- init
+
+
+@stage_command("init")
+def init(
+    params_path: Path = ParamsOpt,
+    controllers_out: Path = typer.Option(..., "--controllers-out"),
+    policy_out: Path = typer.Option(..., "--policy-out"),
+    step_out: Path = typer.Option(..., "--step-out"),
+) -> None:
+    """Initial local controllers (init_lqr), untrained network, step multipliers of 1."""
+    from gps_core.init_lqr import init_lqr
+    from gps_core.policy_net import init_policy
+    from stages.artifacts import controllers_to_datasets, policy_to_datasets
+
+    params = cfg.load_params(params_path)
+    sp = cfg.stage_params(params, "init")
+    sim = cfg.make_simulator(params)
+    T = int(cfg.get(params, "agent.T"))
+    x0 = sim.initial_states()
+    lqr_cfg = cfg.init_lqr_config(params)
+    pols = [init_lqr(x0[m], sim.dU, T, lqr_cfg) for m in range(sim.M)]
+    data = controllers_to_datasets(pols)
+    data["eta"] = np.ones(sim.M)
+    data["x0"] = x0
+    write_artifact(controllers_out, "init", 0, sp, data)
+    pol = init_policy(
+        int(cfg.get(params, "agent.obs_dim")),
+        sim.dU,
+        tuple(int(h) for h in cfg.get(params, "policy.hidden")),
+        float(cfg.get(params, "policy.init_var")),
+        int(cfg.get(params, "policy.init_seed")),
+    )
+    pdata, pattrs = policy_to_datasets(pol, None, None)
+    write_artifact(policy_out, "init", 0, sp, pdata, pattrs)
+    write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})
+
+
+# --------------------------------------------------------------------------- sample
+
+
+@stage_command("sample")
+def sample(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    controllers: Path = typer.Option(..., "--controllers", help="local controllers to sample (off-policy, or iteration 0)"),
+    policy: Path = typer.Option(..., "--policy", help="global policy to sample (on-policy, iteration > 0)"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Draw N samples per condition and evaluate their costs and cost expansions."""
+    from gps_core.costs import build_cost, expand_cost
+    from gps_core.noise import smoothed_noise
+    from gps_core.sampling import rollout_controllers, rollout_policy
+    from stages.artifacts import controllers_from_datasets, policy_from_datasets
+
+    params = cfg.load_params(params_path)
+    agent = cfg.get(params, "agent")
+    sim = cfg.make_simulator(params)
+    M, N, T = sim.M, int(agent["num_samples"]), int(agent["T"])
+    rng = cfg.stage_rng(params, iteration, "sample")
+    noise = smoothed_noise(
+        rng,
+        (M, N, T, sim.dU),
+        smooth=bool(agent["smooth_noise"]),
+        sigma=float(agent["smooth_noise_var"]),
+        renormalize=bool(agent["smooth_noise_renormalize"]),
+    )
+    on_policy = bool(cfg.get(params, "algorithm.sample_on_policy")) and iteration > 0
+    if on_policy:
+        pdata, pattrs = read_artifact(policy)
+        rollouts = rollout_policy(sim, policy_from_datasets(pdata, pattrs, str(policy)), noise, int(agent["obs_dim"]))
+    else:
+        cdata, _ = read_artifact(controllers, ("K", "k", "pol_covar"))
+        pols = controllers_from_datasets(cdata, str(controllers))
+        if len(pols) != M or pols[0].T != T:
+            raise UserError(f"{controllers}: controllers for {len(pols)} conditions x {pols[0].T} steps, params need {M} x {T}")
+        rollouts = rollout_controllers(sim, pols, noise)
+    X, U, J = rollouts.X, rollouts.U, rollouts.ee_jac
+    cost = build_cost(cfg.get(params, "cost"))
+    terms = cost.evaluate(X.reshape(M * N, T, -1), U.reshape(M * N, T, -1), J.reshape(M * N, T, *J.shape[3:]))
+    expansions = []
+    for m in range(M):
+        sl = slice(m * N, (m + 1) * N)
+        sub = type(terms)(*(a[sl] for a in (terms.l, terms.lx, terms.lu, terms.lxx, terms.luu, terms.lux)))
+        expansions.append(expand_cost(sub, X[m], U[m]))
+    data = {
+        "X": X,
+        "U": U,
+        "obs": X[..., : int(agent["obs_dim"])],
+        "noise": noise,
+        "ee_jac": J,
+        "cost": terms.l.reshape(M, N, T),
+        "Cm": np.stack([e.Cm for e in expansions]),
+        "cv": np.stack([e.cv for e in expansions]),
+        "cc": np.stack([e.cc for e in expansions]),
+    }
+    write_artifact(out, "sample", iteration, cfg.stage_params(params, "sample"), data, {"on_policy": on_policy})
+    _log(f"iteration {iteration}: mean sample cost {data['cost'].sum(-1).mean():.3f} ({'policy' if on_policy else 'controllers'})")
+
+
+# --------------------------------------------------------------------------- fit-dynamics
+
+
+@stage_command("fit-dynamics")
+def fit_dynamics_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples"),
+    prev: Optional[Path] = typer.Option(None, "--prev", help="previous iteration's dynamics.h5 (prior buffer and GMM)"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Per-time-step linear-Gaussian dynamics with the GMM prior, and the initial-state Gaussian."""
+    from gps_core.dynamics import DynamicsPrior, fit_dynamics, fit_initial_state, update_dynamics_prior
+    from stages.artifacts import gmms_from_datasets, gmms_to_datasets
+
+    params = cfg.load_params(params_path)
+    dyn_params = cfg.get(params, "dynamics")
+    prior_cfg = cfg.prior_config(dyn_params["prior"])
+    sdata, _ = read_artifact(samples, ("X", "U"))
+    X, U = sdata["X"], sdata["U"]
+    M = X.shape[0]
+    priors: list[DynamicsPrior | None] = [None] * M
+    if prev is not None:
+        pdata, _ = read_artifact(prev, ("prior/X", "prior/U"))
+        gmms = gmms_from_datasets("prior", pdata, M)
+        priors = [DynamicsPrior(X=pdata["prior/X"][m], U=pdata["prior/U"][m], gmm=gmms[m]) for m in range(M)]
+    rng = cfg.stage_rng(params, iteration, "fit_dynamics")
+    out_data: dict[str, list] = {k: [] for k in ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma", "prior/X", "prior/U")}
+    new_priors = []
+    for m in range(M):
+        prior = update_dynamics_prior(priors[m], X[m], U[m], prior_cfg, rng)
+        Fm, fv, W = fit_dynamics(X[m], U[m], prior, prior_cfg.strength, float(dyn_params["regularization"]))
+        x0mu, x0sigma = fit_initial_state(X[m], prior, float(cfg.get(params, "algorithm.initial_state_var")), prior_cfg.strength)
+        for key, value in zip(out_data, (Fm, fv, W, x0mu, x0sigma, prior.X, prior.U)):
+            out_data[key].append(value)
+        new_priors.append(prior)
+    data = {k: np.stack(v) for k, v in out_data.items()}
+    data.update(gmms_to_datasets("prior", [p.gmm for p in new_priors]))
+    write_artifact(out, "fit_dynamics", iteration, cfg.stage_params(params, "fit_dynamics"), data)
+
+
+# --------------------------------------------------------------------------- fit-policy
+
+
+@stage_command("fit-policy")
+def fit_policy_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples"),
+    policy: Path = typer.Option(..., "--policy", help="the current global policy"),
+    prev: Optional[Path] = typer.Option(None, "--prev", help="previous policy_lin.h5 (GMM warm start)"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Linearise the global policy at the current samples (regression with a GMM prior)."""
+    from gps_core.policy_lin import fit_policy_linearisation
+    from gps_core.policy_net import policy_mean
+    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, policy_from_datasets
+
+    params = cfg.load_params(params_path)
+    prior_cfg = cfg.prior_config(cfg.get(params, "policy_prior"))
+    sdata, _ = read_artifact(samples, ("X", "obs"))
+    pdata, pattrs = read_artifact(policy)
+    pol = policy_from_datasets(pdata, pattrs, str(policy))
+    X, O = sdata["X"], sdata["obs"]
+    M = X.shape[0]
+    gmms_prev = gmms_from_datasets("prior", read_artifact(prev)[0], M) if prev is not None else [None] * M
+    rng = cfg.stage_rng(params, iteration, "fit_policy")
+    U_pol = policy_mean(pol, O)
+    results = [fit_policy_linearisation(X[m], U_pol[m], pol.var, gmms_prev[m], prior_cfg, rng) for m in range(M)]
+    data = {
+        "K": np.stack([r[0] for r in results]),
+        "k": np.stack([r[1] for r in results]),
+        "pol_covar": np.stack([r[2] for r in results]),
+        "U_pol": U_pol,
+    }
+    data.update(gmms_to_datasets("prior", [r[3] for r in results]))
+    write_artifact(out, "fit_policy", iteration, cfg.stage_params(params, "fit_policy"), data)
+
+
+# --------------------------------------------------------------------------- adjust-step
+
+
+@stage_command("adjust-step")
+def adjust_step(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    prev_samples: Path = typer.Option(..., "--prev-samples"),
+    prev_dynamics: Path = typer.Option(..., "--prev-dynamics"),
+    prev_policy_lin: Path = typer.Option(..., "--prev-policy-lin"),
+    prev_controllers: Path = typer.Option(..., "--prev-controllers", help="previous C-step output"),
+    prev_step: Path = typer.Option(..., "--prev-step"),
+    samples: Path = typer.Option(..., "--samples"),
+    dynamics: Path = typer.Option(..., "--dynamics"),
+    policy_lin: Path = typer.Option(..., "--policy-lin"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """New step multipliers from predicted vs actual improvement (classic or global rule)."""
+    from gps_core.mdgps import new_step_mult, step_estimates
+    from stages.artifacts import controllers_from_datasets, costs_from_datasets, dynamics_from_datasets
+
+    params = cfg.load_params(params_path)
+    alg = cfg.get(params, "algorithm")
+    cost_prev = costs_from_datasets(read_artifact(prev_samples, ("Cm", "cv", "cc"))[0])
+    cost_cur = costs_from_datasets(read_artifact(samples, ("Cm", "cv", "cc"))[0])
+    dyn_prev = dynamics_from_datasets(read_artifact(prev_dynamics, ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma"))[0])
+    dyn_cur = dynamics_from_datasets(read_artifact(dynamics, ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma"))[0])
+    lin_prev = controllers_from_datasets(read_artifact(prev_policy_lin, ("K", "k", "pol_covar"))[0], str(prev_policy_lin))
+    lin_cur = controllers_from_datasets(read_artifact(policy_lin, ("K", "k", "pol_covar"))[0], str(policy_lin))
+    new_prev = controllers_from_datasets(read_artifact(prev_controllers, ("K", "k", "pol_covar"))[0], str(prev_controllers))
+    step_prev = read_artifact(prev_step, ("step_mult",))[0]["step_mult"]
+    M = len(new_prev)
+    rows = {k: np.zeros(M) for k in ("J_prev", "J_predicted", "J_actual", "predicted_improvement", "actual_improvement", "step_mult")}
+    for m in range(M):
+        est = step_estimates(alg["step_rule"], lin_prev[m], new_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m])
+        rows["J_prev"][m], rows["J_predicted"][m], rows["J_actual"][m] = est.prev, est.predicted, est.actual
+        rows["predicted_improvement"][m] = est.predicted_improvement
+        rows["actual_improvement"][m] = est.actual_improvement
+        rows["step_mult"][m] = new_step_mult(
+            est.predicted_improvement, est.actual_improvement, float(step_prev[m]),
+            float(alg["min_step_mult"]), float(alg["max_step_mult"]),
+        )
+    write_artifact(out, "adjust_step", iteration, cfg.stage_params(params, "adjust_step"), rows)
+    _log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
+
+
+# --------------------------------------------------------------------------- c-step
+
+
+@stage_command("c-step")
+def c_step_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples", help="cost expansion Cm, cv, cc"),
+    dynamics: Path = typer.Option(..., "--dynamics"),
+    policy_lin: Path = typer.Option(..., "--policy-lin", help="the KL reference: the global-policy linearisation"),
+    step: Path = typer.Option(..., "--step", help="step multipliers"),
+    prev_controllers: Path = typer.Option(..., "--prev-controllers", help="previous controllers (η warm start)"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """KL-constrained LQR against the policy linearisation, one controller per condition."""
+    from gps_core.lqr import c_step
+    from stages.artifacts import controllers_from_datasets, controllers_to_datasets, costs_from_datasets, dynamics_from_datasets
+
+    params = cfg.load_params(params_path)
+    costs = costs_from_datasets(read_artifact(samples, ("Cm", "cv", "cc"))[0])
+    dyns = dynamics_from_datasets(read_artifact(dynamics, ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma"))[0])
+    lins = controllers_from_datasets(read_artifact(policy_lin, ("K", "k", "pol_covar"))[0], str(policy_lin))
+    step_mult = read_artifact(step, ("step_mult",))[0]["step_mult"]
+    eta_prev = read_artifact(prev_controllers, ("eta",))[0]["eta"]
+    topt = cfg.traj_opt_config(params)
+    T = lins[0].T
+    kl_step = float(cfg.get(params, "algorithm.kl_step"))
+    results = []
+    for m in range(len(lins)):
+        res = c_step(costs[m], lins[m], dyns[m], kl_step * float(step_mult[m]) * T, float(eta_prev[m]), topt)
+        if not res.converged:
+            _log(
+                f"iteration {iteration}: condition {m}: dual search did not converge in {res.dual_iterations} rounds "
+                f"(KL {res.kl:.3f}, bound {res.kl_bound:.3f})"
+            )
+        results.append(res)
+    data = controllers_to_datasets([r.policy for r in results])
+    data.update(
+        eta=np.array([r.eta for r in results]),
+        kl_step=np.array([r.kl_bound for r in results]),
+        kl=np.array([r.kl for r in results]),
+        converged=np.array([r.converged for r in results]),
+        dual_iterations=np.array([r.dual_iterations for r in results]),
+    )
+    write_artifact(out, "c_step", iteration, cfg.stage_params(params, "c_step"), data)
+    _log(f"iteration {iteration}: KL {np.array2string(data['kl'], precision=2)} / bound {np.array2string(data['kl_step'], precision=2)}")
+
+
+# --------------------------------------------------------------------------- s-step
+
+
+@stage_command("s-step")
+def s_step_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples"),
+    controllers: Path = typer.Option(..., "--controllers", help="local controllers whose actions are the targets"),
+    policy: Path = typer.Option(..., "--policy", help="global policy (and Adam state) to continue from"),
+    out: Path = typer.Option(..., "--out"),
+    stream: str = typer.Option("s_step", "--stream", help="name of the random stream (catch_up for the iteration-0 catch-up)"),
+) -> None:
+    """Train the network on the local controllers' actions at the sampled states."""
+    from gps_core.mdgps import s_step_dataset
+    from gps_core.s_step import SStepConfig, train_policy
+    from stages.artifacts import adam_from_datasets, controllers_from_datasets, policy_from_datasets, policy_to_datasets
+
+    params = cfg.load_params(params_path)
+    pcfg = cfg.get(params, "policy")
+    sdata, _ = read_artifact(samples, ("X", "obs"))
+    pols = controllers_from_datasets(read_artifact(controllers, ("K", "k", "pol_covar"))[0], str(controllers))
+    pdata, pattrs = read_artifact(policy)
+    net = policy_from_datasets(pdata, pattrs, str(policy))
+    adam = adam_from_datasets(pdata, pattrs)
+    obs, target, precision, weight = s_step_dataset(pols, sdata["X"], sdata["obs"])
+    scfg = SStepConfig(
+        iterations=int(pcfg["iterations"]),
+        batch_size=int(pcfg["batch_size"]),
+        lr=float(pcfg["lr"]),
+        weight_decay=float(pcfg["weight_decay"]),
+        ent_reg=float(pcfg["ent_reg"]),
+    )
+    rng = cfg.stage_rng(params, iteration, stream)
+    net, adam, losses = train_policy(net, adam, obs, target, precision, weight, scfg, rng)
+    data, attrs = policy_to_datasets(net, adam, losses)
+    write_artifact(out, stream, iteration, cfg.stage_params(params, "s_step"), data, attrs)
+    _log(f"iteration {iteration}: S-step loss {losses[:50].mean():.4f} -> {losses[-50:].mean():.4f}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@stage_command("evaluate")
+def evaluate(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    policy: Path = typer.Option(..., "--policy"),
+    samples: Path = typer.Option(..., "--samples"),
+    controllers: Path = typer.Option(..., "--controllers", help="this iteration's C-step output"),
+    step: Path = typer.Option(..., "--step", help="this iteration's step multipliers"),
+    out: Path = typer.Option(..., "--out"),
+    metrics: Path = typer.Option(..., "--metrics"),
+) -> None:
+    """One noise-free rollout of the global policy per condition; distance to the target."""
+    from gps_core.sampling import rollout_policy
+    from stages.artifacts import policy_from_datasets
+
+    params = cfg.load_params(params_path)
+    agent, ev = cfg.get(params, "agent"), cfg.get(params, "evaluation")
+    sim = cfg.make_simulator(params)
+    pdata, pattrs = read_artifact(policy)
+    net = policy_from_datasets(pdata, pattrs, str(policy))
+    T = int(agent["T"])
+    r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]))
+    X, U = r.X[:, 0], r.U[:, 0]
+    target = np.asarray(ev["target"], dtype=float)
+    start = int(ev["point_start"])
+    dist = np.linalg.norm(X[:, -1, start : start + len(target)] - target, axis=-1)
+    write_artifact(out, "evaluate", iteration, cfg.stage_params(params, "evaluate"), {"X": X, "U": U, "final_distance": dist})
+    sample_cost = read_artifact(samples, ("cost",))[0]["cost"].sum(-1).mean(-1)
+    cdata = read_artifact(controllers, ("kl", "kl_step", "eta"))[0]
+    step_mult = read_artifact(step, ("step_mult",))[0]["step_mult"]
+    per_cond = lambda a: {f"c{m}": float(v) for m, v in enumerate(a)}  # noqa: E731
+    result = {
+        "iteration": iteration + 1,
+        "final_distance": float(dist.mean()),
+        "sample_cost": float(sample_cost.mean()),
+        "kl": float(cdata["kl"].mean()),
+        "kl_bound": float(cdata["kl_step"].mean()),
+        "eta": float(np.exp(np.log(cdata["eta"]).mean())),
+        "step_mult": float(step_mult.mean()),
+        "per_condition": {
+            "final_distance": per_cond(dist),
+            "sample_cost": per_cond(sample_cost),
+            "kl": per_cond(cdata["kl"]),
+            "eta": per_cond(cdata["eta"]),
+            "step_mult": per_cond(step_mult),
+        },
+    }
+    for tau in ev.get("success_thresholds", []):
+        result[f"success_{tau:g}"] = float(np.mean(dist < float(tau)))
+    write_json(metrics, result)
+    _log(f"iteration {iteration}: final distance {np.array2string(dist, precision=3)} (mean {dist.mean():.3f})")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@stage_command("summary")
+def summary(
+    params_path: Path = ParamsOpt,
+    metrics: list[Path] = typer.Argument(..., help="per-iteration metrics.json files, in order"),
+    out: Path = typer.Option(..., "--out", help="summary metrics JSON (last iteration)"),
+    curve: Path = typer.Option(..., "--curve", help="learning curve CSV, one row per iteration"),
+    dvc_yaml: Path = typer.Option(Path("dvc.yaml"), "--dvc-yaml", help="pipeline to check against params.yaml"),
+) -> None:
+    """Learning curve over iterations; fails if dvc.yaml is out of sync with params.yaml."""
+    import json
+
+    from stages.pipeline import check_in_sync
+
+    params = cfg.load_params(params_path)
+    check_in_sync(params, params_path, dvc_yaml)
+    rows = []
+    for path in metrics:
+        if not path.exists():
+            raise UserError(f"{path}: file not found")
+        rows.append(json.loads(path.read_text()))
+    columns = ["iteration"] + [k for k in rows[0] if k not in ("iteration", "per_condition")]
+    lines = [",".join(columns)] + [",".join(f"{row[c]:.6g}" if c != "iteration" else str(row[c]) for c in columns) for row in rows]
+    curve.parent.mkdir(parents=True, exist_ok=True)
+    tmp = curve.with_name(f".{curve.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(curve)
+    final = {k: v for k, v in rows[-1].items()}
+    write_json(out, final)
+
+
+@app.command("pipeline")
+def pipeline_cmd(
+    params_path: Path = ParamsOpt,
+    out: Path = typer.Option(Path("dvc.yaml"), "--out"),
+) -> None:
+    """Write dvc.yaml for the number of iterations in params.yaml."""
+    from stages.pipeline import write_pipeline
+
+    try:
+        write_pipeline(cfg.load_params(params_path), params_path, out)
+    except UserError as exc:
+        typer.echo(f"gps pipeline: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
