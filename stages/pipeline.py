@@ -30,7 +30,7 @@ def _itr(k: int) -> str:
 
 def _stage(cmd: list[str], deps: list[str], step: str, outs: list[str], params_file: str, **extra: Any) -> dict:
     stage: dict[str, Any] = {"cmd": " ".join(cmd), "deps": CODE_DEPS + deps}
-    keys = STAGE_PARAMS[step]
+    keys = list(STAGE_PARAMS[step])
     stage["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
     if outs:
         stage["outs"] = outs

@@ -1,0 +1,58 @@
+"""Time-varying linear-Gaussian linearisation of the global policy (ALGORITHM §6, 'replace' mode).
+
+    π̄(u_t | x_t) = N(K_t x_t + k_t, S_t),   t = 0 … T−1
+
+Buffer = the current N samples only ('replace'; the 'add' mode is not implemented).
+Points y = [x_t; ū_t], ū = the network's mean action, pooled over all t and samples,
+are clustered by a GMM with K = max(2, min(max_clusters, ⌊N T / min_samples_per_cluster⌋))
+(warm start when K is unchanged). For each t the N points [x_{n,t}; ū_{n,t}] query the GMM
+for a Normal-inverse-Wishart prior and the joint Gaussian is conditioned on x
+(regression.gauss_fit_joint_prior), with 1e−8 added to every entry of the dX×dX x-block
+at t = 0 only (all samples share x0 there). Finally
+
+    S_t = conditional covariance_t + diag(pol_var).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gps_core.dynamics import PriorConfig
+from gps_core.gmm import GMM, fit_gmm, niw_prior, num_clusters
+from gps_core.regression import gauss_fit_joint_prior
+
+FIRST_STEP_REGULARIZATION = 1e-8
+
+
+def fit_policy_linearisation(
+    X: np.ndarray,
+    U_pol: np.ndarray,
+    pol_var: np.ndarray,
+    gmm_prev: GMM | None,
+    cfg: PriorConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, GMM]:
+    """Fit π̄ by per-time-step regression with a GMM prior.
+
+    X: [N, T, dX] sample states; U_pol: [N, T, dU] network mean actions at those states;
+    pol_var: [dU] network diagonal variance; gmm_prev: previous policy-prior GMM or None.
+    Returns K [T, dU, dX], k [T, dU], pol_covar [T, dU, dU], gmm (the refitted prior GMM).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    U_pol = np.asarray(U_pol, dtype=np.float64)
+    pol_var = np.asarray(pol_var, dtype=np.float64)
+    n_samples, T, dX = X.shape
+    dU = U_pol.shape[2]
+
+    points = np.concatenate([X, U_pol], axis=-1)  # [N, T, dX+dU]
+    data = points.reshape(n_samples * T, dX + dU)  # sample-major
+    n_clusters = num_clusters(n_samples * T, cfg.max_clusters, cfg.min_samples_per_cluster)
+    gmm = fit_gmm(data, n_clusters, rng, prev=gmm_prev)
+
+    per_step = np.swapaxes(points, 0, 1)  # [T, N, dX+dU]
+    mu0, Phi, m, n0 = niw_prior(gmm, per_step, cfg.strength)
+    reg = np.zeros(T)
+    reg[0] = FIRST_STEP_REGULARIZATION
+    gain, offset, cond_cov = gauss_fit_joint_prior(per_step, mu0, Phi, m, n0, reg, dX)
+    pol_covar = cond_cov + np.diag(pol_var)[None, :, :]
+    return gain, offset, pol_covar, gmm

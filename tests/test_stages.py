@@ -1,0 +1,188 @@
+"""Every `gps` command run through its CLI on small data, in pipeline order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stages.cli import app
+from stages.pipeline import render_pipeline
+
+from conftest import ROOT
+
+runner = CliRunner()
+
+M, N, T, dX, dU, dO = 2, 3, 30, 10, 2, 10
+
+
+def gps(*args: str) -> None:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def shapes(path: Path) -> dict[str, tuple]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj.shape) if isinstance(obj, h5py.Dataset) else None)
+        for key in ("schema_version", "stage", "iteration", "params"):
+            assert key in f.attrs, f"{path.name} lacks root attribute {key}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """Run two iterations of every stage by hand, as dvc.yaml would."""
+    from conftest import small_params
+
+    d = tmp_path_factory.mktemp("stages")
+    params = d / "params.yaml"
+    params.write_text(yaml.safe_dump(small_params()))
+    p = ["--params", params]
+    init = d / "init"
+    gps("init", *p, "--controllers-out", init / "controllers.h5", "--policy-out", init / "policy.h5",
+        "--step-out", init / "step.h5")
+    for k in range(2):
+        itr, prev = d / f"itr_{k:02d}", d / f"itr_{k - 1:02d}"
+        i = ["-i", k, *p]
+        prev_c = init / "controllers.h5" if k == 0 else prev / "controllers.h5"
+        prev_p = init / "policy.h5" if k == 0 else prev / "policy.h5"
+        gps("sample", *i, "--controllers", prev_c, "--policy", prev_p, "--out", itr / "samples.h5")
+        gps("fit-dynamics", *i, "--samples", itr / "samples.h5", *([] if k == 0 else ["--prev", prev / "dynamics.h5"]),
+            "--out", itr / "dynamics.h5")
+        if k == 0:
+            gps("s-step", *i, "--stream", "catch_up", "--samples", itr / "samples.h5", "--controllers", prev_c,
+                "--policy", prev_p, "--out", itr / "policy_catchup.h5")
+            policy_in = itr / "policy_catchup.h5"
+        else:
+            policy_in = prev_p
+        gps("fit-policy", *i, "--samples", itr / "samples.h5", "--policy", policy_in,
+            *([] if k == 0 else ["--prev", prev / "policy_lin.h5"]), "--out", itr / "policy_lin.h5")
+        step = init / "step.h5"
+        if k > 0:
+            step = itr / "step.h5"
+            gps("adjust-step", *i, "--prev-samples", prev / "samples.h5", "--prev-dynamics", prev / "dynamics.h5",
+                "--prev-policy-lin", prev / "policy_lin.h5", "--prev-controllers", prev_c, "--prev-step", init / "step.h5",
+                "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5", "--policy-lin", itr / "policy_lin.h5",
+                "--out", step)
+        gps("c-step", *i, "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5", "--policy-lin",
+            itr / "policy_lin.h5", "--step", step, "--prev-controllers", prev_c, "--out", itr / "controllers.h5")
+        gps("s-step", *i, "--samples", itr / "samples.h5", "--controllers", itr / "controllers.h5",
+            "--policy", policy_in, "--out", itr / "policy.h5")
+        gps("evaluate", *i, "--policy", itr / "policy.h5", "--samples", itr / "samples.h5", "--controllers",
+            itr / "controllers.h5", "--step", step, "--out", itr / "eval.h5", "--metrics", itr / "metrics.json")
+    return d
+
+
+def test_init_writes_controllers_policy_and_step(run_dir):
+    s = shapes(run_dir / "init" / "controllers.h5")
+    assert s["K"] == (M, T, dU, dX) and s["k"] == (M, T, dU) and s["pol_covar"] == (M, T, dU, dU) and s["eta"] == (M,)
+    assert shapes(run_dir / "init" / "step.h5")["step_mult"] == (M,)
+    assert shapes(run_dir / "init" / "policy.h5")["policy/var"] == (dU,)
+
+
+def test_sample_writes_documented_datasets(run_dir):
+    s = shapes(run_dir / "itr_00" / "samples.h5")
+    assert s["X"] == (M, N, T, dX) and s["U"] == (M, N, T, dU) and s["obs"] == (M, N, T, dO)
+    assert s["cost"] == (M, N, T) and s["noise"] == (M, N, T, dU)
+    assert s["Cm"] == (M, T, dX + dU, dX + dU) and s["cv"] == (M, T, dX + dU) and s["cc"] == (M, T)
+    with h5py.File(run_dir / "itr_01" / "samples.h5") as f:
+        assert bool(f.attrs["on_policy"])  # default params: on-policy after iteration 0
+        assert f.attrs["iteration"] == 1 and f.attrs["stage"] == "sample"
+        assert json.loads(f.attrs["params"])["algorithm.sample_on_policy"] is True
+
+
+def test_fit_dynamics_writes_model_and_prior(run_dir):
+    s = shapes(run_dir / "itr_01" / "dynamics.h5")
+    assert s["Fm"] == (M, T, dX, dX + dU) and s["fv"] == (M, T, dX) and s["dyn_covar"] == (M, T, dX, dX)
+    assert s["x0mu"] == (M, dX) and s["x0sigma"] == (M, dX, dX)
+    assert s["prior/X"][:2] == (M, 4)  # keeps max_samples - 1 = 4 of the 3 + 3 trajectories
+    assert "prior/gmm_mu" in s
+
+
+def test_fit_policy_and_c_step(run_dir):
+    s = shapes(run_dir / "itr_00" / "policy_lin.h5")
+    assert s["K"] == (M, T, dU, dX) and s["pol_covar"] == (M, T, dU, dU)
+    with h5py.File(run_dir / "itr_00" / "controllers.h5") as f:
+        kl, bound = f["kl"][()], f["kl_step"][()]
+        assert f["eta"].shape == (M,)
+    np.testing.assert_allclose(bound, 2.0 * 1.0 * T)  # kl_step * step_mult * T
+    assert np.all(np.abs(kl - bound) < 0.1 * bound) or np.all(kl <= bound)
+
+
+def test_adjust_step_within_bounds(run_dir):
+    with h5py.File(run_dir / "itr_01" / "step.h5") as f:
+        mult = f["step_mult"][()]
+        assert f["J_prev"].shape == (M,)
+    assert np.all((mult >= 0.4) & (mult <= 1.0))
+
+
+def test_s_step_and_evaluate(run_dir):
+    s = shapes(run_dir / "itr_01" / "policy.h5")
+    assert s["policy/W0"] == (40, dO) and s["loss"] == (60,)
+    with h5py.File(run_dir / "itr_01" / "policy.h5") as f:
+        assert f.attrs["adam_step"] == 3 * 60  # catch-up + two S-steps: Adam state persists
+    metrics = json.loads((run_dir / "itr_01" / "metrics.json").read_text())
+    assert metrics["iteration"] == 2 and metrics["final_distance"] > 0
+    assert shapes(run_dir / "itr_01" / "eval.h5")["X"] == (M, T, dX)
+
+
+def test_summary_checks_pipeline_sync(run_dir, tmp_path):
+    from conftest import small_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(small_params()))
+    dvc_yaml = tmp_path / "dvc.yaml"
+    metrics = [run_dir / "itr_00" / "metrics.json", run_dir / "itr_01" / "metrics.json"]
+    args = ["summary", "--params", params, "--out", tmp_path / "m.json", "--curve", tmp_path / "c.csv",
+            "--dvc-yaml", dvc_yaml, *metrics]
+    dvc_yaml.write_text("stages: {}\n")
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2 and "gps pipeline" in result.output
+    dvc_yaml.write_text(render_pipeline(yaml.safe_load(params.read_text())))
+    gps(*args)
+    lines = (tmp_path / "c.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "iteration" and {"final_distance", "sample_cost", "kl", "eta", "step_mult"} <= set(header)
+    assert len(lines) == 3 and lines[2].startswith("2,")
+
+
+def test_user_error_is_one_line_exit_2(tmp_path):
+    """Run as a real process: no traceback, one line naming the file."""
+    missing = tmp_path / "nope.h5"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "c-step", "-i", "0", "--params", str(ROOT / "params.yaml"),
+         "--samples", str(missing), "--dynamics", str(missing), "--policy-lin", str(missing), "--step", str(missing),
+         "--prev-controllers", str(missing), "--out", str(tmp_path / "out.h5")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "nope.h5" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_pipeline_in_sync_with_params():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert (ROOT / "dvc.yaml").read_text() == render_pipeline(params), "run `gps pipeline` after editing params.yaml"
+
+
+def test_pipeline_lists_each_stage_once_per_iteration():
+    doc = yaml.safe_load(render_pipeline({"iterations": 3}))
+    names = list(doc["stages"])
+    assert names[:3] == ["init", "sample_00", "fit_dynamics_00"]
+    for step in ("sample", "fit_dynamics", "fit_policy", "c_step", "s_step", "evaluate"):
+        assert [n for n in names if n.startswith(step + "_")] == [f"{step}_{k:02d}" for k in range(3)]
+    assert [n for n in names if n.startswith("adjust_step_")] == ["adjust_step_01", "adjust_step_02"]
+    assert names[-1] == "summary" and "catch_up" in names
+    # iteration-major: iteration 0 is evaluated before iteration 1 samples
+    assert names.index("evaluate_00") < names.index("sample_01")
+    # only the summary reads `iterations`; the S-step reads only its own params
+    assert doc["stages"]["summary"]["params"] == ["iterations"]
+    assert "kl_step" not in str(doc["stages"]["s_step_01"]["params"])
