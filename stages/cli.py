@@ -47,11 +47,18 @@ def stage_command(name: str):
                     raise
                 typer.echo(f"gps {name}: error: {exc}", err=True)
                 raise typer.Exit(2) from None
-            typer.echo(f"gps {name}: done in {time.perf_counter() - start:.2f} s", err=True)
+            typer.echo(f"gps {name}: done in {time.perf_counter() - start:.2f} s (process {_process_age():.2f} s)", err=True)
 
         return app.command(name)(run)
 
     return wrap
+
+
+def _process_age() -> float:
+    """Seconds since this process started, interpreter start-up and imports included."""
+    import psutil  # a DVC dependency
+
+    return time.time() - psutil.Process().create_time()
 
 
 def _log(msg: str) -> None:

@@ -1,0 +1,70 @@
+"""Time `dvc repro` of the default params.yaml from scratch, per stage kind.
+
+Clones the committed HEAD into a temporary folder (so the work tree is left
+alone), runs `dvc repro` there and reads the lines each stage prints:
+"gps <stage>: done in A s (process B s)" — A is time inside the stage's code,
+B the whole process (interpreter start-up and imports included). DVC's own
+overhead is the total wall time minus the summed process times.
+
+    python benchmarks/run_pipeline.py [--params FILE] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINE = re.compile(r"gps (\S+): done in ([\d.]+) s \(process ([\d.]+) s\)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, help="params.yaml to use instead of the committed one")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    args = ap.parse_args()
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    ws = Path(tempfile.mkdtemp(prefix="mdgps-bench-"))
+    try:
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(ws / "repo")], check=True)
+        repo = ws / "repo"
+        if args.params:
+            shutil.copy(args.params, repo / "params.yaml")
+            subprocess.run([str(bin_dir / "gps"), "pipeline"], cwd=repo, env=env, check=True, capture_output=True)
+        start = time.perf_counter()
+        proc = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        inside, process, count = defaultdict(float), defaultdict(float), defaultdict(int)
+        for stage, a, b in LINE.findall(proc.stdout + proc.stderr):
+            inside[stage] += float(a)
+            process[stage] += float(b)
+            count[stage] += 1
+        n = sum(count.values())
+        print(f"{'stage':<14}{'runs':>6}{'in code [s]':>14}{'process [s]':>14}")
+        for stage in sorted(process, key=process.get, reverse=True):
+            print(f"{stage:<14}{count[stage]:>6}{inside[stage]:>14.2f}{process[stage]:>14.2f}")
+        total_in, total_proc = sum(inside.values()), sum(process.values())
+        print(f"{'all stages':<14}{n:>6}{total_in:>14.2f}{total_proc:>14.2f}")
+        print(f"process start-up and imports: {total_proc - total_in:.2f} s ({(total_proc - total_in) / n:.2f} s per stage)")
+        print(f"DVC overhead: {wall - total_proc:.2f} s ({(wall - total_proc) / n:.2f} s per stage)")
+        print(f"dvc repro wall time: {wall:.2f} s")
+    finally:
+        if args.keep:
+            print(f"workspace kept at {ws / 'repo'}")
+        else:
+            shutil.rmtree(ws, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
