@@ -113,13 +113,13 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml") -> dict[st
             ["gps", "evaluate", *i, *p, "--policy", policy, "--samples", samples, "--controllers", controllers,
              "--step", step, "--out", f"{d}/eval.h5", "--metrics", metrics],
             [policy, samples, controllers, step], "evaluate", [f"{d}/eval.h5"], params_file,
-            metrics=[{metrics: {"cache": False}}],
+            metrics=[metrics],
         )
     stages["summary"] = _stage(
         ["gps", "summary", *p, "--out", "data/metrics.json", "--curve", "data/learning_curve.csv", *metrics_files],
         metrics_files, "summary", [], params_file,
-        metrics=[{"data/metrics.json": {"cache": False}}],
-        plots=[{"data/learning_curve.csv": {"cache": False, "x": "iteration"}}],
+        metrics=["data/metrics.json"],
+        plots=[{"data/learning_curve.csv": {"x": "iteration"}}],
     )
     curve = "data/learning_curve.csv"
     plots = [
