@@ -60,6 +60,10 @@ class CostTerms:
             lux=np.zeros((N, T, dU, dX)),
         )
 
+    def reshape(self, *lead: int) -> "CostTerms":
+        """Split the sample axis, e.g. [M·N, T, ...] -> [M, N, T, ...]."""
+        return CostTerms(*(a.reshape(*lead, *a.shape[1:]) for a in (self.l, self.lx, self.lu, self.lxx, self.luu, self.lux)))
+
     def scaled_add(self, other: "CostTerms", weight: float) -> "CostTerms":
         return CostTerms(
             *(a + weight * b for a, b in zip(
@@ -215,7 +219,8 @@ def build_cost(specs: Sequence[dict[str, Any]]) -> SumCost:
 def expand_cost(terms: CostTerms, X: np.ndarray, U: np.ndarray) -> QuadraticCost:
     """Re-centre each sample's expansion at z = 0 and average over samples.
 
-    X: [N, T, dX], U: [N, T, dU] -> QuadraticCost with Cm [T, D, D], cv [T, D], cc [T].
+    X: [..., N, T, dX], U: [..., N, T, dU] (terms shaped alike) -> QuadraticCost with
+    Cm [..., T, D, D], cv [..., T, D], cc [..., T] (leading dims, e.g. conditions, kept).
     """
     z = np.concatenate([X, U], axis=-1)
     g = np.concatenate([terms.lx, terms.lu], axis=-1)
@@ -226,7 +231,7 @@ def expand_cost(terms: CostTerms, X: np.ndarray, U: np.ndarray) -> QuadraticCost
         ],
         axis=-2,
     )
-    Cz = np.einsum("ntij,ntj->nti", C, z)
-    cc = terms.l - np.einsum("nti,nti->nt", g, z) + 0.5 * np.einsum("nti,nti->nt", z, Cz)
+    Cz = np.einsum("...ij,...j->...i", C, z)
+    cc = terms.l - np.einsum("...i,...i->...", g, z) + 0.5 * np.einsum("...i,...i->...", z, Cz)
     cv = g - Cz
-    return QuadraticCost(Cm=C.mean(axis=0), cv=cv.mean(axis=0), cc=cc.mean(axis=0))
+    return QuadraticCost(Cm=C.mean(axis=-4), cv=cv.mean(axis=-3), cc=cc.mean(axis=-2))

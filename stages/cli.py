@@ -145,11 +145,7 @@ def sample(
     X, U, J = rollouts.X, rollouts.U, rollouts.ee_jac
     cost = build_cost(cfg.get(params, "cost"))
     terms = cost.evaluate(X.reshape(M * N, T, -1), U.reshape(M * N, T, -1), J.reshape(M * N, T, *J.shape[3:]))
-    expansions = []
-    for m in range(M):
-        sl = slice(m * N, (m + 1) * N)
-        sub = type(terms)(*(a[sl] for a in (terms.l, terms.lx, terms.lu, terms.lxx, terms.luu, terms.lux)))
-        expansions.append(expand_cost(sub, X[m], U[m]))
+    expansion = expand_cost(terms.reshape(M, N), X, U)
     data = {
         "X": X,
         "U": U,
@@ -157,9 +153,9 @@ def sample(
         "noise": noise,
         "ee_jac": J,
         "cost": terms.l.reshape(M, N, T),
-        "Cm": np.stack([e.Cm for e in expansions]),
-        "cv": np.stack([e.cv for e in expansions]),
-        "cc": np.stack([e.cc for e in expansions]),
+        "Cm": expansion.Cm,
+        "cv": expansion.cv,
+        "cc": expansion.cc,
     }
     write_artifact(out, "sample", iteration, cfg.stage_params(params, "sample"), data, {"on_policy": on_policy})
     _log(f"iteration {iteration}: mean sample cost {data['cost'].sum(-1).mean():.3f} ({'policy' if on_policy else 'controllers'})")

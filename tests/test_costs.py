@@ -154,3 +154,17 @@ def test_expansion_averages_after_recentring():
     # ½u² is exactly quadratic, so every re-centred expansion is the same function: cc = 0, cv = 0.
     np.testing.assert_allclose(q.cc, 0.0, atol=1e-12)
     np.testing.assert_allclose(q.cv, 0.0, atol=1e-12)
+
+
+def test_expansion_keeps_leading_condition_axis():
+    cost = build_cost([{"type": "state", "start": 0, "target": [1.0, 2.0], "wp": [1.0, 1.0], "l1": 0.5}])
+    X = rng.standard_normal((3 * 4, 5, 3))
+    U = rng.standard_normal((3 * 4, 5, 1))
+    terms = cost.evaluate(X, U, None)
+    batched = expand_cost(terms.reshape(3, 4), X.reshape(3, 4, 5, 3), U.reshape(3, 4, 5, 1))
+    for m in range(3):
+        sl = slice(4 * m, 4 * m + 4)
+        single = expand_cost(cost.evaluate(X[sl], U[sl], None), X[sl], U[sl])
+        np.testing.assert_allclose(batched.Cm[m], single.Cm)
+        np.testing.assert_allclose(batched.cv[m], single.cv)
+        np.testing.assert_allclose(batched.cc[m], single.cc)
