@@ -113,3 +113,37 @@ def adam_from_datasets(data: dict[str, np.ndarray], attrs: dict[str, Any]):
         exp_avg_sq=[data[f"adam/exp_avg_sq{i}"] for i in range(n)],
         step=int(attrs["adam_step"]),
     )
+
+
+# ---------------------------------------------------------------- whole-file loaders
+
+DYNAMICS_FIELDS = ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma")
+COST_FIELDS = ("Cm", "cv", "cc")
+
+
+def load_controllers(path) -> list[LinearGaussianPolicy]:
+    """Controllers or a policy linearisation (K, k, pol_covar) of every condition."""
+    from stages.h5io import read_artifact
+
+    return controllers_from_datasets(read_artifact(path, CONTROLLER_FIELDS)[0], str(path))
+
+
+def load_dynamics(path) -> list[Dynamics]:
+    from stages.h5io import read_artifact
+
+    return dynamics_from_datasets(read_artifact(path, DYNAMICS_FIELDS)[0])
+
+
+def load_cost_models(path) -> list[QuadraticCost]:
+    """The cost expansion stored with the samples."""
+    from stages.h5io import read_artifact
+
+    return costs_from_datasets(read_artifact(path, COST_FIELDS)[0])
+
+
+def load_policy(path):
+    """The network (PolicyParams) and its Adam state (None before the first S-step)."""
+    from stages.h5io import read_artifact
+
+    data, attrs = read_artifact(path)
+    return policy_from_datasets(data, attrs, str(path)), adam_from_datasets(data, attrs)

@@ -118,7 +118,7 @@ def sample(
     from gps_core.costs import build_cost, expand_cost
     from gps_core.noise import smoothed_noise
     from gps_core.sampling import rollout_controllers, rollout_policy
-    from stages.artifacts import controllers_from_datasets, policy_from_datasets
+    from stages.artifacts import load_controllers, load_policy
 
     params = cfg.load_params(params_path)
     agent = cfg.get(params, "agent")
@@ -134,11 +134,9 @@ def sample(
     )
     on_policy = bool(cfg.get(params, "algorithm.sample_on_policy")) and iteration > 0
     if on_policy:
-        pdata, pattrs = read_artifact(policy)
-        rollouts = rollout_policy(sim, policy_from_datasets(pdata, pattrs, str(policy)), noise, int(agent["obs_dim"]))
+        rollouts = rollout_policy(sim, load_policy(policy)[0], noise, int(agent["obs_dim"]))
     else:
-        cdata, _ = read_artifact(controllers, ("K", "k", "pol_covar"))
-        pols = controllers_from_datasets(cdata, str(controllers))
+        pols = load_controllers(controllers)
         if len(pols) != M or pols[0].T != T:
             raise UserError(f"{controllers}: controllers for {len(pols)} conditions x {pols[0].T} steps, params need {M} x {T}")
         rollouts = rollout_controllers(sim, pols, noise)
@@ -217,13 +215,12 @@ def fit_policy_cmd(
     """Linearise the global policy at the current samples (regression with a GMM prior)."""
     from gps_core.policy_lin import fit_policy_linearisation
     from gps_core.policy_net import policy_mean
-    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, policy_from_datasets
+    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, load_policy
 
     params = cfg.load_params(params_path)
     prior_cfg = cfg.prior_config(cfg.get(params, "policy_prior"))
     sdata, _ = read_artifact(samples, ("X", "obs"))
-    pdata, pattrs = read_artifact(policy)
-    pol = policy_from_datasets(pdata, pattrs, str(policy))
+    pol = load_policy(policy)[0]
     X, O = sdata["X"], sdata["obs"]
     M = X.shape[0]
     gmms_prev = gmms_from_datasets("prior", read_artifact(prev)[0], M) if prev is not None else [None] * M
@@ -259,17 +256,14 @@ def adjust_step(
 ) -> None:
     """New step multipliers from predicted vs actual improvement (classic or global rule)."""
     from gps_core.mdgps import new_step_mult, step_estimates
-    from stages.artifacts import controllers_from_datasets, costs_from_datasets, dynamics_from_datasets
+    from stages.artifacts import load_controllers, load_cost_models, load_dynamics
 
     params = cfg.load_params(params_path)
     alg = cfg.get(params, "algorithm")
-    cost_prev = costs_from_datasets(read_artifact(prev_samples, ("Cm", "cv", "cc"))[0])
-    cost_cur = costs_from_datasets(read_artifact(samples, ("Cm", "cv", "cc"))[0])
-    dyn_prev = dynamics_from_datasets(read_artifact(prev_dynamics, ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma"))[0])
-    dyn_cur = dynamics_from_datasets(read_artifact(dynamics, ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma"))[0])
-    lin_prev = controllers_from_datasets(read_artifact(prev_policy_lin, ("K", "k", "pol_covar"))[0], str(prev_policy_lin))
-    lin_cur = controllers_from_datasets(read_artifact(policy_lin, ("K", "k", "pol_covar"))[0], str(policy_lin))
-    new_prev = controllers_from_datasets(read_artifact(prev_controllers, ("K", "k", "pol_covar"))[0], str(prev_controllers))
+    cost_prev, cost_cur = load_cost_models(prev_samples), load_cost_models(samples)
+    dyn_prev, dyn_cur = load_dynamics(prev_dynamics), load_dynamics(dynamics)
+    lin_prev, lin_cur = load_controllers(prev_policy_lin), load_controllers(policy_lin)
+    new_prev = load_controllers(prev_controllers)
     step_prev = read_artifact(prev_step, ("step_mult",))[0]["step_mult"]
     M = len(new_prev)
     rows = {k: np.zeros(M) for k in ("J_prev", "J_predicted", "J_actual", "predicted_improvement", "actual_improvement", "step_mult")}
@@ -302,12 +296,10 @@ def c_step_cmd(
 ) -> None:
     """KL-constrained LQR against the policy linearisation, one controller per condition."""
     from gps_core.lqr import c_step
-    from stages.artifacts import controllers_from_datasets, controllers_to_datasets, costs_from_datasets, dynamics_from_datasets
+    from stages.artifacts import controllers_to_datasets, load_controllers, load_cost_models, load_dynamics
 
     params = cfg.load_params(params_path)
-    costs = costs_from_datasets(read_artifact(samples, ("Cm", "cv", "cc"))[0])
-    dyns = dynamics_from_datasets(read_artifact(dynamics, ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma"))[0])
-    lins = controllers_from_datasets(read_artifact(policy_lin, ("K", "k", "pol_covar"))[0], str(policy_lin))
+    costs, dyns, lins = load_cost_models(samples), load_dynamics(dynamics), load_controllers(policy_lin)
     step_mult = read_artifact(step, ("step_mult",))[0]["step_mult"]
     eta_prev = read_artifact(prev_controllers, ("eta",))[0]["eta"]
     topt = cfg.traj_opt_config(params)
@@ -350,15 +342,13 @@ def s_step_cmd(
     """Train the network on the local controllers' actions at the sampled states."""
     from gps_core.mdgps import s_step_dataset
     from gps_core.s_step import SStepConfig, train_policy
-    from stages.artifacts import adam_from_datasets, controllers_from_datasets, policy_from_datasets, policy_to_datasets
+    from stages.artifacts import load_controllers, load_policy, policy_to_datasets
 
     params = cfg.load_params(params_path)
     pcfg = cfg.get(params, "policy")
     sdata, _ = read_artifact(samples, ("X", "obs"))
-    pols = controllers_from_datasets(read_artifact(controllers, ("K", "k", "pol_covar"))[0], str(controllers))
-    pdata, pattrs = read_artifact(policy)
-    net = policy_from_datasets(pdata, pattrs, str(policy))
-    adam = adam_from_datasets(pdata, pattrs)
+    pols = load_controllers(controllers)
+    net, adam = load_policy(policy)
     obs, target, precision, weight = s_step_dataset(pols, sdata["X"], sdata["obs"])
     scfg = SStepConfig(
         iterations=int(pcfg["iterations"]),
@@ -390,13 +380,12 @@ def evaluate(
 ) -> None:
     """One noise-free rollout of the global policy per condition; distance to the target."""
     from gps_core.sampling import rollout_policy
-    from stages.artifacts import policy_from_datasets
+    from stages.artifacts import load_policy
 
     params = cfg.load_params(params_path)
     agent, ev = cfg.get(params, "agent"), cfg.get(params, "evaluation")
     sim = cfg.make_simulator(params)
-    pdata, pattrs = read_artifact(policy)
-    net = policy_from_datasets(pdata, pattrs, str(policy))
+    net = load_policy(policy)[0]
     T = int(agent["T"])
     r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]))
     X, U = r.X[:, 0], r.U[:, 0]
