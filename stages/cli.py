@@ -452,6 +452,34 @@ def summary(
     write_json(out, final)
 
 
+@app.command("report")
+def report(
+    curves: list[Path] = typer.Argument(..., help="learning_curve.csv of each finished run (e.g. one per seed)"),
+    column: str = typer.Option("final_distance", "--column", help="metric to aggregate"),
+) -> None:
+    """Markdown table of a metric per iteration: mean and population std over runs."""
+    import csv
+
+    runs = []
+    for path in curves:
+        if not path.exists():
+            typer.echo(f"gps report: error: {path}: file not found", err=True)
+            raise typer.Exit(2)
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        if not rows or column not in rows[0]:
+            typer.echo(f"gps report: error: {path}: no column {column!r}", err=True)
+            raise typer.Exit(2)
+        runs.append({int(r["iteration"]): float(r[column]) for r in rows})
+    iterations = sorted(set().union(*runs))
+    typer.echo(f"| iteration | mean {column} | std | " + " | ".join(f"run {i}" for i in range(len(runs))) + " |")
+    typer.echo("|---" * (3 + len(runs)) + "|")
+    for k in iterations:
+        values = np.array([r.get(k, np.nan) for r in runs])
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        typer.echo(f"| {k} | {np.nanmean(values):.3f} | {np.nanstd(values):.3f} | {cells} |")
+
+
 @app.command("pipeline")
 def pipeline_cmd(
     params_path: Path = ParamsOpt,

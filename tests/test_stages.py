@@ -186,3 +186,16 @@ def test_pipeline_lists_each_stage_once_per_iteration():
     # only the summary reads `iterations`; the S-step reads only its own params
     assert doc["stages"]["summary"]["params"] == ["iterations"]
     assert "kl_step" not in str(doc["stages"]["s_step_01"]["params"])
+
+
+def test_report_mean_and_population_std_over_runs(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("iteration,final_distance\n1,3.0\n2,1.0\n")
+    b.write_text("iteration,final_distance\n1,2.0\n2,0.0\n")
+    result = runner.invoke(app, ["report", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[2] == "| 1 | 2.500 | 0.500 | 3.000 | 2.000 |"  # population std (ddof = 0)
+    assert lines[3] == "| 2 | 0.500 | 0.500 | 1.000 | 0.000 |"
+    bad = runner.invoke(app, ["report", str(a), "--column", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output
