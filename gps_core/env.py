@@ -24,6 +24,12 @@ import mujoco
 import numpy as np
 
 ASSETS = resources.files("gps_core") / "assets"
+_DIVERGENCE_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+    mujoco.mjtWarning.mjWARN_BADQACC,
+    mujoco.mjtWarning.mjWARN_BADCTRL,
+)
 
 
 def model_path(task: str) -> str:
@@ -121,6 +127,8 @@ class Simulator:
             X[b, 0, nq + nv : nq + nv + nS3] = sites
         for t in range(T):
             U[:, t] = act(t, X[:, t])
+            if not np.all(np.isfinite(U[:, t])):
+                self._diverged(conditions, ~np.all(np.isfinite(U[:, t]), axis=-1), t, "action")
             if t + 1 == T:
                 break
             for b, (model, data) in enumerate(zip(models, datas)):
@@ -132,9 +140,16 @@ class Simulator:
                 X[b, t + 1, :nq], X[b, t + 1, nq : nq + nv] = data.qpos, data.qvel
                 X[b, t + 1, nq + nv : nq + nv + nS3] = sites
                 X[b, t + 1, nq + nv + nS3 :] = (sites - X[b, t, nq + nv : nq + nv + nS3]) / self.dt
-            if not np.all(np.isfinite(X[:, t + 1])):
-                bad = int(np.flatnonzero(~np.all(np.isfinite(X[:, t + 1]), axis=-1))[0])
-                raise FloatingPointError(
-                    f"simulation diverged (NaN/Inf state) in episode {bad} (condition {conditions[bad]}) at t={t + 1}"
-                )
+            # MuJoCo resets a diverging simulation instead of returning NaN; it counts a warning.
+            unstable = np.array([any(d.warning[w].number for w in _DIVERGENCE_WARNINGS) for d in datas])
+            if unstable.any() or not np.all(np.isfinite(X[:, t + 1])):
+                self._diverged(conditions, unstable | ~np.all(np.isfinite(X[:, t + 1]), axis=-1), t + 1, "state")
         return Rollouts(X=X, U=U, ee_jac=J)
+
+    @staticmethod
+    def _diverged(conditions: np.ndarray, bad: np.ndarray, t: int, what: str):
+        b = int(np.flatnonzero(bad)[0])
+        raise FloatingPointError(
+            f"simulation diverged (NaN, Inf or unstable {what}) in sample {b} of the batch "
+            f"(condition {conditions[b]}) at t={t}"
+        )
