@@ -17,10 +17,10 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "init": ["agent", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed"],
     "sample": ["seed", "agent", "algorithm.sample_on_policy", "cost"],
     "fit_dynamics": ["seed", "dynamics", "algorithm.initial_state_var"],
-    "fit_policy": ["seed", "policy_prior", "agent.obs_dim"],
+    "fit_policy": ["seed", "policy_prior"],
     "adjust_step": ["algorithm.step_rule", "algorithm.min_step_mult", "algorithm.max_step_mult"],
     "c_step": ["algorithm.kl_step", "traj_opt"],
-    "s_step": ["seed", "policy", "agent.obs_dim"],
+    "s_step": ["seed", "policy.iterations", "policy.batch_size", "policy.lr", "policy.weight_decay", "policy.ent_reg"],
     "evaluate": ["agent", "evaluation"],
     "summary": ["iterations"],
 }
