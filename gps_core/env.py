@@ -140,16 +140,19 @@ class Simulator:
                 X[b, t + 1, :nq], X[b, t + 1, nq : nq + nv] = data.qpos, data.qvel
                 X[b, t + 1, nq + nv : nq + nv + nS3] = sites
                 X[b, t + 1, nq + nv + nS3 :] = (sites - X[b, t, nq + nv : nq + nv + nS3]) / self.dt
-            # MuJoCo resets a diverging simulation instead of returning NaN; it counts a warning.
-            unstable = np.array([any(d.warning[w].number for w in _DIVERGENCE_WARNINGS) for d in datas])
-            if unstable.any() or not np.all(np.isfinite(X[:, t + 1])):
-                self._diverged(conditions, unstable | ~np.all(np.isfinite(X[:, t + 1]), axis=-1), t + 1, "state")
+            if not np.all(np.isfinite(X[:, t + 1])):
+                self._diverged(conditions, ~np.all(np.isfinite(X[:, t + 1]), axis=-1), t + 1, "state")
+        # MuJoCo resets a diverging simulation instead of returning NaN and counts a
+        # warning; reading the counters is slow, so they are checked once per rollout.
+        unstable = np.array([any(d.warning[w].number for w in _DIVERGENCE_WARNINGS) for d in datas])
+        if unstable.any():
+            self._diverged(conditions, unstable, T - 1, "state (MuJoCo reset the simulation)")
         return Rollouts(X=X, U=U, ee_jac=J)
 
     @staticmethod
     def _diverged(conditions: np.ndarray, bad: np.ndarray, t: int, what: str):
         b = int(np.flatnonzero(bad)[0])
         raise FloatingPointError(
-            f"simulation diverged (NaN, Inf or unstable {what}) in sample {b} of the batch "
-            f"(condition {conditions[b]}) at t={t}"
+            f"simulation diverged (NaN, Inf or unstable {what}) in episode {b} of the batch "
+            f"(condition {conditions[b]}) at or before t={t}"
         )

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from gps_core.gmm import GMM
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.lqr import Dynamics, QuadraticCost
 from stages.h5io import UserError
@@ -32,7 +31,7 @@ def controllers_from_datasets(data: dict[str, np.ndarray], path: str = "") -> li
     return [LinearGaussianPolicy(K=K[m], k=k[m], covar=covar[m]) for m in range(K.shape[0])]
 
 
-def gmms_to_datasets(prefix: str, gmms: list[GMM | None]) -> dict[str, np.ndarray]:
+def gmms_to_datasets(prefix: str, gmms: list) -> dict[str, np.ndarray]:
     if any(g is None for g in gmms):
         return {}
     return {
@@ -43,7 +42,10 @@ def gmms_to_datasets(prefix: str, gmms: list[GMM | None]) -> dict[str, np.ndarra
     }
 
 
-def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int) -> list[GMM | None]:
+def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int) -> list:
+    """Per-condition GMMs (None where the file has none). Imports scipy via gps_core.gmm."""
+    from gps_core.gmm import GMM
+
     if f"{prefix}/gmm_mu" not in data:
         return [None] * M
     return [
@@ -142,7 +144,15 @@ def load_cost_models(path) -> list[QuadraticCost]:
 
 
 def load_policy(path):
-    """The network (PolicyParams) and its Adam state (None before the first S-step)."""
+    """The network (PolicyParams). Does not import torch."""
+    from stages.h5io import read_artifact
+
+    data, attrs = read_artifact(path)
+    return policy_from_datasets(data, attrs, str(path))
+
+
+def load_policy_and_adam(path):
+    """The network and its Adam state (None before the first S-step); imports torch."""
     from stages.h5io import read_artifact
 
     data, attrs = read_artifact(path)

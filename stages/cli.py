@@ -134,7 +134,7 @@ def sample(
     )
     on_policy = bool(cfg.get(params, "algorithm.sample_on_policy")) and iteration > 0
     if on_policy:
-        rollouts = rollout_policy(sim, load_policy(policy)[0], noise, int(agent["obs_dim"]))
+        rollouts = rollout_policy(sim, load_policy(policy), noise, int(agent["obs_dim"]))
     else:
         pols = load_controllers(controllers)
         if len(pols) != M or pols[0].T != T:
@@ -220,7 +220,7 @@ def fit_policy_cmd(
     params = cfg.load_params(params_path)
     prior_cfg = cfg.prior_config(cfg.get(params, "policy_prior"))
     sdata, _ = read_artifact(samples, ("X", "obs"))
-    pol = load_policy(policy)[0]
+    pol = load_policy(policy)
     X, O = sdata["X"], sdata["obs"]
     M = X.shape[0]
     gmms_prev = gmms_from_datasets("prior", read_artifact(prev)[0], M) if prev is not None else [None] * M
@@ -342,13 +342,13 @@ def s_step_cmd(
     """Train the network on the local controllers' actions at the sampled states."""
     from gps_core.mdgps import s_step_dataset
     from gps_core.s_step import SStepConfig, train_policy
-    from stages.artifacts import load_controllers, load_policy, policy_to_datasets
+    from stages.artifacts import load_controllers, load_policy_and_adam, policy_to_datasets
 
     params = cfg.load_params(params_path)
     pcfg = cfg.get(params, "policy")
     sdata, _ = read_artifact(samples, ("X", "obs"))
     pols = load_controllers(controllers)
-    net, adam = load_policy(policy)
+    net, adam = load_policy_and_adam(policy)
     obs, target, precision, weight = s_step_dataset(pols, sdata["X"], sdata["obs"])
     scfg = SStepConfig(
         iterations=int(pcfg["iterations"]),
@@ -385,7 +385,7 @@ def evaluate(
     params = cfg.load_params(params_path)
     agent, ev = cfg.get(params, "agent"), cfg.get(params, "evaluation")
     sim = cfg.make_simulator(params)
-    net = load_policy(policy)[0]
+    net = load_policy(policy)
     T = int(agent["T"])
     r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]))
     X, U = r.X[:, 0], r.U[:, 0]

@@ -199,3 +199,26 @@ def test_report_mean_and_population_std_over_runs(tmp_path):
     assert lines[3] == "| 2 | 0.500 | 0.500 | 1.000 | 0.000 |"
     bad = runner.invoke(app, ["report", str(a), "--column", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_only_the_s_step_imports_torch(tmp_path, small_params_file):
+    """Sampling, fitting, the C-step and evaluation start without torch (2 s of imports)."""
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from stages.cli import app
+d = {str(tmp_path)!r}
+p = ["--params", {str(small_params_file)!r}]
+run = lambda *a: CliRunner().invoke(app, [*a, *p]).exit_code
+assert run("init", "--controllers-out", d + "/c.h5", "--policy-out", d + "/p.h5", "--step-out", d + "/s.h5") == 0
+assert run("sample", "-i", "0", "--controllers", d + "/c.h5", "--policy", d + "/p.h5", "--out", d + "/x.h5") == 0
+assert run("fit-dynamics", "-i", "0", "--samples", d + "/x.h5", "--out", d + "/dyn.h5") == 0
+assert run("fit-policy", "-i", "0", "--samples", d + "/x.h5", "--policy", d + "/p.h5", "--out", d + "/lin.h5") == 0
+assert run("c-step", "-i", "0", "--samples", d + "/x.h5", "--dynamics", d + "/dyn.h5", "--policy-lin", d + "/lin.h5",
+           "--step", d + "/s.h5", "--prev-controllers", d + "/c.h5", "--out", d + "/new.h5") == 0
+assert run("evaluate", "-i", "0", "--policy", d + "/p.h5", "--samples", d + "/x.h5", "--controllers", d + "/new.h5",
+           "--step", d + "/s.h5", "--out", d + "/e.h5", "--metrics", d + "/m.json") == 0
+assert "torch" not in sys.modules, "a stage other than the S-step imported torch"
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
