@@ -190,18 +190,24 @@ def mdgps_backward(
 
     Returns the controller and the η actually used.
     """
+    # numpy's Cholesky returns NaN rather than failing on NaN input, so check first.
+    for name, value in (("dynamics", (dyn.Fm, dyn.fv, dyn.covar)), ("cost model", (cost.Cm, cost.cv)),
+                        ("reference controller", (reference.K, reference.k, reference.covar))):
+        if not all(np.all(np.isfinite(v)) for v in value):
+            raise FloatingPointError(f"the {name} contains NaN or Inf")
     Mq, vq, _ = quadratic_form(reference)
     eta0, delta = eta, cfg.del0
     while True:
         try:
             return backward_pass(cost.Cm / eta + Mq, cost.cv / eta + vq, dyn, reference.dX), eta
         except NotPositiveDefinite:
-            if not (np.all(np.isfinite(dyn.Fm)) and np.all(np.isfinite(dyn.fv))):
-                raise ValueError("dynamics contain NaN or Inf") from None
             eta = eta0 + delta
             delta *= 2.0
             if eta >= 1e16:
-                raise RuntimeError("failed to find a positive-definite Q_uu: eta reached 1e16") from None
+                raise FloatingPointError(
+                    "Q_uu stayed non-positive-definite while eta was raised to 1e16 "
+                    "(the fitted dynamics or the policy linearisation are numerically degenerate)"
+                ) from None
 
 
 def c_step(

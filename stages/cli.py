@@ -307,7 +307,10 @@ def c_step_cmd(
     kl_step = float(cfg.get(params, "algorithm.kl_step"))
     results = []
     for m in range(len(lins)):
-        res = c_step(costs[m], lins[m], dyns[m], kl_step * float(step_mult[m]) * T, float(eta_prev[m]), topt)
+        try:
+            res = c_step(costs[m], lins[m], dyns[m], kl_step * float(step_mult[m]) * T, float(eta_prev[m]), topt)
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"condition {m}: {exc}") from None
         if not res.converged:
             _log(
                 f"iteration {iteration}: condition {m}: dual search did not converge in {res.dual_iterations} rounds "

@@ -192,3 +192,14 @@ def test_quadratic_form_is_negative_log_density():
     expected = -_log_density(ref, t, x, u) - 0.5 * ref.logdet_covar[t] - 0.5 * dU * np.log(2 * np.pi)
     got = 0.5 * np.einsum("ni,ij,nj->n", z, M[t], z) + z @ v[t] + c[t]
     np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+def test_hopeless_non_pd_problem_raises_floating_point_error():
+    dyn, cost, ref, _ = random_problem()
+    bad = QuadraticCost(Cm=cost.Cm.copy(), cv=cost.cv, cc=cost.cc)
+    bad.Cm[:, dX:, dX:] = -1e20 * np.eye(dU)  # no finite η makes Q_uu positive definite
+    with pytest.raises(FloatingPointError, match="non-positive-definite"):
+        mdgps_backward(1.0, bad, ref, dyn, TrajOptConfig())
+    nan_dyn = Dynamics(Fm=np.full_like(dyn.Fm, np.nan), fv=dyn.fv, covar=dyn.covar, x0mu=dyn.x0mu, x0sigma=dyn.x0sigma)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        mdgps_backward(1.0, cost, ref, nan_dyn, TrajOptConfig())
