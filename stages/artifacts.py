@@ -27,8 +27,23 @@ def controllers_to_datasets(pols: list[LinearGaussianPolicy]) -> dict[str, np.nd
 def controllers_from_datasets(data: dict[str, np.ndarray], path: str = "") -> list[LinearGaussianPolicy]:
     K, k, covar = data["K"], data["k"], data["pol_covar"]
     if K.ndim != 4 or k.shape != K.shape[:3] or covar.shape != K.shape[:3] + (K.shape[2],):
-        raise UserError(f"{path}: K [M,T,dU,dX], k [M,T,dU], pol_covar [M,T,dU,dU] have inconsistent shapes")
+        raise UserError(
+            f"{path}: datasets K {K.shape}, k {k.shape}, pol_covar {covar.shape} do not have the shapes "
+            "[M,T,dU,dX], [M,T,dU], [M,T,dU,dU]"
+        )
+    check_covariance(covar, path, "pol_covar")
     return [LinearGaussianPolicy(K=K[m], k=k[m], covar=covar[m]) for m in range(K.shape[0])]
+
+
+def check_covariance(covar: np.ndarray, path: str, name: str) -> None:
+    """Symmetric and positive definite in every [..., d, d] block, or a one-line UserError."""
+    asym = np.abs(covar - np.swapaxes(covar, -1, -2)).max(initial=0.0)
+    if asym > 1e-8 * max(1.0, np.abs(covar).max(initial=0.0)):
+        raise UserError(f"{path}: dataset {name!r} is not symmetric (largest asymmetry {asym:.3g})")
+    try:
+        np.linalg.cholesky(covar)
+    except np.linalg.LinAlgError:
+        raise UserError(f"{path}: dataset {name!r} is not positive definite") from None
 
 
 def gmms_to_datasets(prefix: str, gmms: list) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from stages.h5io import UserError
+from stages.schema import validate_params
 
 # The params each stage reads (top-level keys or dotted paths). dvc.yaml lists the
 # same keys, so changing a param re-runs only the stages that read it.
@@ -34,8 +35,7 @@ def load_params(path: str | Path) -> dict[str, Any]:
         params = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(params, dict):
-        raise UserError(f"{path}: expected a mapping of settings at the top level")
+    validate_params(params, str(path))
     return params
 
 

@@ -64,6 +64,7 @@ def read_artifact(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dic
         raise UserError(f"{path}: not an HDF5 file") from None
     with f:
         version = f.attrs.get("schema_version")
+        version = version.item() if isinstance(version, np.generic) else version
         if version != SCHEMA_VERSION:
             raise UserError(f"{path}: schema_version is {version!r}, expected {SCHEMA_VERSION}")
         data: dict[str, np.ndarray] = {}
