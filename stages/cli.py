@@ -483,6 +483,29 @@ def report(
         typer.echo(f"| {k} | {np.nanmean(values):.3f} | {np.nanstd(values):.3f} | {cells} |")
 
 
+@app.command("resume", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def resume(ctx: typer.Context) -> None:
+    """Finish an interrupted run: set aside a torn dvc.lock, then `dvc repro` (extra arguments go to it).
+
+    DVC does not write dvc.lock atomically, so a run killed at the wrong moment can
+    leave a lock file that DVC refuses to read. Finished stages are then restored
+    from DVC's run-cache instead of being rerun.
+    """
+    import subprocess
+
+    from stages.pipeline import lock_file_problem
+
+    lock = Path("dvc.lock")
+    problem = lock_file_problem(lock)
+    if problem:
+        aside = lock.with_name("dvc.lock.broken")
+        lock.replace(aside)
+        typer.echo(f"gps resume: {lock} was unreadable ({problem}); moved it to {aside}", err=True)
+    for tmp in Path("data").rglob(".*.tmp") if Path("data").is_dir() else []:
+        tmp.unlink(missing_ok=True)  # temporary files of stages that were killed mid-write
+    raise typer.Exit(subprocess.call(["dvc", "repro", *ctx.args]))
+
+
 @app.command("pipeline")
 def pipeline_cmd(
     params_path: Path = ParamsOpt,

@@ -158,3 +158,23 @@ def check_in_sync(params: dict[str, Any], params_path: Path, dvc_yaml: Path) -> 
             f"{dvc_yaml} does not match params.yaml (iterations={get(params, 'iterations')}): "
             "run `gps pipeline` to regenerate it, then `dvc repro`"
         )
+
+
+def lock_file_problem(lock: Path) -> str | None:
+    """Why DVC would refuse to read this dvc.lock, or None if it is fine or absent."""
+    if not lock.exists():
+        return None
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA  # DVC's own check, as `dvc repro` applies it
+    from voluptuous import Invalid
+
+    try:
+        doc = yaml.safe_load(lock.read_text())
+    except yaml.YAMLError as exc:
+        return f"not valid YAML: {str(exc).splitlines()[0]}"
+    if doc is None:
+        return "empty"
+    try:
+        COMPILED_LOCKFILE_SCHEMA(doc)
+    except Invalid as exc:
+        return f"does not match DVC's lock file schema: {exc}"
+    return None

@@ -117,3 +117,21 @@ def test_sigkill_then_repro_redoes_only_unfinished_work(finished, tmp_path):
         assert a.keys() == b.keys(), rel
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{rel}:{name}")
+
+
+def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished):
+    ws = finished
+    lock = ws / "dvc.lock"
+    intact = lock.read_text()
+    before = {rel: datasets(ws / rel) for rel in artifacts(ws)}
+    # Cut the file inside an entry, as a SIGKILL during DVC's non-atomic rewrite does.
+    cut = intact.index("  fit_policy_01:") + 25
+    lock.write_text(intact[:cut])
+    assert run([str(BIN / "dvc"), "status"], ws, check=False).returncode != 0, "DVC should refuse the torn lock"
+    resumed = run([str(BIN / "gps"), "resume"], ws)
+    assert "moved it to" in resumed.stderr and (ws / "dvc.lock.broken").exists()
+    assert "Running stage" not in resumed.stdout, "finished stages should come from the run-cache"
+    assert run([str(BIN / "dvc"), "status"], ws).returncode == 0
+    for rel, data in before.items():
+        for name, value in data.items():
+            np.testing.assert_array_equal(datasets(ws / rel)[name], value)
