@@ -36,6 +36,17 @@ def model_path(task: str) -> str:
     return str(ASSETS / f"{task}.xml")
 
 
+class SimulationDiverged(FloatingPointError):
+    """NaN, Inf or an unstable state in episode `episode` of the batch, at or before step t."""
+
+    def __init__(self, episode: int, condition: int, t: int, what: str):
+        super().__init__(
+            f"simulation diverged (NaN, Inf or unstable {what}) in episode {episode} of the batch "
+            f"(condition {condition}) at or before t={t}"
+        )
+        self.episode, self.condition, self.t, self.what = episode, condition, t, what
+
+
 @dataclass
 class Rollouts:
     """X: [B, T, dX], U: [B, T, dU], ee_jac: [B, T, 3·S, nq] (site Jacobians w.r.t. qpos)."""
@@ -152,7 +163,4 @@ class Simulator:
     @staticmethod
     def _diverged(conditions: np.ndarray, bad: np.ndarray, t: int, what: str):
         b = int(np.flatnonzero(bad)[0])
-        raise FloatingPointError(
-            f"simulation diverged (NaN, Inf or unstable {what}) in episode {b} of the batch "
-            f"(condition {conditions[b]}) at or before t={t}"
-        )
+        raise SimulationDiverged(b, int(conditions[b]), t, what)

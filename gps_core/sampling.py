@@ -12,12 +12,20 @@ from typing import Sequence
 
 import numpy as np
 
-from gps_core.env import Rollouts, Simulator
+from gps_core.env import Rollouts, SimulationDiverged, Simulator
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.policy_net import PolicyParams, policy_mean
 
 
-def _reshape(r: Rollouts, M: int, N: int) -> Rollouts:
+def _run(sim: Simulator, act, M: int, N: int, T: int) -> Rollouts:
+    """Episodes of all conditions in one batch (condition-major); arrays [M, N, T, ...]."""
+    try:
+        r = sim.rollout(np.repeat(np.arange(M), N), act, T)
+    except SimulationDiverged as exc:
+        m, n = divmod(exc.episode, N)
+        raise FloatingPointError(
+            f"simulation diverged (NaN, Inf or unstable {exc.what}) in condition {m}, sample {n}, at or before t={exc.t}"
+        ) from None
     return Rollouts(*(a.reshape(M, N, *a.shape[1:]) for a in (r.X, r.U, r.ee_jac)))
 
 
@@ -33,16 +41,15 @@ def rollout_controllers(sim: Simulator, pols: Sequence[LinearGaussianPolicy], no
     def act(t, x):
         return np.einsum("bux,bx->bu", K[:, t], x) + k[:, t] + np.einsum("bv,bvu->bu", eps[:, t], chol[:, t])
 
-    return _reshape(sim.rollout(cond, act, T), M, N)
+    return _run(sim, act, M, N, T)
 
 
 def rollout_policy(sim: Simulator, params: PolicyParams, noise: np.ndarray, obs_dim: int) -> Rollouts:
     """The global policy acts in every condition. noise: [M, N, T, dU] -> arrays [M, N, T, ...]."""
     M, N, T, _ = noise.shape
-    cond = np.repeat(np.arange(M), N)
     eps = noise.reshape(M * N, T, -1) * np.sqrt(params.var)
 
     def act(t, x):
         return policy_mean(params, x[:, :obs_dim]) + eps[:, t]
 
-    return _reshape(sim.rollout(cond, act, T), M, N)
+    return _run(sim, act, M, N, T)
