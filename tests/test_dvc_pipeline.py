@@ -84,6 +84,8 @@ def test_repro_runs_every_stage_and_writes_metrics(finished):
 
 
 def test_sigkill_then_repro_redoes_only_unfinished_work(finished, tmp_path):
+    """Also the determinism check: every artifact of the resumed run, made in two separate
+    runs, equals the uninterrupted run's bit for bit."""
     ws = make_workspace(tmp_path / "ws")
     proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=ws, env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -135,3 +137,17 @@ def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished
     for rel, data in before.items():
         for name, value in data.items():
             np.testing.assert_array_equal(datasets(ws / rel)[name], value)
+
+
+def test_a_param_read_only_by_later_stages_leaves_earlier_stages_valid(finished):
+    ws = finished
+    params_file = ws / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["evaluation"]["success_thresholds"] = [0.25]
+    try:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        status = json.loads(run([str(BIN / "dvc"), "status", "--json"], ws).stdout)
+    finally:
+        params_file.write_text(original)
+    assert set(status) == {"evaluate_00", "evaluate_01"}, status
