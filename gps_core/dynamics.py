@@ -99,6 +99,7 @@ def fit_dynamics(
     prior: DynamicsPrior,
     strength: float,
     regularization: float,
+    regularization_shape: str = "all_entries",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-time-step regression of x_{t+1} on [x_t; u_t] with the GMM prior (§5.1–5.2).
 
@@ -119,7 +120,7 @@ def fit_dynamics(
         Phi = np.zeros((T - 1, dim, dim))
         m, n0 = 0.0, 0.0
     reg = np.full(T - 1, float(regularization))
-    gain, offset, cond_cov = gauss_fit_joint_prior(points, mu0, Phi, m, n0, reg, dX + dU)
+    gain, offset, cond_cov = gauss_fit_joint_prior(points, mu0, Phi, m, n0, reg, dX + dU, regularization_shape)
 
     Fm = np.zeros((T, dX, dX + dU))
     fv = np.zeros((T, dX))

@@ -6,7 +6,7 @@ Each batch entry b holds N points y_n = [a_n; c_n] with an "input" block a ∈ R
     ȳ = (1/N) Σ_n y_n
     S = sym((1/N) Σ_n (y_n − ȳ)(y_n − ȳ)ᵀ)                         (biased, 1/N)
     Σ̂ = sym([N S + Φ + (N m / (N + m)) (ȳ − μ0)(ȳ − μ0)ᵀ] / (N + n0))
-    Σ̂_aa ← Σ̂_aa + reg · 11ᵀ                                      (reg on EVERY entry, CR)
+    Σ̂_aa ← Σ̂_aa + reg · 11ᵀ   (reg on EVERY entry, CR)   or   Σ̂_aa + reg · I   ("identity")
     F = (Σ̂_aa⁻¹ Σ̂_ac)ᵀ,    f = ȳ_c − F ȳ_a,    cov = sym(Σ̂_cc − F Σ̂_aa Fᵀ)
 
 so that c | a ~ N(F a + f, cov). The conditioning mean is the empirical mean ȳ; the
@@ -30,12 +30,14 @@ def gauss_fit_joint_prior(
     n0: float,
     reg: np.ndarray,
     d_in: int,
+    reg_shape: str = "all_entries",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched MAP joint fit and conditioning (§5.1).
 
     points: [B, N, D]; mu0: [B, D]; Phi: [B, D, D]; m, n0: floats;
     reg: [B] scalar per batch entry added to every entry of the [d_in, d_in] input block;
-    d_in: number of leading input dims.
+    d_in: number of leading input dims; reg_shape: "all_entries" (CR: reg·11ᵀ, which leaves
+    collinear input directions unregularised) or "identity" (reg·I).
     Returns F [B, D−d_in, d_in], f [B, D−d_in], cov [B, D−d_in, D−d_in] (symmetrised).
     """
     points = np.asarray(points, dtype=np.float64)
@@ -55,7 +57,12 @@ def gauss_fit_joint_prior(
         n_points * emp_cov + Phi + shift_weight * prior_shift[:, :, None] * prior_shift[:, None, :]
     ) / (n_points + n0)
     joint_cov = _sym(joint_cov)
-    joint_cov[:, :d_in, :d_in] += reg[:, None, None]
+    if reg_shape == "all_entries":
+        joint_cov[:, :d_in, :d_in] += reg[:, None, None]
+    elif reg_shape == "identity":
+        joint_cov[:, :d_in, :d_in] += reg[:, None, None] * np.eye(d_in)
+    else:
+        raise ValueError(f"unknown regulariser shape {reg_shape!r}; expected all_entries or identity")
 
     cov_in_in = joint_cov[:, :d_in, :d_in]  # [B, d_in, d_in]
     cov_in_out = joint_cov[:, :d_in, d_in:]  # [B, d_in, d_out]

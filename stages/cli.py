@@ -190,7 +190,9 @@ def fit_dynamics_cmd(
     new_priors = []
     for m in range(M):
         prior = update_dynamics_prior(priors[m], X[m], U[m], prior_cfg, rng)
-        Fm, fv, W = fit_dynamics(X[m], U[m], prior, prior_cfg.strength, float(dyn_params["regularization"]))
+        Fm, fv, W = fit_dynamics(
+            X[m], U[m], prior, prior_cfg.strength, float(dyn_params["regularization"]), dyn_params["regularization_shape"]
+        )
         x0mu, x0sigma = fit_initial_state(X[m], prior, float(cfg.get(params, "algorithm.initial_state_var")), prior_cfg.strength)
         for key, value in zip(out_data, (Fm, fv, W, x0mu, x0sigma, prior.X, prior.U)):
             out_data[key].append(value)

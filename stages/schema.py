@@ -115,7 +115,11 @@ SCHEMA: dict[str, Any] = {
         "init_gains": Field("floats", gt=0, optional=True),
     },
     "cost": "cost",  # a list of terms, checked by _check_cost
-    "dynamics": {"regularization": Field("float", lo=0), "prior": PRIOR},
+    "dynamics": {
+        "regularization": Field("float", lo=0),
+        "regularization_shape": Field("choice", choices=("all_entries", "identity")),
+        "prior": PRIOR,
+    },
     "policy_prior": PRIOR,
     "traj_opt": {
         "min_eta": Field("float", gt=0),
