@@ -121,20 +121,26 @@ def _log_density(pol, t, x, u):
     return -0.5 * np.einsum("ni,ij,nj->n", r, P, r) - 0.5 * logdet - 0.5 * dU * np.log(2 * np.pi)
 
 
+def simulate(pol, dyn, n, seed):
+    """Monte Carlo under the linear-Gaussian dynamics: yields (t, z_t [n, dX+dU]) for t = 0 … T−1."""
+    rng = np.random.default_rng(seed)
+    x = rng.multivariate_normal(dyn.x0mu, dyn.x0sigma, size=n)
+    for t in range(T):
+        u = x @ pol.K[t].T + pol.k[t] + rng.standard_normal((n, dU)) @ pol.chol[t]
+        z = np.concatenate([x, u], axis=1)
+        yield t, z
+        x = z @ dyn.Fm[t].T + dyn.fv[t] + rng.multivariate_normal(np.zeros(dX), dyn.covar[t], size=n)
+
+
 def test_traj_kl_matches_monte_carlo():
     dyn, cost, ref, _ = random_problem(seed=2, noise=0.05)
     p = c_step(cost, ref, dyn, kl_bound=5.0, eta=1.0, cfg=TrajOptConfig()).policy
     mu, S = forward_pass(p, dyn)
     kl = traj_kl(mu, S, p, ref)
-    rng = np.random.default_rng(0)
-    n = 100_000
-    x = rng.multivariate_normal(dyn.x0mu, dyn.x0sigma, size=n)
     mc = np.zeros(T)
-    for t in range(T):
-        u = x @ p.K[t].T + p.k[t] + rng.standard_normal((n, dU)) @ p.chol[t]
+    for t, z in simulate(p, dyn, 100_000, seed=0):
+        x, u = z[:, :dX], z[:, dX:]
         mc[t] = np.mean(_log_density(p, t, x, u) - _log_density(ref, t, x, u))
-        z = np.concatenate([x, u], axis=1)
-        x = z @ dyn.Fm[t].T + dyn.fv[t] + rng.multivariate_normal(np.zeros(dX), dyn.covar[t], size=n)
     assert kl.sum() == pytest.approx(mc.sum(), rel=0.03)
     np.testing.assert_allclose(kl, mc, atol=0.05 * kl.max())
 
@@ -142,30 +148,19 @@ def test_traj_kl_matches_monte_carlo():
 def test_forward_pass_matches_monte_carlo_moments():
     dyn, _, ref, _ = random_problem(seed=3, noise=0.05)
     mu, S = forward_pass(ref, dyn)
-    rng = np.random.default_rng(1)
     n = 200_000
-    x = rng.multivariate_normal(dyn.x0mu, dyn.x0sigma, size=n)
-    for t in range(T):
-        u = x @ ref.K[t].T + ref.k[t] + rng.standard_normal((n, dU)) @ ref.chol[t]
-        z = np.concatenate([x, u], axis=1)
+    for t, z in simulate(ref, dyn, n, seed=1):
         standard_error = np.sqrt(np.diag(S[t]) / n)
         assert np.all(np.abs(z.mean(0) - mu[t]) < 5 * standard_error)
         np.testing.assert_allclose(np.cov(z.T), S[t], rtol=0.02, atol=0.01)
-        x = z @ dyn.Fm[t].T + dyn.fv[t] + rng.multivariate_normal(np.zeros(dX), dyn.covar[t], size=n)
 
 
 def test_laplace_estimate_matches_monte_carlo_cost():
     dyn, cost, ref, _ = random_problem(seed=4, noise=0.05)
     est = estimate_cost(ref, dyn, cost)
-    rng = np.random.default_rng(2)
-    n = 100_000
-    x = rng.multivariate_normal(dyn.x0mu, dyn.x0sigma, size=n)
-    total = np.zeros(n)
-    for t in range(T):
-        u = x @ ref.K[t].T + ref.k[t] + rng.standard_normal((n, dU)) @ ref.chol[t]
-        z = np.concatenate([x, u], axis=1)
-        total += cost.cc[t] + z @ cost.cv[t] + 0.5 * np.einsum("ni,ij,nj->n", z, cost.Cm[t], z)
-        x = z @ dyn.Fm[t].T + dyn.fv[t] + rng.multivariate_normal(np.zeros(dX), dyn.covar[t], size=n)
+    total = 0.0
+    for t, z in simulate(ref, dyn, 100_000, seed=2):
+        total = total + cost.cc[t] + z @ cost.cv[t] + 0.5 * np.einsum("ni,ij,nj->n", z, cost.Cm[t], z)
     assert est == pytest.approx(total.mean(), rel=0.01)
 
 
