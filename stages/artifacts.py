@@ -74,14 +74,35 @@ def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int) -> list
     ]
 
 
-def dynamics_from_datasets(data: dict[str, np.ndarray]) -> list[Dynamics]:
+def _expect_shapes(path: str, data: dict[str, np.ndarray], spec: dict[str, str]) -> dict[str, int]:
+    """Check datasets against symbolic shapes like "M,T,dX,D"; returns the sizes found.
+
+    Raises a one-line UserError naming the file and dataset on the first mismatch.
+    """
+    sizes: dict[str, int] = {}
+    for name, dims in spec.items():
+        shape = data[name].shape
+        symbols = dims.split(",")
+        if len(shape) != len(symbols):
+            raise UserError(f"{path}: dataset {name!r} has shape {shape}, expected [{dims}]")
+        for symbol, n in zip(symbols, shape):
+            if sizes.setdefault(symbol, n) != n:
+                raise UserError(f"{path}: dataset {name!r} has shape {shape}, expected [{dims}] with {symbol} = {sizes[symbol]}")
+    if "D" in sizes and "dX" in sizes and sizes["D"] <= sizes["dX"]:
+        raise UserError(f"{path}: D = {sizes['D']} must exceed dX = {sizes['dX']} (D = dX + dU)")
+    return sizes
+
+
+def dynamics_from_datasets(data: dict[str, np.ndarray], path: str = "") -> list[Dynamics]:
+    _expect_shapes(path, data, {"Fm": "M,T,dX,D", "fv": "M,T,dX", "dyn_covar": "M,T,dX,dX", "x0mu": "M,dX", "x0sigma": "M,dX,dX"})
     return [
         Dynamics(Fm=data["Fm"][m], fv=data["fv"][m], covar=data["dyn_covar"][m], x0mu=data["x0mu"][m], x0sigma=data["x0sigma"][m])
         for m in range(data["Fm"].shape[0])
     ]
 
 
-def costs_from_datasets(data: dict[str, np.ndarray]) -> list[QuadraticCost]:
+def costs_from_datasets(data: dict[str, np.ndarray], path: str = "") -> list[QuadraticCost]:
+    _expect_shapes(path, data, {"Cm": "M,T,D,D", "cv": "M,T,D", "cc": "M,T"})
     return [QuadraticCost(Cm=data["Cm"][m], cv=data["cv"][m], cc=data["cc"][m]) for m in range(data["Cm"].shape[0])]
 
 
@@ -138,6 +159,15 @@ DYNAMICS_FIELDS = ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma")
 COST_FIELDS = ("Cm", "cv", "cc")
 
 
+def check_same_problem(**files: tuple[str, tuple[int, ...]]) -> None:
+    """Files that must describe the same conditions, horizon and dimensions: name -> (path, (M, T, ...))."""
+    items = list(files.items())
+    _, (first_path, first_dims) = items[0]
+    for _, (path, dims) in items[1:]:
+        if dims != first_dims:
+            raise UserError(f"{path}: conditions/steps/dimensions {dims} do not match {first_path} {first_dims}")
+
+
 def load_controllers(path) -> list[LinearGaussianPolicy]:
     """Controllers or a policy linearisation (K, k, pol_covar) of every condition."""
     from stages.h5io import read_artifact
@@ -148,14 +178,14 @@ def load_controllers(path) -> list[LinearGaussianPolicy]:
 def load_dynamics(path) -> list[Dynamics]:
     from stages.h5io import read_artifact
 
-    return dynamics_from_datasets(read_artifact(path, DYNAMICS_FIELDS)[0])
+    return dynamics_from_datasets(read_artifact(path, DYNAMICS_FIELDS)[0], str(path))
 
 
 def load_cost_models(path) -> list[QuadraticCost]:
     """The cost expansion stored with the samples."""
     from stages.h5io import read_artifact
 
-    return costs_from_datasets(read_artifact(path, COST_FIELDS)[0])
+    return costs_from_datasets(read_artifact(path, COST_FIELDS)[0], str(path))
 
 
 def load_policy(path):

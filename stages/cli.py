@@ -298,10 +298,15 @@ def c_step_cmd(
 ) -> None:
     """KL-constrained LQR against the policy linearisation, one controller per condition."""
     from gps_core.lqr import c_step
-    from stages.artifacts import controllers_to_datasets, load_controllers, load_cost_models, load_dynamics
+    from stages.artifacts import check_same_problem, controllers_to_datasets, load_controllers, load_cost_models, load_dynamics
 
     params = cfg.load_params(params_path)
     costs, dyns, lins = load_cost_models(samples), load_dynamics(dynamics), load_controllers(policy_lin)
+    check_same_problem(
+        samples=(str(samples), (len(costs), costs[0].Cm.shape[0], costs[0].Cm.shape[1])),
+        dynamics=(str(dynamics), (len(dyns), dyns[0].Fm.shape[0], dyns[0].Fm.shape[2])),
+        policy_lin=(str(policy_lin), (len(lins), lins[0].T, lins[0].dX + lins[0].dU)),
+    )
     step_mult = read_artifact(step, ("step_mult",))[0]["step_mult"]
     eta_prev = read_artifact(prev_controllers, ("eta",))[0]["eta"]
     topt = cfg.traj_opt_config(params)

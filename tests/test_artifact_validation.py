@@ -33,6 +33,19 @@ def corrupt(src, dst, how):
         how(f_out)
 
 
+def rewrite(src, dst, changes):
+    """Copy an artifact (groups included), replacing datasets by fn(old value)."""
+    with h5py.File(src) as f_in, h5py.File(dst, "w") as f_out:
+        for key, value in f_in.attrs.items():
+            f_out.attrs[key] = value
+        for name in f_in:
+            f_in.copy(name, f_out)
+        for name, fn in changes.items():
+            value = fn(f_out[name][()])
+            del f_out[name]
+            f_out.create_dataset(name, data=value)
+
+
 def set_dataset(name, fn):
     def how(f):
         value = fn(f[name][()])
@@ -88,3 +101,28 @@ def test_bad_controllers_file(init_dir, tmp_path, name, how, words):
         assert word in message, message
     assert not out.exists()
     assert not list(tmp_path.glob(".samples.h5*")), "a temporary file was left behind"
+
+
+def test_c_step_rejects_files_of_different_problems(init_dir, tmp_path):
+    """Dynamics fitted for another horizon: one line naming the file, no traceback, no output."""
+    p = ["--params", str(init_dir / "params.yaml")]
+    d = tmp_path
+
+    def gps(*args):
+        result = runner.invoke(app, [*map(str, args), *p])
+        return result
+
+    assert gps("sample", "-i", "0", "--controllers", init_dir / "c.h5", "--policy", init_dir / "p.h5", "--out", d / "x.h5").exit_code == 0
+    assert gps("fit-dynamics", "-i", "0", "--samples", d / "x.h5", "--out", d / "dyn.h5").exit_code == 0
+    assert gps("fit-policy", "-i", "0", "--samples", d / "x.h5", "--policy", init_dir / "p.h5", "--out", d / "lin.h5").exit_code == 0
+    rewrite(d / "dyn.h5", d / "short.h5", {n: (lambda a: a[:, :-1]) for n in ("Fm", "fv", "dyn_covar")})
+    result = gps("c-step", "-i", "0", "--samples", d / "x.h5", "--dynamics", d / "short.h5", "--policy-lin", d / "lin.h5",
+                 "--step", init_dir / "s.h5", "--prev-controllers", init_dir / "c.h5", "--out", d / "new.h5")
+    message = result.output.strip()
+    assert result.exit_code == 2 and "\n" not in message, message
+    assert "short.h5" in message and "do not match" in message
+    assert not (d / "new.h5").exists()
+    rewrite(d / "dyn.h5", d / "ragged.h5", {"fv": lambda a: a[:, :, :-1]})
+    result = gps("c-step", "-i", "0", "--samples", d / "x.h5", "--dynamics", d / "ragged.h5", "--policy-lin", d / "lin.h5",
+                 "--step", init_dir / "s.h5", "--prev-controllers", init_dir / "c.h5", "--out", d / "new.h5")
+    assert result.exit_code == 2 and "dataset 'fv' has shape" in result.output and "ragged.h5" in result.output
