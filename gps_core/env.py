@@ -107,16 +107,19 @@ class Simulator:
         mujoco.mj_forward(self.models[m], data)
         return data
 
+    def _state(self, model, data, x_prev: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """State x [dX] and site Jacobian [3·S, nq] as recorded; site velocities from x_prev (zero at t = 0)."""
+        nq, nv, nS3 = self.nq, self.nv, 3 * self.n_sites
+        sites, jac = self._sites_and_jac(model, data)
+        x = np.zeros(self.dX)
+        x[:nq], x[nq : nq + nv], x[nq + nv : nq + nv + nS3] = data.qpos, data.qvel, sites
+        if x_prev is not None:
+            x[nq + nv + nS3 :] = (sites - x_prev[nq + nv : nq + nv + nS3]) / self.dt
+        return x, jac
+
     def initial_states(self) -> np.ndarray:
         """x0 of every condition: [M, dX]."""
-        x0 = np.zeros((self.M, self.dX))
-        for m in range(self.M):
-            data = self._reset(m)
-            sites, _ = self._sites_and_jac(self.models[m], data)
-            x0[m, : self.nq] = data.qpos
-            x0[m, self.nq : self.nq + self.nv] = data.qvel
-            x0[m, self.nq + self.nv : self.nq + self.nv + 3 * self.n_sites] = sites
-        return x0
+        return np.stack([self._state(self.models[m], self._reset(m), None)[0] for m in range(self.M)])
 
     def rollout(
         self, conditions: np.ndarray, act: Callable[[int, np.ndarray], np.ndarray], T: int
@@ -126,16 +129,13 @@ class Simulator:
         conditions: [B] condition index of each episode; act(t, x [B, dX]) -> u [B, dU].
         """
         B = len(conditions)
-        nq, nv, nS3 = self.nq, self.nv, 3 * self.n_sites
         X = np.zeros((B, T, self.dX))
         U = np.zeros((B, T, self.dU))
-        J = np.zeros((B, T, nS3, nq))
+        J = np.zeros((B, T, 3 * self.n_sites, self.nq))
         datas = [self._reset(m) for m in conditions]
         models = [self.models[m] for m in conditions]
         for b, (model, data) in enumerate(zip(models, datas)):
-            sites, J[b, 0] = self._sites_and_jac(model, data)
-            X[b, 0, :nq], X[b, 0, nq : nq + nv] = data.qpos, data.qvel
-            X[b, 0, nq + nv : nq + nv + nS3] = sites
+            X[b, 0], J[b, 0] = self._state(model, data, None)
         for t in range(T):
             U[:, t] = act(t, X[:, t])
             if not np.all(np.isfinite(U[:, t])):
@@ -147,10 +147,7 @@ class Simulator:
                     mujoco.mj_step1(model, data)
                     data.ctrl[:] = U[b, t]
                     mujoco.mj_step2(model, data)
-                sites, J[b, t + 1] = self._sites_and_jac(model, data)
-                X[b, t + 1, :nq], X[b, t + 1, nq : nq + nv] = data.qpos, data.qvel
-                X[b, t + 1, nq + nv : nq + nv + nS3] = sites
-                X[b, t + 1, nq + nv + nS3 :] = (sites - X[b, t, nq + nv : nq + nv + nS3]) / self.dt
+                X[b, t + 1], J[b, t + 1] = self._state(model, data, X[b, t])
             if not np.all(np.isfinite(X[:, t + 1])):
                 self._diverged(conditions, ~np.all(np.isfinite(X[:, t + 1]), axis=-1), t + 1, "state")
         # MuJoCo resets a diverging simulation instead of returning NaN and counts a

@@ -11,7 +11,7 @@ import numpy as np
 
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.lqr import Dynamics, QuadraticCost
-from stages.h5io import UserError
+from stages.h5io import UserError, read_artifact
 
 CONTROLLER_FIELDS = ("K", "k", "pol_covar")
 
@@ -170,35 +170,25 @@ def check_same_problem(**files: tuple[str, tuple[int, ...]]) -> None:
 
 def load_controllers(path) -> list[LinearGaussianPolicy]:
     """Controllers or a policy linearisation (K, k, pol_covar) of every condition."""
-    from stages.h5io import read_artifact
-
     return controllers_from_datasets(read_artifact(path, CONTROLLER_FIELDS)[0], str(path))
 
 
 def load_dynamics(path) -> list[Dynamics]:
-    from stages.h5io import read_artifact
-
     return dynamics_from_datasets(read_artifact(path, DYNAMICS_FIELDS)[0], str(path))
 
 
 def load_cost_models(path) -> list[QuadraticCost]:
     """The cost expansion stored with the samples."""
-    from stages.h5io import read_artifact
-
     return costs_from_datasets(read_artifact(path, COST_FIELDS)[0], str(path))
 
 
 def load_policy(path):
     """The network (PolicyParams). Does not import torch."""
-    from stages.h5io import read_artifact
-
     data, attrs = read_artifact(path)
     return policy_from_datasets(data, attrs, str(path))
 
 
 def load_policy_and_adam(path):
     """The network and its Adam state (None before the first S-step); imports torch."""
-    from stages.h5io import read_artifact
-
     data, attrs = read_artifact(path)
     return policy_from_datasets(data, attrs, str(path)), adam_from_datasets(data, attrs)

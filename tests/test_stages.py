@@ -111,10 +111,11 @@ def test_fit_policy_and_c_step(run_dir):
     s = shapes(run_dir / "itr_00" / "policy_lin.h5")
     assert s["K"] == (M, T, dU, dX) and s["pol_covar"] == (M, T, dU, dU)
     with h5py.File(run_dir / "itr_00" / "controllers.h5") as f:
-        kl, bound = f["kl"][()], f["kl_step"][()]
+        kl, bound, converged = f["kl"][()], f["kl_step"][()], f["converged"][()]
         assert f["eta"].shape == (M,)
     np.testing.assert_allclose(bound, 2.0 * 1.0 * T)  # kl_step * step_mult * T
-    assert np.all(np.abs(kl - bound) < 0.1 * bound) or np.all(kl <= bound)
+    assert converged.all(), "the dual search should meet the bound on this small problem"
+    assert np.all(np.abs(kl - bound) < 0.1 * bound)
 
 
 def test_adjust_step_within_bounds(run_dir):
