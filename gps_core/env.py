@@ -71,11 +71,14 @@ class Simulator:
         base = mujoco.MjModel.from_xml_path(xml_path)
         self.qpos0 = np.asarray(qpos0, dtype=float)  # [M, nq]
         self.M = self.qpos0.shape[0]
+        # Copied before the loop: the first condition reuses `base`, and shifting it
+        # in place must not shift the conditions after it.
+        base_pos = base.body_pos[offset_body].copy()
         self.models = []
         for m in range(self.M):
             model = mujoco.MjModel.from_xml_path(xml_path) if m else base
             if body_offsets is not None:
-                model.body_pos[offset_body] = base.body_pos[offset_body] + np.asarray(body_offsets[m])
+                model.body_pos[offset_body] = base_pos + np.asarray(body_offsets[m])
             self.models.append(model)
         self.dt = dt
         self.substeps = substeps
