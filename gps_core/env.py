@@ -32,8 +32,12 @@ _DIVERGENCE_WARNINGS = (
 )
 
 
+# The blind peg task runs the peg model; only the global policy's observation differs.
+TASK_MODELS = {"obstacle": "obstacle", "peg": "peg", "peg_blind": "peg"}
+
+
 def model_path(task: str) -> str:
-    return str(ASSETS / f"{task}.xml")
+    return str(ASSETS / f"{TASK_MODELS[task]}.xml")
 
 
 class SimulationDiverged(FloatingPointError):

@@ -390,6 +390,7 @@ def evaluate(
 ) -> None:
     """One noise-free rollout of the global policy per condition; distance to the target."""
     from gps_core.sampling import rollout_policy
+    from gps_core.scoring import final_distance, success
     from stages.artifacts import load_policy
 
     params = cfg.load_params(params_path)
@@ -399,9 +400,7 @@ def evaluate(
     T = int(agent["T"])
     r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]))
     X, U = r.X[:, 0], r.U[:, 0]
-    target = np.asarray(ev["target"], dtype=float)
-    start = int(ev["point_start"])
-    dist = np.linalg.norm(X[:, -1, start : start + len(target)] - target, axis=-1)
+    dist = final_distance(X, int(ev["point_start"]), np.asarray(ev["target"], dtype=float))
     write_artifact(out, "evaluate", iteration, cfg.stage_params(params, "evaluate"), {"X": X, "U": U, "final_distance": dist})
     sample_cost = read_artifact(samples, ("cost",))[0]["cost"].sum(-1).mean(-1)
     cdata = read_artifact(controllers, ("kl", "kl_step", "eta"))[0]
@@ -424,7 +423,9 @@ def evaluate(
         },
     }
     for tau in ev.get("success_thresholds", []):
-        result[f"success_{tau:g}"] = float(np.mean(dist < float(tau)))
+        hits = success(dist, float(tau))
+        result[f"success_{tau:g}"] = float(hits.mean())
+        result["per_condition"][f"success_{tau:g}"] = per_cond(hits)
     write_json(metrics, result)
     _log(f"iteration {iteration}: final distance {np.array2string(dist, precision=3)} (mean {dist.mean():.3f})")
 
@@ -511,6 +512,33 @@ def resume(ctx: typer.Context) -> None:
     for tmp in Path("data").rglob(".*.tmp") if Path("data").is_dir() else []:
         tmp.unlink(missing_ok=True)  # temporary files of stages that were killed mid-write
     raise typer.Exit(subprocess.call(["dvc", "repro", *ctx.args]))
+
+
+@app.command("configure")
+def configure(
+    task: str = typer.Argument(..., help="obstacle | peg | peg_blind: the shipped settings in configs/<task>.yaml"),
+    params_path: Path = ParamsOpt,
+    out: Path = typer.Option(Path("dvc.yaml"), "--out"),
+) -> None:
+    """Switch the run to a task: copy configs/<task>.yaml to params.yaml and regenerate dvc.yaml."""
+    import shutil
+
+    from stages.pipeline import write_pipeline
+
+    preset = Path("configs") / f"{task}.yaml"
+    try:
+        if not preset.exists():
+            known = ", ".join(sorted(p.stem for p in Path("configs").glob("*.yaml"))) or "none (run from the project root)"
+            raise UserError(f"{preset}: no such task settings; available: {known}")
+        params = cfg.load_params(preset)
+        tmp = params_path.with_name(f".{params_path.name}.tmp")
+        shutil.copyfile(preset, tmp)
+        tmp.replace(params_path)
+        write_pipeline(params, params_path, out)
+    except UserError as exc:
+        typer.echo(f"gps configure: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {params_path} (task {task}) and {out}")
 
 
 @app.command("pipeline")

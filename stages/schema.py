@@ -95,7 +95,7 @@ SCHEMA: dict[str, Any] = {
         "initial_state_var": Field("float", gt=0),
     },
     "agent": {
-        "task": Field("choice", choices=("obstacle", "peg")),
+        "task": Field("choice", choices=("obstacle", "peg", "peg_blind")),
         "T": Field("int", lo=2),
         "dt": Field("float", gt=0),
         "substeps": Field("int", lo=1),
