@@ -18,7 +18,7 @@ import numpy as np
 import typer
 
 from stages import config as cfg
-from stages.h5io import UserError, read_artifact, write_artifact, write_json
+from stages.h5io import UserError, read_artifact, write_artifact, write_json, write_text_atomic
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 _debug = {"on": False}
@@ -455,40 +455,45 @@ def summary(
         rows.append(json.loads(path.read_text()))
     columns = ["iteration"] + [k for k in rows[0] if k not in ("iteration", "per_condition")]
     lines = [",".join(columns)] + [",".join(f"{row[c]:.6g}" if c != "iteration" else str(row[c]) for c in columns) for row in rows]
-    curve.parent.mkdir(parents=True, exist_ok=True)
-    tmp = curve.with_name(f".{curve.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(curve)
+    write_text_atomic(curve, "\n".join(lines) + "\n")
     final = {k: v for k, v in rows[-1].items()}
     write_json(out, final)
 
 
 @app.command("report")
 def report(
-    curves: list[Path] = typer.Argument(..., help="learning_curve.csv of each finished run (e.g. one per seed)"),
-    column: str = typer.Option("final_distance", "--column", help="metric to aggregate"),
+    runs: list[Path] = typer.Argument(..., help="finished runs: directories with params.yaml and data/learning_curve.csv"),
+    iterations: str = typer.Option("3,6,9,12", "--iterations", help="comma-separated iterations (1-based) to tabulate"),
+    out: Path | None = typer.Option(None, "--out", help="also write the Markdown tables to this file"),
+    figure: Path | None = typer.Option(None, "--figure", help="write the Figure 1 style PNG (distance per iteration)"),
 ) -> None:
-    """Markdown table of a metric per iteration: mean and population std over runs."""
-    import csv
+    """Table 1 (success mean ± std over seeds, per task and method) and Figure 1 from finished runs."""
+    from stages.report import group_runs, load_run, markdown_table
 
-    runs = []
-    for path in curves:
-        if not path.exists():
-            typer.echo(f"gps report: error: {path}: file not found", err=True)
-            raise typer.Exit(2)
-        with path.open() as f:
-            rows = list(csv.DictReader(f))
-        if not rows or column not in rows[0]:
-            typer.echo(f"gps report: error: {path}: no column {column!r}", err=True)
-            raise typer.Exit(2)
-        runs.append({int(r["iteration"]): float(r[column]) for r in rows})
-    iterations = sorted(set().union(*runs))
-    typer.echo(f"| iteration | mean {column} | std | " + " | ".join(f"run {i}" for i in range(len(runs))) + " |")
-    typer.echo("|---" * (3 + len(runs)) + "|")
-    for k in iterations:
-        values = np.array([r.get(k, np.nan) for r in runs])
-        cells = " | ".join(f"{v:.3f}" for v in values)
-        typer.echo(f"| {k} | {np.nanmean(values):.3f} | {np.nanstd(values):.3f} | {cells} |")
+    try:
+        try:
+            itrs = [int(k) for k in iterations.split(",")]
+        except ValueError:
+            raise UserError(f"--iterations is {iterations!r}, expected comma-separated integers like 3,6,9,12") from None
+        groups = group_runs([load_run(path) for path in runs])
+        columns = sorted({c for m in groups.values() for rs in m.values() for r in rs for c in r.curve if c.startswith("success_")},
+                         key=lambda c: -float(c.split("_")[1]))
+        parts = []
+        for column in [*columns, "final_distance"]:
+            title = (f"Success rate (%) with threshold {column.split('_')[1]} (paper's Table 1 in brackets)"
+                     if column != "final_distance" else "Final distance to the target")
+            parts.append(f"### {title}\n\n{markdown_table(groups, column, itrs)}")
+        text = "\n".join(parts)
+        typer.echo(text, nl=False)
+        if out is not None:
+            write_text_atomic(out, text)
+        if figure is not None:
+            from stages.report import distance_figure
+
+            distance_figure(groups, figure)
+    except UserError as exc:
+        typer.echo(f"gps report: error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("resume", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

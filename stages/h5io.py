@@ -83,10 +83,15 @@ def read_artifact(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dic
     return data, attrs
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Atomic JSON write (metrics files)."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write (metrics files)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -48,3 +48,51 @@ def small_params_file(tmp_path: Path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(small_params()))
     return path
+
+
+def gps(*args) -> None:
+    """Run a `gps` command in-process; fail the test with its output if it fails."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def run_stages_by_hand(d: Path, params: Path, iterations: int) -> None:
+    """Every stage of `iterations` iterations in pipeline order, as dvc.yaml runs them, into d/init, d/itr_NN."""
+    p = ["--params", params]
+    init = d / "init"
+    gps("init", *p, "--controllers-out", init / "controllers.h5", "--policy-out", init / "policy.h5",
+        "--step-out", init / "step.h5")
+    for k in range(iterations):
+        itr, prev = d / f"itr_{k:02d}", d / f"itr_{k - 1:02d}"
+        i = ["-i", k, *p]
+        prev_c = init / "controllers.h5" if k == 0 else prev / "controllers.h5"
+        prev_p = init / "policy.h5" if k == 0 else prev / "policy.h5"
+        gps("sample", *i, "--controllers", prev_c, "--policy", prev_p, "--out", itr / "samples.h5")
+        gps("fit-dynamics", *i, "--samples", itr / "samples.h5", *([] if k == 0 else ["--prev", prev / "dynamics.h5"]),
+            "--out", itr / "dynamics.h5")
+        if k == 0:
+            gps("s-step", *i, "--stream", "catch_up", "--samples", itr / "samples.h5", "--controllers", prev_c,
+                "--policy", prev_p, "--out", itr / "policy_catchup.h5")
+            policy_in = itr / "policy_catchup.h5"
+        else:
+            policy_in = prev_p
+        gps("fit-policy", *i, "--samples", itr / "samples.h5", "--policy", policy_in,
+            *([] if k == 0 else ["--prev", prev / "policy_lin.h5"]), "--out", itr / "policy_lin.h5")
+        step = init / "step.h5"
+        if k > 0:
+            step = itr / "step.h5"
+            prev_step = init / "step.h5" if k == 1 else prev / "step.h5"
+            gps("adjust-step", *i, "--prev-samples", prev / "samples.h5", "--prev-dynamics", prev / "dynamics.h5",
+                "--prev-policy-lin", prev / "policy_lin.h5", "--prev-controllers", prev_c, "--prev-step", prev_step,
+                "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5", "--policy-lin", itr / "policy_lin.h5",
+                "--out", step)
+        gps("c-step", *i, "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5", "--policy-lin",
+            itr / "policy_lin.h5", "--step", step, "--prev-controllers", prev_c, "--out", itr / "controllers.h5")
+        gps("s-step", *i, "--samples", itr / "samples.h5", "--controllers", itr / "controllers.h5",
+            "--policy", policy_in, "--out", itr / "policy.h5")
+        gps("evaluate", *i, "--policy", itr / "policy.h5", "--samples", itr / "samples.h5", "--controllers",
+            itr / "controllers.h5", "--step", step, "--out", itr / "eval.h5", "--metrics", itr / "metrics.json")

@@ -16,16 +16,11 @@ from typer.testing import CliRunner
 from stages.cli import app
 from stages.pipeline import render_pipeline
 
-from conftest import ROOT
+from conftest import ROOT, gps
 
 runner = CliRunner()
 
 M, N, T, dX, dU, dO = 2, 3, 30, 10, 2, 10
-
-
-def gps(*args: str) -> None:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
 
 
 def shapes(path: Path) -> dict[str, tuple]:
@@ -40,44 +35,12 @@ def shapes(path: Path) -> dict[str, tuple]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """Run two iterations of every stage by hand, as dvc.yaml would."""
-    from conftest import small_params
+    from conftest import run_stages_by_hand, small_params
 
     d = tmp_path_factory.mktemp("stages")
     params = d / "params.yaml"
     params.write_text(yaml.safe_dump(small_params()))
-    p = ["--params", params]
-    init = d / "init"
-    gps("init", *p, "--controllers-out", init / "controllers.h5", "--policy-out", init / "policy.h5",
-        "--step-out", init / "step.h5")
-    for k in range(2):
-        itr, prev = d / f"itr_{k:02d}", d / f"itr_{k - 1:02d}"
-        i = ["-i", k, *p]
-        prev_c = init / "controllers.h5" if k == 0 else prev / "controllers.h5"
-        prev_p = init / "policy.h5" if k == 0 else prev / "policy.h5"
-        gps("sample", *i, "--controllers", prev_c, "--policy", prev_p, "--out", itr / "samples.h5")
-        gps("fit-dynamics", *i, "--samples", itr / "samples.h5", *([] if k == 0 else ["--prev", prev / "dynamics.h5"]),
-            "--out", itr / "dynamics.h5")
-        if k == 0:
-            gps("s-step", *i, "--stream", "catch_up", "--samples", itr / "samples.h5", "--controllers", prev_c,
-                "--policy", prev_p, "--out", itr / "policy_catchup.h5")
-            policy_in = itr / "policy_catchup.h5"
-        else:
-            policy_in = prev_p
-        gps("fit-policy", *i, "--samples", itr / "samples.h5", "--policy", policy_in,
-            *([] if k == 0 else ["--prev", prev / "policy_lin.h5"]), "--out", itr / "policy_lin.h5")
-        step = init / "step.h5"
-        if k > 0:
-            step = itr / "step.h5"
-            gps("adjust-step", *i, "--prev-samples", prev / "samples.h5", "--prev-dynamics", prev / "dynamics.h5",
-                "--prev-policy-lin", prev / "policy_lin.h5", "--prev-controllers", prev_c, "--prev-step", init / "step.h5",
-                "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5", "--policy-lin", itr / "policy_lin.h5",
-                "--out", step)
-        gps("c-step", *i, "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5", "--policy-lin",
-            itr / "policy_lin.h5", "--step", step, "--prev-controllers", prev_c, "--out", itr / "controllers.h5")
-        gps("s-step", *i, "--samples", itr / "samples.h5", "--controllers", itr / "controllers.h5",
-            "--policy", policy_in, "--out", itr / "policy.h5")
-        gps("evaluate", *i, "--policy", itr / "policy.h5", "--samples", itr / "samples.h5", "--controllers",
-            itr / "controllers.h5", "--step", step, "--out", itr / "eval.h5", "--metrics", itr / "metrics.json")
+    run_stages_by_hand(d, params, 2)
     return d
 
 
@@ -187,19 +150,6 @@ def test_pipeline_lists_each_stage_once_per_iteration():
     # only the summary reads `iterations`; the S-step reads only its own params
     assert doc["stages"]["summary"]["params"] == ["iterations"]
     assert "kl_step" not in str(doc["stages"]["s_step_01"]["params"])
-
-
-def test_report_mean_and_population_std_over_runs(tmp_path):
-    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    a.write_text("iteration,final_distance\n1,3.0\n2,1.0\n")
-    b.write_text("iteration,final_distance\n1,2.0\n2,0.0\n")
-    result = runner.invoke(app, ["report", str(a), str(b)])
-    assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[2] == "| 1 | 2.500 | 0.500 | 3.000 | 2.000 |"  # population std (ddof = 0)
-    assert lines[3] == "| 2 | 0.500 | 0.500 | 1.000 | 0.000 |"
-    bad = runner.invoke(app, ["report", str(a), "--column", "nope"])
-    assert bad.exit_code == 2 and "nope" in bad.output
 
 
 def test_only_the_s_step_imports_torch(tmp_path, small_params_file):

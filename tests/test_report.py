@@ -1,0 +1,98 @@
+"""gps report: Table 1 and Figure 1 from hand-made finished runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from conftest import task_params
+from typer.testing import CliRunner
+
+from stages.cli import app
+
+runner = CliRunner()
+
+
+def make_run(root: Path, name: str, task: str, seed: int, on_policy: bool, rule: str, rows: list[dict]) -> Path:
+    d = root / name
+    (d / "data").mkdir(parents=True)
+    params = task_params(task)
+    params["seed"] = seed
+    params["algorithm"]["sample_on_policy"] = on_policy
+    params["algorithm"]["step_rule"] = rule
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    cols = list(rows[0])
+    lines = [",".join(["iteration", *cols])] + [",".join([str(i + 1), *(f"{r[c]:g}" for c in cols)]) for i, r in enumerate(rows)]
+    (d / "data" / "learning_curve.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def peg_rows(success_01: list[float], distance: list[float]) -> list[dict]:
+    return [{"final_distance": d, "success_0.06": s / 2, "success_0.1": s} for s, d in zip(success_01, distance)]
+
+
+def table_lines(output: str, heading: str) -> list[str]:
+    block = output.split(f"### {heading}")[1].split("###")[0]
+    return [line for line in block.splitlines() if line.startswith("| ")]
+
+
+def test_table_mean_population_std_and_paper_values(tmp_path):
+    # two seeds of On/Classic, one of Off/Global; success as a fraction of the 9 conditions
+    a = make_run(tmp_path, "a", "peg", 0, True, "classic", peg_rows([0.0, 1 / 3, 1.0], [0.3, 0.2, 0.05]))
+    b = make_run(tmp_path, "b", "peg", 1, True, "classic", peg_rows([0.0, 2 / 3, 0.5], [0.5, 0.1, 0.15]))
+    c = make_run(tmp_path, "c", "peg", 0, False, "global", peg_rows([1 / 9, 0.0, 0.0], [0.2, 0.2, 0.2]))
+    result = runner.invoke(app, ["report", str(a), str(b), str(c), "--iterations", "2,3"])
+    assert result.exit_code == 0, result.output
+    lines = table_lines(result.output, "Success rate (%) with threshold 0.1")
+    assert lines[0] == "| task | itr | Off/Global | On/Classic |"  # the paper's column order
+    # iteration 2: On/Classic 33.3 and 66.7 -> mean 50.0, population std 16.7; the paper has no iteration 2
+    assert lines[1] == "| Peg | 2 | 0.0 ± 0.0 (1) | 50.0 ± 16.7 (2) |"
+    # iteration 3: the paper's values follow in brackets
+    assert lines[2] == "| Peg | 3 | 0.0 ± 0.0 (1) [6.7 ± 7.4] | 75.0 ± 25.0 (2) [6.7 ± 7.4] |"
+    lines06 = table_lines(result.output, "Success rate (%) with threshold 0.06")  # halved rates, no paper values
+    assert lines06[2] == "| Peg | 3 | 0.0 ± 0.0 (1) | 37.5 ± 12.5 (2) |"
+    dist = table_lines(result.output, "Final distance to the target")
+    assert dist[1] == "| Peg | 2 | 0.200 ± 0.000 (1) | 0.150 ± 0.050 (2) |"
+
+
+def test_paper_value_in_brackets_at_the_paper_iterations(tmp_path):
+    rows = peg_rows([1.0] * 12, [0.05] * 12)
+    a = make_run(tmp_path, "a", "peg_blind", 0, False, "classic", rows)
+    result = runner.invoke(app, ["report", str(a), "--out", str(tmp_path / "t.md")])
+    assert result.exit_code == 0, result.output
+    lines = table_lines(result.output, "Success rate (%) with threshold 0.1")
+    assert lines[-1] == "| Blind Peg | 12 | 100.0 ± 0.0 (1) [95.0 ± 10.0] |"
+    assert (tmp_path / "t.md").read_text() == result.output
+
+
+def test_runs_shorter_than_an_iteration_are_left_out_of_its_cell(tmp_path):
+    a = make_run(tmp_path, "a", "peg", 0, True, "classic", peg_rows([1.0, 1.0, 1.0], [0.0] * 3))
+    b = make_run(tmp_path, "b", "peg", 1, True, "classic", peg_rows([0.0, 0.0], [0.0] * 2))
+    result = runner.invoke(app, ["report", str(a), str(b), "--iterations", "2,3"])
+    lines = table_lines(result.output, "Success rate (%) with threshold 0.1")
+    assert lines[1:] == ["| Peg | 2 | 50.0 ± 50.0 (2) |", "| Peg | 3 | 100.0 ± 0.0 (1) [6.7 ± 7.4] |"]
+
+
+def test_figure_is_a_png_with_a_panel_per_task(tmp_path):
+    a = make_run(tmp_path, "a", "peg", 0, True, "classic", peg_rows([0.0, 1.0], [0.3, 0.05]))
+    o = make_run(tmp_path, "o", "obstacle", 0, True, "classic", [{"final_distance": 2.0}, {"final_distance": 1.0}])
+    fig = tmp_path / "fig" / "figure1.png"
+    result = runner.invoke(app, ["report", str(a), str(o), "--figure", str(fig)])
+    assert result.exit_code == 0, result.output
+    from matplotlib.image import imread
+
+    img = imread(fig)
+    assert img.shape[1] > img.shape[0] * 1.8  # two panels side by side
+    assert np.std(img[..., :3]) > 0.05  # something is drawn
+
+
+def test_bad_runs_are_one_line_errors(tmp_path):
+    a = make_run(tmp_path, "a", "peg", 0, True, "classic", peg_rows([0.0], [0.3]))
+    b = make_run(tmp_path, "b", "peg", 0, True, "classic", peg_rows([0.0], [0.3]))
+    dup = runner.invoke(app, ["report", str(a), str(b)])
+    assert dup.exit_code == 2 and "seed given twice" in dup.output
+    missing = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "nope/params.yaml: file not found" in missing.output
+    bad_itr = runner.invoke(app, ["report", str(a), "--iterations", "three"])
+    assert bad_itr.exit_code == 2 and "--iterations" in bad_itr.output
