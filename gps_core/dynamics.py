@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gps_core.gmm import GMM, fit_gmm, niw_prior, num_clusters
+from gps_core.gmm import GMM, fit_gmm, fit_gmm_batched, niw_prior, niw_prior_batched, num_clusters
 from gps_core.regression import gauss_fit_joint_prior
 
 
@@ -155,3 +155,85 @@ def fit_initial_state(
         shift = x0mu - mu00
         x0sigma = x0sigma + phi0 + (n_samples * m0) / (n_samples + m0) * np.outer(shift, shift) / (n_samples + n0)
     return x0mu, x0sigma
+
+
+def _buffer(prior: DynamicsPrior | None, X: np.ndarray, U: np.ndarray, cfg: PriorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The trajectory buffer of update_dynamics_prior: the last max_samples − 1 of (old buffer, new samples)."""
+    if cfg.max_samples < 2:
+        raise ValueError("max_samples must be >= 2 (the buffer keeps max_samples - 1 trajectories)")
+    if prior is not None and prior.X.shape[0] > 0:
+        X = np.concatenate([prior.X, X], axis=0)
+        U = np.concatenate([prior.U, U], axis=0)
+    keep = cfg.max_samples - 1
+    return X[-keep:].copy(), U[-keep:].copy()
+
+
+def fit_all_dynamics(
+    priors: list[DynamicsPrior | None],
+    X: np.ndarray,
+    U: np.ndarray,
+    cfg: PriorConfig,
+    regularization: float,
+    regularization_shape: str,
+    initial_state_var: float,
+    rng: np.random.Generator,
+) -> tuple[list[DynamicsPrior], dict[str, np.ndarray]]:
+    """The fit-dynamics step for all M conditions at once, batched across conditions.
+
+    X: [M, N, T, dX], U: [M, N, T, dU] current samples; priors: one per condition (or None).
+    Same results as, for m = 0 … M−1 in order (sharing rng),
+
+        prior_m = update_dynamics_prior(priors[m], X[m], U[m], cfg, rng)
+        Fm, fv, dyn_covar = fit_dynamics(X[m], U[m], prior_m, cfg.strength, regularization, regularization_shape)
+        x0mu, x0sigma = fit_initial_state(X[m], prior_m, initial_state_var, cfg.strength)
+
+    but the GMM EM of all conditions runs together (fit_gmm_batched); the prior evaluation and
+    the per-time-step regressions stay per condition (each batched over t).
+    Returns the new priors and the arrays Fm [M, T, dX, dX+dU], fv [M, T, dX],
+    dyn_covar [M, T, dX, dX], x0mu [M, dX], x0sigma [M, dX, dX].
+    """
+    X = np.asarray(X, dtype=np.float64)
+    U = np.asarray(U, dtype=np.float64)
+    n_cond, _, T, dX = X.shape
+    dU = U.shape[-1]
+    buffers = [_buffer(priors[m], X[m], U[m], cfg) for m in range(n_cond)]
+    if len({bx.shape for bx, _ in buffers}) != 1 or len({bu.shape for _, bu in buffers}) != 1:
+        # Buffers of different lengths cannot be stacked: do it condition by condition.
+        new_priors = [update_dynamics_prior(priors[m], X[m], U[m], cfg, rng) for m in range(n_cond)]
+        fits = [fit_dynamics(X[m], U[m], new_priors[m], cfg.strength, regularization, regularization_shape) for m in range(n_cond)]
+        Fm, fv, dyn_covar = (np.stack([f[i] for f in fits]) for i in range(3))
+    else:
+        buffer_X = np.stack([bx for bx, _ in buffers])
+        buffer_U = np.stack([bu for _, bu in buffers])
+        data = _transitions_batched(buffer_X, buffer_U)  # [M, Nb, T−1, D]
+        data = data.reshape(n_cond, -1, data.shape[-1])
+        n_clusters = num_clusters(data.shape[1], cfg.max_clusters, cfg.min_samples_per_cluster)
+        gmms, _ = fit_gmm_batched(data, n_clusters, rng, prevs=[None if p is None else p.gmm for p in priors])
+        new_priors = [DynamicsPrior(X=buffer_X[m], U=buffer_U[m], gmm=gmms[m]) for m in range(n_cond)]
+
+        Fm = np.zeros((n_cond, T, dX, dX + dU))
+        fv = np.zeros((n_cond, T, dX))
+        dyn_covar = np.zeros((n_cond, T, dX, dX))
+        reg = np.full(T - 1, float(regularization))
+        # Prior and regressions condition by condition (each already batched over t): stacking
+        # the conditions as well makes the temporaries outgrow the cache and is slower.
+        for m in range(n_cond):
+            points = np.swapaxes(_transitions(X[m], U[m]), 0, 1)  # [T−1, N, D]
+            mu0, Phi, m_prior, n0 = niw_prior_batched(gmms[m : m + 1], points[None], cfg.strength)
+            Fm[m, :-1], fv[m, :-1], dyn_covar[m, :-1] = gauss_fit_joint_prior(
+                points, mu0[0], Phi[0], m_prior, float(n0[0]), reg, dX + dU, regularization_shape
+            )
+    x0 = [fit_initial_state(X[m], new_priors[m], initial_state_var, cfg.strength) for m in range(n_cond)]
+    out = {
+        "Fm": Fm,
+        "fv": fv,
+        "dyn_covar": dyn_covar,
+        "x0mu": np.stack([x[0] for x in x0]),
+        "x0sigma": np.stack([x[1] for x in x0]),
+    }
+    return new_priors, out
+
+
+def _transitions_batched(X: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """_transitions with a leading condition axis: X [M, N, T, dX], U [M, N, T, dU] -> [M, N, T−1, 2dX+dU]."""
+    return np.concatenate([X[..., :-1, :], U[..., :-1, :], X[..., 1:, :]], axis=-1)

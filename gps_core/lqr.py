@@ -24,6 +24,12 @@ bracketing search in log η until |KL − ε| < tol · ε.
 The forward pass propagates Gaussian state-action marginals (μ_t, S_t) under the
 fitted dynamics; with them the trajectory KL is Σ_t E_p(x_t)[KL(p(u|x) ‖ q(u|x))]
 and the Laplace cost estimate is Σ_t cc_t + ½ tr(S_t Cm_t) + ½ μ_tᵀ Cm_t μ_t + μ_tᵀ cv_t.
+
+The pipeline runs the C-step of all conditions at once (c_step_batched, at the end of this
+file): the same arithmetic on arrays stacked over conditions, with each condition's own dual
+search. The one-condition functions (backward_pass, mdgps_backward, forward_pass, traj_kl,
+c_step_reference) are the reference it is tested against; c_step is a one-condition front end
+to the batched code.
 """
 
 from __future__ import annotations
@@ -210,7 +216,7 @@ def mdgps_backward(
                 ) from None
 
 
-def c_step(
+def c_step_reference(
     cost: QuadraticCost,
     reference: LinearGaussianPolicy,
     dyn: Dynamics,
@@ -218,7 +224,13 @@ def c_step(
     eta: float,
     cfg: TrajOptConfig,
 ) -> CStepResult:
-    """Dual search on η so that KL(p ‖ reference) ≈ kl_bound (ALGORITHM §7.6)."""
+    """Dual search on η so that KL(p ‖ reference) ≈ kl_bound (ALGORITHM §7.6).
+
+    The straightforward one-condition implementation (a Python loop over t per
+    sweep). `c_step_batched` computes the same thing for all conditions at once
+    and is what the pipeline uses; this one is kept as its reference in the tests
+    and in benchmarks/micro.py.
+    """
     eta_lo, eta_hi = cfg.min_eta, cfg.max_eta
     pol, kl, converged, itr = None, np.inf, False, 0
     for itr in range(1, cfg.max_iterations + 1):
@@ -238,3 +250,341 @@ def c_step(
     return CStepResult(
         policy=pol, eta=float(eta), kl=kl, kl_bound=kl_bound, converged=converged, dual_iterations=itr
     )
+
+
+# --------------------------------------------------------------------------- batched over conditions
+#
+# The functions below compute exactly what backward_pass / mdgps_backward / forward_pass /
+# traj_kl / c_step_reference compute, for B conditions at once: arrays carry a leading
+# condition axis, every per-step operation is one batched numpy call, and only the
+# recursions over t remain Python loops. Each condition keeps its own η, bracket,
+# non-PD raising of η and convergence; the arithmetic per condition is the same as in
+# the one-condition code, so results agree to floating-point round-off.
+
+
+class ConditionError(FloatingPointError):
+    """A FloatingPointError of one condition of a batched C-step; the message names the condition."""
+
+    def __init__(self, condition: int, reason: str):
+        super().__init__(f"condition {condition}: {reason}")
+        self.condition = condition
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class BatchCStepResult:
+    """C-step results of M conditions: K [M, T, dU, dX], k [M, T, dU], covar [M, T, dU, dU], the rest [M]."""
+
+    K: np.ndarray
+    k: np.ndarray
+    covar: np.ndarray
+    eta: np.ndarray
+    kl: np.ndarray
+    kl_bound: np.ndarray
+    converged: np.ndarray
+    dual_iterations: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.K.shape[0])
+
+    def __getitem__(self, m: int) -> CStepResult:
+        return CStepResult(
+            policy=LinearGaussianPolicy(K=self.K[m], k=self.k[m], covar=self.covar[m]),
+            eta=float(self.eta[m]),
+            kl=float(self.kl[m]),
+            kl_bound=float(self.kl_bound[m]),
+            converged=bool(self.converged[m]),
+            dual_iterations=int(self.dual_iterations[m]),
+        )
+
+
+def _mT(A: np.ndarray) -> np.ndarray:
+    return A.mT  # = np.swapaxes(A, -1, -2), a view, without the function-call overhead
+
+
+def _sym_b(A: np.ndarray) -> np.ndarray:
+    """_sym (same arithmetic) for the batched code."""
+    return 0.5 * (A + A.mT)
+
+
+def _inv_lower(L: np.ndarray) -> np.ndarray:
+    """np.linalg.solve(L, I) for stacked L: numpy's inv runs the same LAPACK gesv on the same
+    identity right-hand side, so the result is identical, with less wrapper overhead."""
+    return np.linalg.inv(L)
+
+
+def _matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Batched A @ x: A [..., n, m], x [..., m] -> [..., n]."""
+    return (A @ x[..., None])[..., 0]
+
+
+def quadratic_form_batched(K: np.ndarray, k: np.ndarray, covar: np.ndarray):
+    """lingauss.quadratic_form and log|Σ| for controllers with any leading batch dims.
+
+    K [..., dU, dX], k [..., dU], covar [..., dU, dU] -> M [..., D, D], v [..., D], c [...], logdet [...].
+    Same operations as LinearGaussianPolicy.inv_covar / logdet_covar and quadratic_form.
+    """
+    L = np.linalg.cholesky(covar)
+    logdet = 2.0 * np.sum(np.log(np.diagonal(_mT(L), axis1=-2, axis2=-1)), axis=-1)
+    L_inv = _inv_lower(L)
+    P = _mT(L_inv) @ L_inv
+    PK = P @ K
+    Pk = np.einsum("...uv,...v->...u", P, k)
+    KT = _mT(K)
+    top = np.concatenate([KT @ PK, -_mT(PK)], axis=-1)
+    bottom = np.concatenate([-PK, P], axis=-1)
+    M = np.concatenate([top, bottom], axis=-2)
+    v = np.concatenate([np.einsum("...xu,...u->...x", KT, Pk), -Pk], axis=-1)
+    c = 0.5 * np.einsum("...u,...u->...", k, Pk)
+    return M, v, c, logdet
+
+
+def _cholesky_per_item(A: np.ndarray) -> np.ndarray:
+    """Which of the stacked matrices A [B, n, n] have a Cholesky factor (numpy's criterion): bool [B]."""
+    ok = np.ones(A.shape[0], dtype=bool)
+    for b in range(A.shape[0]):
+        try:
+            np.linalg.cholesky(A[b])
+        except np.linalg.LinAlgError:
+            ok[b] = False
+    return ok
+
+
+def backward_pass_batched(
+    Cs: np.ndarray, cs: np.ndarray, Fm: np.ndarray, fv: np.ndarray, dX: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """backward_pass for B problems at once.
+
+    Cs [B, T, D, D], cs [B, T, D], Fm [B, T, dX, D], fv [B, T, dX] ->
+    K [B, T, dU, dX], k [B, T, dU], covar [B, T, dU, dU], failed [B] (bool).
+    A problem whose Q_uu is not positive definite at some t is dropped from the sweep
+    at that t (failed = True, its outputs are meaningless); the others continue.
+    """
+    B, T, D, _ = Cs.shape
+    dU = D - dX
+    K = np.zeros((B, T, dU, dX))
+    k = np.zeros((B, T, dU))
+    covar = np.zeros((B, T, dU, dU))
+    failed = np.zeros(B, dtype=bool)
+    alive = np.arange(B)
+    V = np.zeros((B, dX, dX))
+    v = np.zeros((B, dX))
+    for t in range(T - 1, -1, -1):
+        sel = slice(None) if alive.size == B else alive
+        Qzz = Cs[sel, t]  # not modified in place below
+        qz = cs[sel, t]
+        if t < T - 1:
+            F = Fm[sel, t]
+            FT = _mT(F)
+            FtV = FT @ V
+            Qzz = Qzz + FtV @ F
+            qz = qz + (_matvec(FT, v) + _matvec(FtV, fv[sel, t]))
+        Qzz = _sym_b(Qzz)
+        Quu = Qzz[:, dX:, dX:]
+        try:
+            L = np.linalg.cholesky(Quu)
+        except np.linalg.LinAlgError:
+            ok = _cholesky_per_item(Quu)
+            failed[alive[~ok]] = True
+            alive = alive[ok]
+            if alive.size == 0:
+                break
+            Qzz, qz = Qzz[ok], qz[ok]
+            L = np.linalg.cholesky(Qzz[:, dX:, dX:])
+        L_inv = _inv_lower(L)
+        Quu_inv = _mT(L_inv) @ L_inv
+        Kt = -Quu_inv @ Qzz[:, dX:, :dX]
+        kt = _matvec(-Quu_inv, qz[:, dX:])
+        idx = slice(None) if alive.size == B else alive
+        K[idx, t] = Kt
+        k[idx, t] = kt
+        covar[idx, t] = Quu_inv
+        Qxu = Qzz[:, :dX, dX:]
+        V = _sym_b(Qzz[:, :dX, :dX] + Qxu @ Kt)
+        v = qz[:, :dX] + _matvec(Qxu, kt)
+    return K, k, covar, failed
+
+
+def forward_pass_batched(
+    K: np.ndarray, k: np.ndarray, covar: np.ndarray,
+    Fm: np.ndarray, fv: np.ndarray, dyn_covar: np.ndarray, x0mu: np.ndarray, x0sigma: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """forward_pass for B problems: controllers K [B, T, dU, dX], k, covar; dynamics Fm [B, T, dX, D], fv,
+    dyn_covar, x0mu [B, dX], x0sigma [B, dX, dX] -> μ [B, T, D], S [B, T, D, D]."""
+    B, T, dU, dX = K.shape
+    D = dX + dU
+    mu = np.zeros((B, T, D))
+    S = np.zeros((B, T, D, D))
+    mu_x = x0mu.copy()
+    S_xx = x0sigma.copy()
+    for t in range(T):
+        Kt = K[:, t]
+        SxxKt = S_xx @ _mT(Kt)
+        mu[:, t, :dX] = mu_x
+        mu[:, t, dX:] = _matvec(Kt, mu_x) + k[:, t]
+        S[:, t, :dX, :dX] = S_xx
+        S[:, t, :dX, dX:] = SxxKt
+        S[:, t, dX:, :dX] = _mT(SxxKt)
+        S[:, t, dX:, dX:] = Kt @ SxxKt + covar[:, t]
+        if t < T - 1:
+            F = Fm[:, t]
+            S_xx = _sym_b(F @ S[:, t] @ _mT(F) + dyn_covar[:, t])
+            mu_x = _matvec(F, mu[:, t]) + fv[:, t]
+    return mu, S
+
+
+def traj_kl_batched(mu: np.ndarray, S: np.ndarray, p_terms: tuple, q_terms: tuple) -> np.ndarray:
+    """traj_kl for B problems: μ [B, T, D], S [B, T, D, D], (M, v, c, logdet) of p and q -> [B, T]."""
+    Mp, vp, cp, ldp = p_terms
+    Mq, vq, cq, ldq = q_terms
+    dM = Mq - Mp
+    kl = (
+        0.5 * np.einsum("bti,btij,btj->bt", mu, dM, mu)
+        + np.einsum("bti,bti->bt", mu, vq - vp)
+        + cq
+        - cp
+        + 0.5 * np.einsum("btij,btji->bt", S, dM)
+        + 0.5 * ldq
+        - 0.5 * ldp
+    )
+    return np.maximum(kl, 0.0)
+
+
+def _check_finite(conditions, arrays: dict[str, tuple]) -> None:
+    """Raise ConditionError for the first condition whose inputs contain NaN or Inf."""
+    for i, m in enumerate(conditions):
+        for name, value in arrays.items():
+            if not all(np.all(np.isfinite(a[i])) for a in value):
+                raise ConditionError(int(m), f"the {name} contains NaN or Inf")
+
+
+def mdgps_backward_batched(
+    eta: np.ndarray, Cm: np.ndarray, cv: np.ndarray, Mq: np.ndarray, vq: np.ndarray,
+    Fm: np.ndarray, fv: np.ndarray, dX: int, cfg: TrajOptConfig, conditions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """mdgps_backward for B problems (inputs already checked for NaN).
+
+    eta [B]; Cm [B, T, D, D], cv [B, T, D]; (Mq, vq) of the reference [B, T, D, D], [B, T, D];
+    Fm [B, T, dX, D], fv [B, T, dX]. Each problem whose Q_uu is not PD gets its own η raised
+    as η0 + δ, η0 + 2δ, η0 + 4δ, ... and is re-solved. Returns K, k, covar and the η used [B].
+    `conditions` [B] are the condition numbers used in error messages.
+    """
+    eta = np.array(eta, dtype=np.float64)
+    B = eta.shape[0]
+    conditions = np.arange(B) if conditions is None else conditions
+    eta0 = eta.copy()
+    delta = np.full(B, float(cfg.del0))
+    T, D = Cm.shape[1], Cm.shape[2]
+    dU = D - dX
+    K = np.zeros((B, T, dU, dX))
+    k = np.zeros((B, T, dU))
+    covar = np.zeros((B, T, dU, dU))
+    pending = np.arange(B)
+    while pending.size:
+        sel = slice(None) if pending.size == B else pending
+        e = eta[sel][:, None, None]
+        Kp, kp, cp, failed = backward_pass_batched(
+            Cm[sel] / e[..., None] + Mq[sel], cv[sel] / e + vq[sel], Fm[sel], fv[sel], dX
+        )
+        ok = ~failed
+        K[pending[ok]] = Kp[ok]
+        k[pending[ok]] = kp[ok]
+        covar[pending[ok]] = cp[ok]
+        pending = pending[failed]
+        if pending.size:
+            eta[pending] = eta0[pending] + delta[pending]
+            delta[pending] *= 2.0
+            hopeless = pending[eta[pending] >= 1e16]
+            if hopeless.size:
+                raise ConditionError(
+                    int(conditions[hopeless[0]]),
+                    "Q_uu stayed non-positive-definite while eta was raised to 1e16 "
+                    "(the fitted dynamics or the policy linearisation are numerically degenerate)",
+                )
+    return K, k, covar, eta
+
+
+def _stack(objs, field: str) -> np.ndarray:
+    return np.stack([np.asarray(getattr(o, field), dtype=np.float64) for o in objs])
+
+
+def c_step_batched(
+    costs: list[QuadraticCost],
+    references: list[LinearGaussianPolicy],
+    dyns: list[Dynamics],
+    kl_bounds: np.ndarray,
+    etas: np.ndarray,
+    cfg: TrajOptConfig,
+) -> BatchCStepResult:
+    """c_step_reference for M conditions at once (ALGORITHM §7.6), vectorised across conditions.
+
+    Every round, the conditions that have not converged yet are solved together with their
+    own η (backward pass with per-condition non-PD raising of η, forward pass, trajectory KL);
+    then each updates its own bracket [η_lo, η_hi] and η exactly as c_step_reference does.
+    Converged conditions drop out and keep their result. Raises ConditionError (a
+    FloatingPointError naming the condition) for NaN/Inf input or a hopeless non-PD problem.
+    """
+    M = len(costs)
+    Cm, cv = _stack(costs, "Cm"), _stack(costs, "cv")
+    Kq, kq, Sq = _stack(references, "K"), _stack(references, "k"), _stack(references, "covar")
+    Fm, fv, W = _stack(dyns, "Fm"), _stack(dyns, "fv"), _stack(dyns, "covar")
+    x0mu, x0sigma = _stack(dyns, "x0mu"), _stack(dyns, "x0sigma")
+    dX = Kq.shape[-1]
+    kl_bounds = np.broadcast_to(np.asarray(kl_bounds, dtype=np.float64), (M,)).copy()
+    # numpy's Cholesky returns NaN rather than failing on NaN input, so check first.
+    _check_finite(range(M), {"dynamics": (Fm, fv, W), "cost model": (Cm, cv), "reference controller": (Kq, kq, Sq)})
+    q_terms = quadratic_form_batched(Kq, kq, Sq)
+
+    eta = np.array(etas, dtype=np.float64).reshape(M).copy()
+    eta_lo = np.full(M, float(cfg.min_eta))
+    eta_hi = np.full(M, float(cfg.max_eta))
+    K = np.zeros(Kq.shape)
+    k = np.zeros(kq.shape)
+    covar = np.zeros(Sq.shape)
+    kl = np.full(M, np.inf)
+    converged = np.zeros(M, dtype=bool)
+    itr = np.zeros(M, dtype=np.int64)
+    active = np.arange(M)
+    for rnd in range(1, cfg.max_iterations + 1):
+        if active.size == 0:
+            break
+        a = slice(None) if active.size == M else active
+        q_a = tuple(q[a] for q in q_terms)
+        Fm_a, fv_a = Fm[a], fv[a]
+        Ka, ka, Sa, eta_a = mdgps_backward_batched(eta[a], Cm[a], cv[a], q_a[0], q_a[1], Fm_a, fv_a, dX, cfg, conditions=active)
+        mu, S = forward_pass_batched(Ka, ka, Sa, Fm_a, fv_a, W[a], x0mu[a], x0sigma[a])
+        kl_a = np.sum(traj_kl_batched(mu, S, quadratic_form_batched(Ka, ka, Sa), q_a), axis=-1)
+        K[active], k[active], covar[active] = Ka, ka, Sa
+        kl[active] = kl_a
+        itr[active] = rnd
+        con = kl_a - kl_bounds[a]
+        done = np.abs(con) < cfg.tolerance * kl_bounds[a]
+        small = con < 0  # KL too small: η too large
+        lo, hi = eta_lo[a], eta_hi[a]
+        hi = np.where(small, eta_a, hi)
+        lo = np.where(small, lo, eta_a)
+        geo = np.sqrt(lo * hi)
+        nxt = np.where(small, np.maximum(geo, 0.1 * hi), np.minimum(geo, 10.0 * lo))
+        eta[active] = np.where(done, eta_a, nxt)
+        eta_lo[active] = np.where(done, eta_lo[a], lo)
+        eta_hi[active] = np.where(done, eta_hi[a], hi)
+        converged[active] = done
+        active = active[~done]
+    return BatchCStepResult(
+        K=K, k=k, covar=covar, eta=eta, kl=kl, kl_bound=kl_bounds, converged=converged, dual_iterations=itr
+    )
+
+
+def c_step(
+    cost: QuadraticCost,
+    reference: LinearGaussianPolicy,
+    dyn: Dynamics,
+    kl_bound: float,
+    eta: float,
+    cfg: TrajOptConfig,
+) -> CStepResult:
+    """Dual search on η for one condition (ALGORITHM §7.6), via c_step_batched."""
+    try:
+        return c_step_batched([cost], [reference], [dyn], np.array([kl_bound]), np.array([eta]), cfg)[0]
+    except ConditionError as exc:
+        raise FloatingPointError(exc.reason) from None

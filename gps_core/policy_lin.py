@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from gps_core.dynamics import PriorConfig
-from gps_core.gmm import GMM, fit_gmm, niw_prior, num_clusters
+from gps_core.gmm import GMM, fit_gmm, fit_gmm_batched, niw_prior, niw_prior_batched, num_clusters
 from gps_core.regression import gauss_fit_joint_prior
 
 FIRST_STEP_REGULARIZATION = 1e-8
@@ -56,3 +56,46 @@ def fit_policy_linearisation(
     gain, offset, cond_cov = gauss_fit_joint_prior(per_step, mu0, Phi, m, n0, reg, dX)
     pol_covar = cond_cov + np.diag(pol_var)[None, :, :]
     return gain, offset, pol_covar, gmm
+
+
+def fit_policy_linearisations(
+    X: np.ndarray,
+    U_pol: np.ndarray,
+    pol_var: np.ndarray,
+    gmms_prev: list[GMM | None],
+    cfg: PriorConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[GMM]]:
+    """fit_policy_linearisation for all M conditions at once, batched across conditions.
+
+    X: [M, N, T, dX], U_pol: [M, N, T, dU], pol_var: [dU], gmms_prev: one per condition (or None).
+    Same results as [fit_policy_linearisation(X[m], U_pol[m], pol_var, gmms_prev[m], cfg, rng)
+    for m in order] (the rng is consumed in condition order), with the EM of all conditions run
+    together (fit_gmm_batched); prior and regressions stay per condition (batched over t).
+    Returns K [M, T, dU, dX], k [M, T, dU], pol_covar [M, T, dU, dU] and the refitted GMMs.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    U_pol = np.asarray(U_pol, dtype=np.float64)
+    pol_var = np.asarray(pol_var, dtype=np.float64)
+    n_cond, n_samples, T, dX = X.shape
+    dU = U_pol.shape[-1]
+    dim = dX + dU
+
+    points = np.concatenate([X, U_pol], axis=-1)  # [M, N, T, D]
+    data = points.reshape(n_cond, n_samples * T, dim)  # sample-major per condition
+    n_clusters = num_clusters(n_samples * T, cfg.max_clusters, cfg.min_samples_per_cluster)
+    gmms, _ = fit_gmm_batched(data, n_clusters, rng, prevs=gmms_prev)
+
+    reg = np.zeros(T)
+    reg[0] = FIRST_STEP_REGULARIZATION
+    gain = np.empty((n_cond, T, dU, dX))
+    offset = np.empty((n_cond, T, dU))
+    pol_covar = np.empty((n_cond, T, dU, dU))
+    # Prior and regressions condition by condition (each batched over t): stacking the
+    # conditions as well makes the temporaries outgrow the cache and is slower.
+    for m in range(n_cond):
+        per_step = np.swapaxes(points[m], 0, 1)  # [T, N, D]
+        mu0, Phi, m_prior, n0 = niw_prior_batched(gmms[m : m + 1], per_step[None], cfg.strength)
+        gain[m], offset[m], cond_cov = gauss_fit_joint_prior(per_step, mu0[0], Phi[0], m_prior, float(n0[0]), reg, dX)
+        pol_covar[m] = cond_cov + np.diag(pol_var)[None, :, :]
+    return gain, offset, pol_covar, gmms
