@@ -129,11 +129,16 @@ class Simulator:
         return np.stack([self._state(self.models[m], self._reset(m), None)[0] for m in range(self.M)])
 
     def rollout(
-        self, conditions: np.ndarray, act: Callable[[int, np.ndarray], np.ndarray], T: int
+        self,
+        conditions: np.ndarray,
+        act: Callable[[int, np.ndarray], np.ndarray],
+        T: int,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Rollouts:
         """Run len(conditions) episodes in lockstep.
 
         conditions: [B] condition index of each episode; act(t, x [B, dX]) -> u [B, dU].
+        progress: optional progress(steps done, T), called after each time step.
         """
         B = len(conditions)
         X = np.zeros((B, T, self.dX))
@@ -157,11 +162,15 @@ class Simulator:
                 X[b, t + 1], J[b, t + 1] = self._state(model, data, X[b, t])
             if not np.all(np.isfinite(X[:, t + 1])):
                 self._diverged(conditions, ~np.all(np.isfinite(X[:, t + 1]), axis=-1), t + 1, "state")
+            if progress is not None:
+                progress(t + 1, T)
         # MuJoCo resets a diverging simulation instead of returning NaN and counts a
         # warning; reading the counters is slow, so they are checked once per rollout.
         unstable = np.array([any(d.warning[w].number for w in _DIVERGENCE_WARNINGS) for d in datas])
         if unstable.any():
             self._diverged(conditions, unstable, T - 1, "state (MuJoCo reset the simulation)")
+        if progress is not None:
+            progress(T, T)
         return Rollouts(X=X, U=U, ee_jac=J)
 
     @staticmethod

@@ -38,6 +38,7 @@ because Adam and the L2 decay act element-wise on every parameter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -237,6 +238,7 @@ def train_policy(
     weight: np.ndarray,
     cfg: SStepConfig,
     rng: np.random.Generator,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[PolicyParams, AdamState, np.ndarray]:
     """One S-step (§8.2-§8.5).
 
@@ -244,6 +246,9 @@ def train_policy(
     params: current network (normalisation computed from ``obs`` and frozen if
     ``not params.normalised``, else kept); adam: state to continue (None = fresh);
     rng: used exactly once, for ``rng.permutation(S*T)``.
+    progress: optional ``progress(done, total)`` called about 100 times during the
+    gradient steps and once at the end (``done == total == cfg.iterations``); it
+    does not change the result.
 
     Returns ``(new_params, new_adam, losses)`` with ``new_params.normalised = True``,
     the §8.5 variance, and ``losses: [cfg.iterations]`` the precision-weighted
@@ -319,7 +324,10 @@ def train_policy(
         losses = torch.empty(cfg.iterations, dtype=f64)
 
         step = step0
+        report_every = max(1, cfg.iterations // 100)
         for it in range(cfg.iterations):
+            if progress is not None and it % report_every == 0:
+                progress(it, cfg.iterations)
             j = it % nb
             x = X[j]
             # forward
@@ -341,6 +349,8 @@ def train_policy(
             step += 1
             _adam_step(theta, grad, exp_avg, exp_avg_sq, step, cfg)
         losses.mul_(0.5)
+        if progress is not None:
+            progress(cfg.iterations, cfg.iterations)
 
         def unflatten(t: torch.Tensor) -> list[np.ndarray]:
             return [c.numpy().reshape(s).copy() for c, s in zip(t.split(sizes), shapes)]

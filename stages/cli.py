@@ -119,6 +119,7 @@ def sample(
     from gps_core.noise import smoothed_noise
     from gps_core.sampling import rollout_controllers, rollout_policy
     from stages.artifacts import load_controllers, load_policy
+    from stages.progress import progress_bar
 
     params = cfg.load_params(params_path)
     agent = cfg.get(params, "agent")
@@ -134,12 +135,16 @@ def sample(
     )
     on_policy = bool(cfg.get(params, "algorithm.sample_on_policy")) and iteration > 0
     if on_policy:
-        rollouts = rollout_policy(sim, load_policy(policy), noise, int(agent["obs_dim"]))
+        known = {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
+        net = load_policy(policy, known, hidden=cfg.get(params, "policy.hidden"))
+        with progress_bar(f"sample {iteration}: {M}x{N} policy rollouts, time step") as progress:
+            rollouts = rollout_policy(sim, net, noise, int(agent["obs_dim"]), progress)
     else:
-        pols = load_controllers(controllers)
-        if len(pols) != M or pols[0].T != T:
-            raise UserError(f"{controllers}: controllers for {len(pols)} conditions x {pols[0].T} steps, params need {M} x {T}")
-        rollouts = rollout_controllers(sim, pols, noise)
+        known = {"M": (M, "conditions in params"), "T": (T, "agent.T in params"),
+                 "dX": (sim.dX, "states of the model"), "dU": (sim.dU, "actions of the model")}
+        pols = load_controllers(controllers, known)
+        with progress_bar(f"sample {iteration}: {M}x{N} controller rollouts, time step") as progress:
+            rollouts = rollout_controllers(sim, pols, noise, progress)
     X, U, J = rollouts.X, rollouts.U, rollouts.ee_jac
     cost = build_cost(cfg.get(params, "cost"))
     terms = cost.evaluate(X.reshape(M * N, T, -1), U.reshape(M * N, T, -1), J.reshape(M * N, T, *J.shape[3:]))
@@ -171,33 +176,26 @@ def fit_dynamics_cmd(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """Per-time-step linear-Gaussian dynamics with the GMM prior, and the initial-state Gaussian."""
-    from gps_core.dynamics import DynamicsPrior, fit_dynamics, fit_initial_state, update_dynamics_prior
-    from stages.artifacts import gmms_from_datasets, gmms_to_datasets
+    from gps_core.dynamics import DynamicsPrior, fit_all_dynamics
+    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, known_from, load_dynamics_prior, load_samples
 
     params = cfg.load_params(params_path)
     dyn_params = cfg.get(params, "dynamics")
     prior_cfg = cfg.prior_config(dyn_params["prior"])
-    sdata, _ = read_artifact(samples, ("X", "U"))
+    sdata, sizes = load_samples(samples)
     X, U = sdata["X"], sdata["U"]
     M = X.shape[0]
     priors: list[DynamicsPrior | None] = [None] * M
     if prev is not None:
-        pdata, _ = read_artifact(prev, ("prior/X", "prior/U"))
+        pdata = load_dynamics_prior(prev, known_from(sizes, samples))
         gmms = gmms_from_datasets("prior", pdata, M)
         priors = [DynamicsPrior(X=pdata["prior/X"][m], U=pdata["prior/U"][m], gmm=gmms[m]) for m in range(M)]
     rng = cfg.stage_rng(params, iteration, "fit_dynamics")
-    out_data: dict[str, list] = {k: [] for k in ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma", "prior/X", "prior/U")}
-    new_priors = []
-    for m in range(M):
-        prior = update_dynamics_prior(priors[m], X[m], U[m], prior_cfg, rng)
-        Fm, fv, W = fit_dynamics(
-            X[m], U[m], prior, prior_cfg.strength, float(dyn_params["regularization"]), dyn_params["regularization_shape"]
-        )
-        x0mu, x0sigma = fit_initial_state(X[m], prior, float(cfg.get(params, "algorithm.initial_state_var")), prior_cfg.strength)
-        for key, value in zip(out_data, (Fm, fv, W, x0mu, x0sigma, prior.X, prior.U)):
-            out_data[key].append(value)
-        new_priors.append(prior)
-    data = {k: np.stack(v) for k, v in out_data.items()}
+    new_priors, data = fit_all_dynamics(  # all conditions at once; same results as a loop over conditions
+        priors, X, U, prior_cfg, float(dyn_params["regularization"]), dyn_params["regularization_shape"],
+        float(cfg.get(params, "algorithm.initial_state_var")), rng,
+    )
+    data.update({"prior/X": np.stack([p.X for p in new_priors]), "prior/U": np.stack([p.U for p in new_priors])})
     data.update(gmms_to_datasets("prior", [p.gmm for p in new_priors]))
     write_artifact(out, "fit_dynamics", iteration, cfg.stage_params(params, "fit_dynamics"), data)
 
@@ -215,27 +213,22 @@ def fit_policy_cmd(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """Linearise the global policy at the current samples (regression with a GMM prior)."""
-    from gps_core.policy_lin import fit_policy_linearisation
+    from gps_core.policy_lin import fit_policy_linearisations
     from gps_core.policy_net import policy_mean
-    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, load_policy
+    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, known_from, load_policy, load_policy_lin_prior, load_samples
 
     params = cfg.load_params(params_path)
     prior_cfg = cfg.prior_config(cfg.get(params, "policy_prior"))
-    sdata, _ = read_artifact(samples, ("X", "obs"))
-    pol = load_policy(policy)
+    sdata, sizes = load_samples(samples)
+    pol = load_policy(policy, known_from(sizes, samples, ("dO", "dU")), hidden=cfg.get(params, "policy.hidden"))
     X, O = sdata["X"], sdata["obs"]
     M = X.shape[0]
-    gmms_prev = gmms_from_datasets("prior", read_artifact(prev)[0], M) if prev is not None else [None] * M
+    gmms_prev = gmms_from_datasets("prior", load_policy_lin_prior(prev, known_from(sizes, samples)), M) if prev is not None else [None] * M
     rng = cfg.stage_rng(params, iteration, "fit_policy")
     U_pol = policy_mean(pol, O)
-    results = [fit_policy_linearisation(X[m], U_pol[m], pol.var, gmms_prev[m], prior_cfg, rng) for m in range(M)]
-    data = {
-        "K": np.stack([r[0] for r in results]),
-        "k": np.stack([r[1] for r in results]),
-        "pol_covar": np.stack([r[2] for r in results]),
-        "U_pol": U_pol,
-    }
-    data.update(gmms_to_datasets("prior", [r[3] for r in results]))
+    K, k, pol_covar, gmms = fit_policy_linearisations(X, U_pol, pol.var, gmms_prev, prior_cfg, rng)  # all conditions at once
+    data = {"K": K, "k": k, "pol_covar": pol_covar, "U_pol": U_pol}
+    data.update(gmms_to_datasets("prior", gmms))
     write_artifact(out, "fit_policy", iteration, cfg.stage_params(params, "fit_policy"), data)
 
 
@@ -258,15 +251,17 @@ def adjust_step(
 ) -> None:
     """New step multipliers from predicted vs actual improvement (classic or global rule)."""
     from gps_core.mdgps import new_step_mult, step_estimates
-    from stages.artifacts import load_controllers, load_cost_models, load_dynamics
+    from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
 
     params = cfg.load_params(params_path)
     alg = cfg.get(params, "algorithm")
-    cost_prev, cost_cur = load_cost_models(prev_samples), load_cost_models(samples)
-    dyn_prev, dyn_cur = load_dynamics(prev_dynamics), load_dynamics(dynamics)
-    lin_prev, lin_cur = load_controllers(prev_policy_lin), load_controllers(policy_lin)
-    new_prev = load_controllers(prev_controllers)
-    step_prev = read_artifact(prev_step, ("step_mult",))[0]["step_mult"]
+    sdata_prev, sizes = load_samples(prev_samples)
+    known = known_from(sizes, prev_samples)  # every other file must describe the same problem
+    cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
+    dyn_prev, dyn_cur = load_dynamics(prev_dynamics, known), load_dynamics(dynamics, known)
+    lin_prev, lin_cur = load_controllers(prev_policy_lin, known), load_controllers(policy_lin, known)
+    new_prev = load_controllers(prev_controllers, known)
+    step_prev = load_step(prev_step, known)
     M = len(new_prev)
     rows = {k: np.zeros(M) for k in ("J_prev", "J_predicted", "J_actual", "predicted_improvement", "actual_improvement", "step_mult")}
     for m in range(M):
@@ -297,41 +292,29 @@ def c_step_cmd(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """KL-constrained LQR against the policy linearisation, one controller per condition."""
-    from gps_core.lqr import c_step
-    from stages.artifacts import check_same_problem, controllers_to_datasets, load_controllers, load_cost_models, load_dynamics
+    from gps_core.lqr import c_step_batched
+    from stages.artifacts import (
+        costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step,
+    )
 
     params = cfg.load_params(params_path)
-    costs, dyns, lins = load_cost_models(samples), load_dynamics(dynamics), load_controllers(policy_lin)
-    check_same_problem(
-        samples=(str(samples), (len(costs), costs[0].Cm.shape[0], costs[0].Cm.shape[1])),
-        dynamics=(str(dynamics), (len(dyns), dyns[0].Fm.shape[0], dyns[0].Fm.shape[2])),
-        policy_lin=(str(policy_lin), (len(lins), lins[0].T, lins[0].dX + lins[0].dU)),
-    )
-    step_mult = read_artifact(step, ("step_mult",))[0]["step_mult"]
-    eta_prev = read_artifact(prev_controllers, ("eta",))[0]["eta"]
+    sdata, sizes = load_samples(samples)
+    known = known_from(sizes, samples)  # every other file must describe the same problem
+    costs, dyns, lins = costs_from_datasets(sdata, str(samples)), load_dynamics(dynamics, known), load_controllers(policy_lin, known)
+    step_mult = load_step(step, known)
+    eta_prev = load_eta(prev_controllers, known)
     topt = cfg.traj_opt_config(params)
     T = lins[0].T
     kl_step = float(cfg.get(params, "algorithm.kl_step"))
-    results = []
-    for m in range(len(lins)):
-        try:
-            res = c_step(costs[m], lins[m], dyns[m], kl_step * float(step_mult[m]) * T, float(eta_prev[m]), topt)
-        except FloatingPointError as exc:
-            raise FloatingPointError(f"condition {m}: {exc}") from None
-        if not res.converged:
-            _log(
-                f"iteration {iteration}: condition {m}: dual search did not converge in {res.dual_iterations} rounds "
-                f"(KL {res.kl:.3f}, bound {res.kl_bound:.3f})"
-            )
-        results.append(res)
-    data = controllers_to_datasets([r.policy for r in results])
-    data.update(
-        eta=np.array([r.eta for r in results]),
-        kl_step=np.array([r.kl_bound for r in results]),
-        kl=np.array([r.kl for r in results]),
-        converged=np.array([r.converged for r in results]),
-        dual_iterations=np.array([r.dual_iterations for r in results]),
-    )
+    # All conditions at once; errors (a FloatingPointError) name the condition.
+    res = c_step_batched(costs, lins, dyns, kl_step * np.asarray(step_mult, dtype=float) * T, np.asarray(eta_prev, dtype=float), topt)
+    for m in np.flatnonzero(~res.converged):
+        _log(
+            f"iteration {iteration}: condition {m}: dual search did not converge in {res.dual_iterations[m]} rounds "
+            f"(KL {res.kl[m]:.3f}, bound {res.kl_bound[m]:.3f})"
+        )
+    data = {"K": res.K, "k": res.k, "pol_covar": res.covar}
+    data.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations)
     write_artifact(out, "c_step", iteration, cfg.stage_params(params, "c_step"), data)
     _log(f"iteration {iteration}: KL {np.array2string(data['kl'], precision=2)} / bound {np.array2string(data['kl_step'], precision=2)}")
 
@@ -352,13 +335,14 @@ def s_step_cmd(
     """Train the network on the local controllers' actions at the sampled states."""
     from gps_core.mdgps import s_step_dataset
     from gps_core.s_step import SStepConfig, train_policy
-    from stages.artifacts import load_controllers, load_policy_and_adam, policy_to_datasets
+    from stages.artifacts import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
+    from stages.progress import progress_bar
 
     params = cfg.load_params(params_path)
     pcfg = cfg.get(params, "policy")
-    sdata, _ = read_artifact(samples, ("X", "obs"))
-    pols = load_controllers(controllers)
-    net, adam = load_policy_and_adam(policy)
+    sdata, sizes = load_samples(samples)
+    pols = load_controllers(controllers, known_from(sizes, samples))
+    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=pcfg["hidden"])
     obs, target, precision, weight = s_step_dataset(pols, sdata["X"], sdata["obs"])
     scfg = SStepConfig(
         iterations=int(pcfg["iterations"]),
@@ -368,7 +352,8 @@ def s_step_cmd(
         ent_reg=float(pcfg["ent_reg"]),
     )
     rng = cfg.stage_rng(params, iteration, stream)
-    net, adam, losses = train_policy(net, adam, obs, target, precision, weight, scfg, rng)
+    with progress_bar(f"{stream.replace('_', '-')} {iteration}: gradient step", scfg.iterations) as progress:
+        net, adam, losses = train_policy(net, adam, obs, target, precision, weight, scfg, rng, progress)
     data, attrs = policy_to_datasets(net, adam, losses)
     write_artifact(out, stream, iteration, cfg.stage_params(params, "s_step"), data, attrs)
     _log(f"iteration {iteration}: S-step loss {losses[:50].mean():.4f} -> {losses[-50:].mean():.4f}")
@@ -517,6 +502,72 @@ def resume(ctx: typer.Context) -> None:
     for tmp in Path("data").rglob(".*.tmp") if Path("data").is_dir() else []:
         tmp.unlink(missing_ok=True)  # temporary files of stages that were killed mid-write
     raise typer.Exit(subprocess.call(["dvc", "repro", *ctx.args]))
+
+
+@app.command("inspect")
+def inspect_cmd(
+    file: Path = typer.Argument(..., help="an HDF5 artifact (any stage's output)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="print this dataset (e.g. K, prior/X, policy/W0)"),
+    condition: Optional[int] = typer.Option(None, "--condition", "-m", help="index of the condition axis M"),
+    sample: Optional[int] = typer.Option(None, "--sample", "-n", help="index of the sample axis N (Nb in prior/X, prior/U)"),
+    time: Optional[int] = typer.Option(None, "--time", "-t", help="index of the time axis T (negative counts from the end)"),
+    full: bool = typer.Option(False, "--full", help="print every value, not numpy's summary of a large array"),
+) -> None:
+    """Show an artifact: stage, iteration, params, and each dataset with shape, dtype and statistics."""
+    from stages.clitools import user_errors
+    from stages.inspect_h5 import inspect_text
+
+    with user_errors("inspect", _debug["on"]):
+        typer.echo(inspect_text(file, dataset, condition, sample, time, full), nl=False)
+
+
+@app.command("status")
+def status_cmd(
+    data: Path = typer.Option(Path("data"), "--data", help="the run's data folder"),
+    params_path: Optional[Path] = typer.Option(None, "--params", help="params.yaml of the run (default: ./params.yaml if present)"),
+) -> None:
+    """One row per iteration: cost, distance, success, KL vs bound, eta, step multipliers, time; works mid-run."""
+    from stages.clitools import user_errors
+    from stages.status import status_text
+
+    with user_errors("status", _debug["on"]):
+        typer.echo(status_text(data, params_path), nl=False)
+
+
+@app.command("plot")
+def plot_cmd(
+    data: Path = typer.Option(Path("data"), "--data", help="the run's data folder (itr_NN/metrics.json, eval.h5, samples.h5)"),
+    curve: Path = typer.Option(Path("data/learning_curve.csv"), "--curve", help="learning curve, used when there is no metrics.json"),
+    out_dir: Path = typer.Option(Path("data/plots"), "--out-dir", help="where to write the PNGs"),
+) -> None:
+    """PNG figures per iteration: success, final distance, sample vs policy cost, KL vs bound, step multiplier."""
+    from stages.clitools import user_errors
+    from stages.plots import write_plots
+
+    with user_errors("plot", _debug["on"]):
+        for path in write_plots(data, curve, out_dir):
+            typer.echo(f"wrote {path}")
+
+
+@app.command("render")
+def render_cmd(
+    policy: Path = typer.Argument(..., help="policy.h5 (global policy) or controllers.h5 (local controllers) of an iteration"),
+    params_path: Path = ParamsOpt,
+    condition: int = typer.Option(0, "--condition", "-m", help="condition to roll out"),
+    out: Path = typer.Option(Path("rollout.gif"), "--out", "-o", help=".gif, .mp4 (needs imageio-ffmpeg) or .png (one frame)"),
+    width: int = typer.Option(320, "--width", min=16),
+    height: int = typer.Option(240, "--height", min=16),
+    every: int = typer.Option(1, "--every", min=1, help="draw every n-th time step"),
+    time: Optional[int] = typer.Option(None, "--time", "-t", help="the time step drawn into a .png (default: the last)"),
+    fps: Optional[float] = typer.Option(None, "--fps", help="frames per second (default: real time)"),
+    shadows: bool = typer.Option(False, "--shadows", help="draw shadows (slow with software OpenGL)"),
+) -> None:
+    """Draw a noise-free rollout offscreen (MUJOCO_GL=egl or osmesa) with the target marked."""
+    from stages.clitools import user_errors
+    from stages.render import render_rollout
+
+    with user_errors("render", _debug["on"]):
+        typer.echo(render_rollout(params_path, policy, condition, out, width, height, every, time, fps, shadows))
 
 
 @app.command("configure")

@@ -1,9 +1,10 @@
-"""End to end through DVC: a 2-iteration small run, and resuming after SIGKILL."""
+"""End to end through DVC: a 2-iteration small run, and resuming after SIGKILL at several points."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, small_params
-from stages.pipeline import render_pipeline
+from stages.pipeline import build_pipeline, render_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -83,42 +84,124 @@ def test_repro_runs_every_stage_and_writes_metrics(finished):
     assert "up to date" in again.stdout
 
 
-def test_sigkill_then_repro_redoes_only_unfinished_work(finished, tmp_path):
-    """Also the determinism check: every artifact of the resumed run, made in two separate
-    runs, equals the uninterrupted run's bit for bit."""
+# The points of a 2-iteration run where the test kills DVC (and its stage processes), in pipeline
+# order: (stage, regex of the running stage's command line and seconds into it, or None to kill
+# between two stages, once `stage` has written its outputs and no stage process runs: DVC is then
+# hashing, caching or rewriting dvc.lock). Each point costs a DVC start-up and a rerun of the stage.
+KILL_POINTS = [
+    ("sample_00", (r"^gps sample -i 0 ", 0.3)),  # sampling (mujoco rollouts, cost expansion)
+    ("s_step_00", (r"^gps s-step -i 0 (?!.*catch_up)", 1.0)),  # the S-step, while torch trains
+    ("c_step_01", (r"^gps c-step -i 1 ", 0.3)),  # the C-step of iteration 1 (after adjust_step_01)
+    ("s_step_01", None),  # between s_step_01 and evaluate_01
+]
+STAGES = build_pipeline(2)["stages"]
+ORDER = list(STAGES)
+
+
+def stage_processes(proc: subprocess.Popen) -> list[tuple[psutil.Process, str]]:
+    """The processes of the stage DVC is running (its shell and the gps process), with their command lines."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            match = re.search(r"(?:^|[\s/])(gps\s.*)$", " ".join(child.cmdline()))
+        except psutil.Error:
+            continue
+        if match:
+            found.append((child, match.group(1)))
+    return found
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_at(proc: subprocess.Popen, ws: Path, stage: str, during: tuple[str, float] | None, log: Path) -> list[psutil.Process]:
+    """Wait for the kill point, then SIGKILL the whole process group (DVC and the stage it runs)."""
+    outs = [ws / o for o in STAGES[stage]["outs"]]
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        running = stage_processes(proc)
+        if during is not None:
+            pattern, delay = during
+            hits = [p for p, line in running if re.search(pattern, line)]
+            if hits:
+                time.sleep(delay)
+                assert all(alive(p) for p in hits), f"{stage} finished before it could be interrupted"
+                os.killpg(proc.pid, signal.SIGKILL)
+                return hits
+        elif all(o.exists() for o in outs) and not running:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return []
+        time.sleep(0.01)
+    raise AssertionError(f"the run never reached the kill point of {stage} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+
+
+def stages_run(log_text: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", log_text)
+
+
+def test_sigkill_at_several_points_then_resume_is_bit_identical(finished, tmp_path):
+    """Kill the run four times (during sampling, the S-step and the C-step, and between two stages),
+    each time resuming with `dvc repro` or `gps resume`, which the next kill interrupts in turn.
+
+    After every kill: the killed stage left no output, every file present equals the uninterrupted
+    run's, and the resumed run did not redo finished stages. At the end, also the determinism check:
+    every artifact, made across five runs of DVC, equals the uninterrupted run's bit for bit."""
     ws = make_workspace(tmp_path / "ws")
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=ws, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill while the iteration-0 S-step runs (it takes seconds: torch import plus
-    # training), not while DVC rewrites dvc.lock: DVC does not write that file
-    # atomically, and recovering from a torn lock file is a separate feature.
-    marker = ws / "data" / "itr_00" / "controllers.h5"
-    deadline = time.time() + 120
-    stage = None
-    while stage is None and time.time() < deadline and proc.poll() is None:
-        if marker.exists():
-            stage = next((p for p in psutil.Process(proc.pid).children(recursive=True)
-                          if "s-step" in " ".join(p.cmdline())), None)
-        time.sleep(0.05)
-    assert stage is not None, "the run did not get far enough to be interrupted"
-    time.sleep(0.5)
-    assert stage.is_running(), "the S-step finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (ws / "data" / "itr_00" / "policy.h5").exists(), "a killed stage left its output behind"
-    resumed = run([str(BIN / "dvc"), "repro"], ws)
-    log = resumed.stdout
-    for done in ("init", "sample_00", "fit_dynamics_00", "catch_up", "fit_policy_00", "c_step_00"):
-        assert f"Running stage '{done}'" not in log, f"{done} finished before the kill but ran again:\n{log}"
-    for todo in ("s_step_00", "evaluate_00", "sample_01", "summary"):
-        assert f"Running stage '{todo}'" in log, f"{todo} did not run after the resume:\n{log}"
+    e = dict(env(), PYTHONUNBUFFERED="1")  # DVC's log up to the kill
+    command = [str(BIN / "dvc"), "repro"]
+    finished_before: set[str] = set()
+    for n, (stage, during) in enumerate(KILL_POINTS):
+        log = tmp_path / f"run{n}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(command, cwd=ws, env=e, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                killed = kill_at(proc, ws, stage, during, log)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        where = f"kill {n} ({'during' if during else 'after'} {stage})"
+        psutil.wait_procs(killed, timeout=10)
+        assert not any(alive(p) for p in killed), f"{where}: a stage process survived the kill"
+        again = set(stages_run(log.read_text())) & finished_before
+        assert not again, f"{where}: {sorted(again)} finished before the previous kill but ran again:\n{log.read_text()}"
+        if during is not None:
+            for o in STAGES[stage]["outs"]:
+                assert not (ws / o).exists(), f"{where}: the killed stage left its output {o} behind"
+        for rel in artifacts(ws):  # whatever exists is complete and right
+            assert_same_datasets(ws / rel, finished / rel)
+        finished_before = set(ORDER[: ORDER.index(stage)])  # (a stage killed just after its end may rerun)
+        # a kill during a stage leaves dvc.lock intact, so plain `dvc repro` resumes; between stages
+        # DVC may have been rewriting dvc.lock, which `gps resume` sets aside if it is torn
+        command = [str(BIN / "dvc"), "repro"] if during is not None else [str(BIN / "gps"), "resume"]
+    assert command[-1] == "resume"
+    resumed = subprocess.run(command, cwd=ws, env=e, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    again = set(stages_run(resumed.stdout)) & finished_before
+    assert not again, f"final resume: {sorted(again)} ran again:\n{resumed.stdout}"
+    assert "summary" in stages_run(resumed.stdout)
+    assert not list((ws / "data").rglob("*.tmp")), "gps resume left temporary files of killed stages"
+    assert "up to date" in run([str(BIN / "dvc"), "status"], ws).stdout
     # The resumed run's artifacts equal those of the uninterrupted run, dataset by dataset.
     assert artifacts(ws) == artifacts(finished)
     for rel in artifacts(ws):
-        a, b = datasets(ws / rel), datasets(finished / rel)
-        assert a.keys() == b.keys(), rel
-        for name in a:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{rel}:{name}")
+        assert_same_datasets(ws / rel, finished / rel)
+
+
+def assert_same_datasets(a: Path, b: Path) -> None:
+    da, db = datasets(a), datasets(b)
+    assert da.keys() == db.keys(), a
+    for name in da:
+        np.testing.assert_array_equal(da[name], db[name], err_msg=f"{a}:{name}")
+        assert da[name].dtype == db[name].dtype and da[name].tobytes() == db[name].tobytes(), f"{a}:{name}"
 
 
 def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished):

@@ -1,0 +1,39 @@
+"""Small real runs shared by the tests of the inspection commands (inspect, status, plot, render).
+
+Each run is made once per test session (the first test module that asks makes
+it) so that the modules together add only a few seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from conftest import gps, run_stages_by_hand, small_params, small_peg_params
+
+_made: dict[str, Path] = {}
+
+
+def obstacle_run(tmp_path_factory) -> Path:
+    """Two iterations of every stage on the small obstacle task: <dir>/params.yaml and <dir>/data/."""
+    if "obstacle" not in _made:
+        d = tmp_path_factory.mktemp("obstacle_run")
+        (d / "params.yaml").write_text(yaml.safe_dump(small_params(2)))
+        run_stages_by_hand(d / "data", d / "params.yaml", 2)
+        _made["obstacle"] = d
+    return _made["obstacle"]
+
+
+def peg_start(tmp_path_factory) -> Path:
+    """The small peg task's init and first samples: <dir>/params.yaml, data/init/*, data/itr_00/samples.h5."""
+    if "peg" not in _made:
+        d = tmp_path_factory.mktemp("peg_start")
+        (d / "params.yaml").write_text(yaml.safe_dump(small_peg_params()))
+        init, p = d / "data" / "init", ["--params", d / "params.yaml"]
+        gps("init", *p, "--controllers-out", init / "controllers.h5", "--policy-out", init / "policy.h5",
+            "--step-out", init / "step.h5")
+        gps("sample", "-i", 0, *p, "--controllers", init / "controllers.h5", "--policy", init / "policy.h5",
+            "--out", d / "data" / "itr_00" / "samples.h5")
+        _made["peg"] = d
+    return _made["peg"]

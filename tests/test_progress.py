@@ -1,0 +1,110 @@
+"""Progress callbacks of gps_core and the rich bars of the stages (drawn only on a terminal)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stages.cli import app
+from stages.progress import bars_enabled, progress_bar
+
+from small_runs import obstacle_run
+
+runner = CliRunner()
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_train_policy_reports_progress_without_changing_the_result():
+    from gps_core.policy_net import init_policy
+    from gps_core.s_step import SStepConfig, train_policy
+
+    rng = np.random.default_rng(0)
+    S, T, dO, dU = 2, 5, 3, 2
+    obs, target = rng.normal(size=(S, T, dO)), rng.normal(size=(S, T, dU))
+    precision, weight = np.broadcast_to(np.eye(dU), (S, T, dU, dU)).copy(), np.ones((S, T))
+    cfg = SStepConfig(iterations=250, batch_size=5)
+    params = init_policy(dO, dU, (8,), 0.1, 1)
+    calls = []
+    a = train_policy(params, None, obs, target, precision, weight, cfg, np.random.default_rng(1), lambda d, t: calls.append((d, t)))
+    b = train_policy(params, None, obs, target, precision, weight, cfg, np.random.default_rng(1))
+    np.testing.assert_array_equal(a[2], b[2])
+    for wa, wb in zip(a[0].weights, b[0].weights):
+        np.testing.assert_array_equal(wa, wb)
+    done = [d for d, _ in calls]
+    assert calls[0] == (0, 250) and calls[-1] == (250, 250) and all(t == 250 for _, t in calls)
+    assert done == sorted(done) and 50 <= len(calls) <= 130
+
+
+def test_rollouts_report_each_time_step():
+    from conftest import small_params
+    from gps_core.policy_net import init_policy
+    from gps_core.sampling import rollout_policy
+    from stages import config as cfg
+
+    sim = cfg.make_simulator(small_params())
+    net = init_policy(10, sim.dU, (8,), 0.1, 1)
+    T = 12
+    noise = np.random.default_rng(0).normal(size=(sim.M, 2, T, sim.dU))
+    calls = []
+    with_bar = rollout_policy(sim, net, noise, 10, lambda d, t: calls.append((d, t)))
+    plain = rollout_policy(sim, net, noise, 10)
+    np.testing.assert_array_equal(with_bar.X, plain.X)
+    assert [d for d, _ in calls] == list(range(1, T + 1)) and {t for _, t in calls} == {T}
+
+
+def test_bar_only_on_a_terminal(monkeypatch):
+    monkeypatch.delenv("GPS_PROGRESS", raising=False)
+    quiet = io.StringIO()
+    with progress_bar("sampling", 10, stream=quiet) as progress:
+        progress(5, 10)
+    assert quiet.getvalue() == "" and not bars_enabled(quiet)
+    tty = FakeTerminal()
+    assert bars_enabled(tty)
+    with progress_bar("s-step 3: gradient step", 10, stream=tty, enabled=True) as progress:
+        for i in range(11):
+            progress(i, 10)
+    assert "s-step 3: gradient step" in tty.getvalue()
+    monkeypatch.setenv("GPS_PROGRESS", "0")
+    assert not bars_enabled(tty)
+    monkeypatch.setenv("GPS_PROGRESS", "1")
+    assert bars_enabled(quiet)
+
+
+@pytest.mark.parametrize("command", ["sample", "s-step"])
+def test_stage_logs_stay_one_line_without_a_terminal(tmp_path_factory, tmp_path, command, monkeypatch):
+    monkeypatch.delenv("GPS_PROGRESS", raising=False)
+    run = obstacle_run(tmp_path_factory)
+    d, p = run / "data", ["--params", run / "params.yaml"]
+    if command == "sample":
+        args = ["sample", "-i", 1, *p, "--controllers", d / "itr_00/controllers.h5", "--policy", d / "itr_00/policy.h5"]
+    else:
+        args = ["s-step", "-i", 1, *p, "--samples", d / "itr_01/samples.h5", "--controllers", d / "itr_01/controllers.h5",
+                "--policy", d / "itr_00/policy.h5"]
+    result = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "out.h5"]])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("iteration 1: ") and lines[1].startswith(f"gps {command}: done in")
+    assert result.stdout == ""
+    # the same bytes as the run without any bar in the way
+    assert (tmp_path / "out.h5").read_bytes() == (d / "itr_01" / ("samples.h5" if command == "sample" else "policy.h5")).read_bytes()
+
+
+def test_bar_is_drawn_on_a_terminal(tmp_path_factory, tmp_path, monkeypatch):
+    """GPS_PROGRESS=1 stands in for a terminal: the bar goes to stderr, stdout stays empty."""
+    monkeypatch.setenv("GPS_PROGRESS", "1")
+    run = obstacle_run(tmp_path_factory)
+    d = run / "data"
+    result = runner.invoke(app, [str(a) for a in [
+        "s-step", "-i", 1, "--params", run / "params.yaml", "--samples", d / "itr_01/samples.h5",
+        "--controllers", d / "itr_01/controllers.h5", "--policy", d / "itr_00/policy.h5", "--out", tmp_path / "p.h5"]])
+    assert result.exit_code == 0, result.output
+    assert "s-step 1: gradient step" in result.stderr and result.stdout == ""
+    assert Path(tmp_path / "p.h5").read_bytes() == (d / "itr_01" / "policy.h5").read_bytes()
