@@ -37,6 +37,7 @@ def main() -> None:
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(ws / "repo")], check=True)
         repo = ws / "repo"
+        env["PYTHONPATH"] = str(repo)  # the clone's code, not this checkout's editable install
         if args.params:
             shutil.copy(args.params, repo / "params.yaml")
             subprocess.run([str(bin_dir / "gps"), "pipeline"], cwd=repo, env=env, check=True, capture_output=True)

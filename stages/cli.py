@@ -424,15 +424,15 @@ def summary(
     metrics: list[Path] = typer.Argument(..., help="per-iteration metrics.json files, in order"),
     out: Path = typer.Option(..., "--out", help="summary metrics JSON (last iteration)"),
     curve: Path = typer.Option(..., "--curve", help="learning curve CSV, one row per iteration"),
-    dvc_yaml: Path = typer.Option(Path("dvc.yaml"), "--dvc-yaml", help="pipeline to check against params.yaml"),
+    root: Path = typer.Option(Path("."), "--root", help="project root whose dvc.yaml files are checked against params.yaml"),
 ) -> None:
-    """Learning curve over iterations; fails if dvc.yaml is out of sync with params.yaml."""
+    """Learning curve over iterations; fails if the pipeline files are out of sync with params.yaml."""
     import json
 
     from stages.pipeline import check_in_sync
 
     params = cfg.load_params(params_path)
-    check_in_sync(params, params_path, dvc_yaml)
+    check_in_sync(params, params_path, root)
     rows = []
     for path in metrics:
         if not path.exists():
@@ -483,22 +483,22 @@ def report(
 
 @app.command("resume", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def resume(ctx: typer.Context) -> None:
-    """Finish an interrupted run: set aside a torn dvc.lock, then `dvc repro` (extra arguments go to it).
+    """Finish an interrupted run: set aside torn dvc.lock files, then `dvc repro` (extra arguments go to it).
 
     DVC does not write dvc.lock atomically, so a run killed at the wrong moment can
-    leave a lock file that DVC refuses to read. Finished stages are then restored
+    leave a lock file (the root's or an iteration's) that DVC refuses to read. Finished stages are then restored
     from DVC's run-cache instead of being rerun.
     """
     import subprocess
 
-    from stages.pipeline import lock_file_problem
+    from stages.pipeline import lock_file_problem, lock_files
 
-    lock = Path("dvc.lock")
-    problem = lock_file_problem(lock)
-    if problem:
-        aside = lock.with_name("dvc.lock.broken")
-        lock.replace(aside)
-        typer.echo(f"gps resume: {lock} was unreadable ({problem}); moved it to {aside}", err=True)
+    for lock in lock_files(Path(".")):
+        problem = lock_file_problem(lock)
+        if problem:
+            aside = lock.with_name("dvc.lock.broken")
+            lock.replace(aside)
+            typer.echo(f"gps resume: {lock} was unreadable ({problem}); moved it to {aside}", err=True)
     for tmp in Path("data").rglob(".*.tmp") if Path("data").is_dir() else []:
         tmp.unlink(missing_ok=True)  # temporary files of stages that were killed mid-write
     raise typer.Exit(subprocess.call(["dvc", "repro", *ctx.args]))
@@ -570,19 +570,23 @@ def render_cmd(
         typer.echo(render_rollout(params_path, policy, condition, out, width, height, every, time, fps, shadows))
 
 
+RootOpt = typer.Option(Path("."), "--root", help="project root: dvc.yaml goes here, iteration k to pipelines/itr_kk/dvc.yaml")
+
+
 @app.command("configure")
 def configure(
     task: str = typer.Argument(..., help="obstacle | peg | peg_blind: the shipped settings in configs/<task>.yaml"),
     params_path: Path = ParamsOpt,
-    out: Path = typer.Option(Path("dvc.yaml"), "--out"),
+    root: Path = RootOpt,
 ) -> None:
-    """Switch the run to a task: copy configs/<task>.yaml to params.yaml and regenerate dvc.yaml."""
+    """Switch the run to a task: copy configs/<task>.yaml to params.yaml and regenerate the pipeline."""
     import shutil
 
+    from stages.clitools import user_errors
     from stages.pipeline import write_pipeline
 
     preset = Path("configs") / f"{task}.yaml"
-    try:
+    with user_errors("configure", _debug["on"]):
         if not preset.exists():
             known = ", ".join(sorted(p.stem for p in Path("configs").glob("*.yaml"))) or "none (run from the project root)"
             raise UserError(f"{preset}: no such task settings; available: {known}")
@@ -590,27 +594,19 @@ def configure(
         tmp = params_path.with_name(f".{params_path.name}.tmp")
         shutil.copyfile(preset, tmp)
         tmp.replace(params_path)
-        write_pipeline(params, params_path, out)
-    except UserError as exc:
-        typer.echo(f"gps configure: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"wrote {params_path} (task {task}) and {out}")
+        files = write_pipeline(params, params_path, root)
+    typer.echo(f"wrote {params_path} (task {task}) and {len(files)} dvc.yaml files")
 
 
 @app.command("pipeline")
-def pipeline_cmd(
-    params_path: Path = ParamsOpt,
-    out: Path = typer.Option(Path("dvc.yaml"), "--out"),
-) -> None:
-    """Write dvc.yaml for the number of iterations in params.yaml."""
+def pipeline_cmd(params_path: Path = ParamsOpt, root: Path = RootOpt) -> None:
+    """Write the pipeline (dvc.yaml and one pipelines/itr_kk/dvc.yaml per iteration) for params.yaml."""
+    from stages.clitools import user_errors
     from stages.pipeline import write_pipeline
 
-    try:
-        write_pipeline(cfg.load_params(params_path), params_path, out)
-    except UserError as exc:
-        typer.echo(f"gps pipeline: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"wrote {out}")
+    with user_errors("pipeline", _debug["on"]):
+        files = write_pipeline(cfg.load_params(params_path), params_path, root)
+    typer.echo(f"wrote {len(files)} dvc.yaml files ({files[0]} and {files[1].parent.parent}/itr_*/dvc.yaml)")
 
 
 if __name__ == "__main__":  # pragma: no cover

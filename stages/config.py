@@ -24,6 +24,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "s_step": ["seed", "policy.iterations", "policy.batch_size", "policy.lr", "policy.weight_decay", "policy.ent_reg"],
     "evaluate": ["agent", "evaluation"],
     "summary": ["iterations"],
+    "plot": [],
 }
 
 

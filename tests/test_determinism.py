@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, small_params
-from stages.pipeline import render_pipeline
+from stages.pipeline import write_pipeline
 
 # Every stage of dvc.yaml, in order, through the CLI (as `dvc repro` would run them).
 RUN_ALL_STAGES = r"""
@@ -50,7 +50,7 @@ def start_run(ws: Path, seed: int, hash_seed: str) -> subprocess.Popen:
     params = small_params()
     params["seed"] = seed
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (ws / "dvc.yaml").write_text(render_pipeline(params))
+    write_pipeline(params, ws / "params.yaml", ws)
     env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-c", RUN_ALL_STAGES], cwd=ws, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

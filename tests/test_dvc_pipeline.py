@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, small_params
-from stages.pipeline import build_pipeline, render_pipeline
+from stages.pipeline import build_pipeline, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def make_workspace(path: Path) -> Path:
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = small_params()
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (path / "dvc.yaml").write_text(render_pipeline(params))
+    write_pipeline(params, path / "params.yaml", path)
     run(["git", "init", "-q"], path)
     run([str(BIN / "dvc"), "init", "-q"], path)
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], path)
@@ -144,7 +144,8 @@ def kill_at(proc: subprocess.Popen, ws: Path, stage: str, during: tuple[str, flo
 
 
 def stages_run(log_text: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", log_text)
+    """Names of the stages DVC ran (without the `pipelines/itr_kk/dvc.yaml:` of iteration stages)."""
+    return [name.rsplit(":", 1)[-1] for name in re.findall(r"Running stage '([^']+)'", log_text)]
 
 
 def test_sigkill_at_several_points_then_resume_is_bit_identical(finished, tmp_path):
@@ -206,7 +207,7 @@ def assert_same_datasets(a: Path, b: Path) -> None:
 
 def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished):
     ws = finished
-    lock = ws / "dvc.lock"
+    lock = ws / "pipelines" / "itr_01" / "dvc.lock"  # iteration 1's own lock file
     intact = lock.read_text()
     before = {rel: datasets(ws / rel) for rel in artifacts(ws)}
     # Cut the file inside an entry, as a SIGKILL during DVC's non-atomic rewrite does.
@@ -214,7 +215,7 @@ def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished
     lock.write_text(intact[:cut])
     assert run([str(BIN / "dvc"), "status"], ws, check=False).returncode != 0, "DVC should refuse the torn lock"
     resumed = run([str(BIN / "gps"), "resume"], ws)
-    assert "moved it to" in resumed.stderr and (ws / "dvc.lock.broken").exists()
+    assert "moved it to" in resumed.stderr and lock.with_name("dvc.lock.broken").exists()
     assert "Running stage" not in resumed.stdout, "finished stages should come from the run-cache"
     assert run([str(BIN / "dvc"), "status"], ws).returncode == 0
     for rel, data in before.items():
@@ -233,4 +234,4 @@ def test_a_param_read_only_by_later_stages_leaves_earlier_stages_valid(finished)
         status = json.loads(run([str(BIN / "dvc"), "status", "--json"], ws).stdout)
     finally:
         params_file.write_text(original)
-    assert set(status) == {"evaluate_00", "evaluate_01"}, status
+    assert set(status) == {"pipelines/itr_00/dvc.yaml:evaluate_00", "pipelines/itr_01/dvc.yaml:evaluate_01"}, status

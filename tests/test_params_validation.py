@@ -79,6 +79,6 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
     path = tmp_path / "params.yaml"
     for text, words in (("seed: [1,\n", "not valid YAML"), ("- 1\n- 2\n", "a mapping of settings")):
         path.write_text(text)
-        result = runner.invoke(app, ["pipeline", "--params", str(path), "--out", str(tmp_path / "dvc.yaml")])
+        result = runner.invoke(app, ["pipeline", "--params", str(path), "--root", str(tmp_path)])
         assert result.exit_code == 2 and words in result.output
         assert not (tmp_path / "dvc.yaml").exists()

@@ -14,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.cli import app
-from stages.pipeline import render_pipeline
+from stages.pipeline import build_pipeline, check_in_sync, render_pipeline, write_pipeline
 
-from conftest import ROOT, gps
+from conftest import ROOT, gps, small_params
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ def shapes(path: Path) -> dict[str, tuple]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """Run two iterations of every stage by hand, as dvc.yaml would."""
-    from conftest import run_stages_by_hand, small_params
+    from conftest import run_stages_by_hand
 
     d = tmp_path_factory.mktemp("stages")
     params = d / "params.yaml"
@@ -99,18 +99,20 @@ def test_s_step_and_evaluate(run_dir):
 
 
 def test_summary_checks_pipeline_sync(run_dir, tmp_path):
-    from conftest import small_params
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(small_params()))
-    dvc_yaml = tmp_path / "dvc.yaml"
     metrics = [run_dir / "itr_00" / "metrics.json", run_dir / "itr_01" / "metrics.json"]
     args = ["summary", "--params", params, "--out", tmp_path / "m.json", "--curve", tmp_path / "c.csv",
-            "--dvc-yaml", dvc_yaml, *metrics]
-    dvc_yaml.write_text("stages: {}\n")
+            "--root", tmp_path, *metrics]
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 2 and "gps pipeline" in result.output
-    dvc_yaml.write_text(render_pipeline(yaml.safe_load(params.read_text())))
+    write_pipeline(yaml.safe_load(params.read_text()), params, tmp_path)
+    (tmp_path / "pipelines" / "itr_01" / "dvc.yaml").write_text("stages: {}\n")  # one iteration file edited
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2 and "pipelines/itr_01/dvc.yaml does not match" in result.output
+    write_pipeline(yaml.safe_load(params.read_text()), params, tmp_path)
     gps(*args)
     lines = (tmp_path / "c.csv").read_text().splitlines()
     header = lines[0].split(",")
@@ -134,17 +136,36 @@ def test_user_error_is_one_line_exit_2(tmp_path):
 
 def test_pipeline_in_sync_with_params():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert (ROOT / "dvc.yaml").read_text() == render_pipeline(params), "run `gps pipeline` after editing params.yaml"
+    check_in_sync(params, ROOT / "params.yaml", ROOT)  # every file equal, none left over
+
+
+def test_pipeline_files_one_per_iteration(tmp_path):
+    params = small_params(iterations=3)
+    files = render_pipeline(params)
+    assert list(files) == ["dvc.yaml", *(f"pipelines/itr_{k:02d}/dvc.yaml" for k in range(3))]
+    root = yaml.safe_load(files["dvc.yaml"])
+    assert list(root["stages"]) == ["init", "summary", "plot"]
+    itr1 = yaml.safe_load(files["pipelines/itr_01/dvc.yaml"])["stages"]
+    assert list(itr1) == ["sample_01", "fit_dynamics_01", "fit_policy_01", "adjust_step_01", "c_step_01", "s_step_01", "evaluate_01"]
+    assert all(stage["wdir"] == "../.." for stage in itr1.values())  # paths stay relative to the project root
+    assert "catch_up" in yaml.safe_load(files["pipelines/itr_00/dvc.yaml"])["stages"]
+    # shrinking the run removes the iterations it no longer has (and their lock files)
+    params_path = tmp_path / "params.yaml"
+    write_pipeline(params, params_path, tmp_path)
+    (tmp_path / "pipelines" / "itr_02" / "dvc.lock").write_text("schema: '2.0'\n")
+    write_pipeline(small_params(iterations=2), params_path, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "pipelines").iterdir()) == ["itr_00", "itr_01"]
+    check_in_sync(small_params(iterations=2), params_path, tmp_path)
 
 
 def test_pipeline_lists_each_stage_once_per_iteration():
-    doc = yaml.safe_load(render_pipeline({"iterations": 3}))
+    doc = build_pipeline(3)
     names = list(doc["stages"])
     assert names[:3] == ["init", "sample_00", "fit_dynamics_00"]
     for step in ("sample", "fit_dynamics", "fit_policy", "c_step", "s_step", "evaluate"):
         assert [n for n in names if n.startswith(step + "_")] == [f"{step}_{k:02d}" for k in range(3)]
     assert [n for n in names if n.startswith("adjust_step_")] == ["adjust_step_01", "adjust_step_02"]
-    assert names[-1] == "summary" and "catch_up" in names
+    assert names[-2:] == ["summary", "plot"] and "catch_up" in names
     # iteration-major: iteration 0 is evaluated before iteration 1 samples
     assert names.index("evaluate_00") < names.index("sample_01")
     # only the summary reads `iterations`; the S-step reads only its own params

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from gps_core.scoring import final_distance, success, success_table
 from stages.cli import app
-from stages.pipeline import render_pipeline
+from stages.pipeline import check_in_sync
 from stages.schema import validate_params
 
 runner = CliRunner()
@@ -45,12 +45,12 @@ def test_default_run_is_peg_on_policy_classic():
 
 def test_configure_writes_params_and_pipeline(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # presets are read from ./configs
-    params, dvc_yaml = tmp_path / "params.yaml", tmp_path / "dvc.yaml"
-    result = runner.invoke(app, ["configure", "peg_blind", "--params", str(params), "--out", str(dvc_yaml)])
+    params = tmp_path / "params.yaml"
+    result = runner.invoke(app, ["configure", "peg_blind", "--params", str(params), "--root", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert params.read_text() == (ROOT / "configs" / "peg_blind.yaml").read_text()
-    assert dvc_yaml.read_text() == render_pipeline(yaml.safe_load(params.read_text()))
-    bad = runner.invoke(app, ["configure", "cartpole", "--params", str(params), "--out", str(dvc_yaml)])
+    check_in_sync(yaml.safe_load(params.read_text()), params, tmp_path)
+    bad = runner.invoke(app, ["configure", "cartpole", "--params", str(params), "--root", str(tmp_path)])
     assert bad.exit_code == 2 and "configs/cartpole.yaml" in bad.output and "peg_blind" in bad.output
     assert params.read_text() == (ROOT / "configs" / "peg_blind.yaml").read_text()  # untouched
 
