@@ -30,11 +30,17 @@ file): the same arithmetic on arrays stacked over conditions, with each conditio
 search. The one-condition functions (backward_pass, mdgps_backward, forward_pass, traj_kl,
 c_step_reference) are the reference it is tested against; c_step is a one-condition front end
 to the batched code.
+
+c_step_batched optionally takes a `surrogate` hook that replaces the MDGPS surrogate above by
+another η-dependent cost (BADMM, gps_core/badmm.py): it returns the per-step cost in units
+common to all t, solved by the same backward recursion, and the per-step factor by which
+Q_uu⁻¹ is scaled to give the controller covariance. Without the hook nothing changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -458,16 +464,30 @@ def _check_finite(conditions, arrays: dict[str, tuple]) -> None:
                 raise ConditionError(int(m), f"the {name} contains NaN or Inf")
 
 
+SurrogateCost = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]
+"""Optional hook of mdgps_backward_batched / c_step_batched replacing the MDGPS surrogate.
+
+surrogate(eta [B], conditions [B]) -> (Cs [B, T, D, D], cs [B, T, D], covar_scale [B, T] or None):
+the cost the backward recursion (V_T = 0, no rescaling between steps) minimises for the
+conditions `conditions` (indices into the lists given to c_step_batched) at their η, and the
+factor by which each step's Q_uu⁻¹ is multiplied to give the controller covariance (None = 1).
+The default, no hook, is the MDGPS surrogate Cs = Cm/η + M_q, cs = cv/η + v_q, factor 1.
+"""
+
+
 def mdgps_backward_batched(
     eta: np.ndarray, Cm: np.ndarray, cv: np.ndarray, Mq: np.ndarray, vq: np.ndarray,
     Fm: np.ndarray, fv: np.ndarray, dX: int, cfg: TrajOptConfig, conditions: np.ndarray | None = None,
+    surrogate: SurrogateCost | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """mdgps_backward for B problems (inputs already checked for NaN).
 
     eta [B]; Cm [B, T, D, D], cv [B, T, D]; (Mq, vq) of the reference [B, T, D, D], [B, T, D];
     Fm [B, T, dX, D], fv [B, T, dX]. Each problem whose Q_uu is not PD gets its own η raised
     as η0 + δ, η0 + 2δ, η0 + 4δ, ... and is re-solved. Returns K, k, covar and the η used [B].
-    `conditions` [B] are the condition numbers used in error messages.
+    `conditions` [B] are the condition numbers used in error messages (and passed to `surrogate`).
+    `surrogate` (optional, see SurrogateCost) replaces Cm/η + Mq, cv/η + vq; Cm, cv, Mq, vq
+    are then not used.
     """
     eta = np.array(eta, dtype=np.float64)
     B = eta.shape[0]
@@ -482,10 +502,14 @@ def mdgps_backward_batched(
     pending = np.arange(B)
     while pending.size:
         sel = slice(None) if pending.size == B else pending
-        e = eta[sel][:, None, None]
-        Kp, kp, cp, failed = backward_pass_batched(
-            Cm[sel] / e[..., None] + Mq[sel], cv[sel] / e + vq[sel], Fm[sel], fv[sel], dX
-        )
+        if surrogate is None:
+            e = eta[sel][:, None, None]
+            Cs, cs, scale = Cm[sel] / e[..., None] + Mq[sel], cv[sel] / e + vq[sel], None
+        else:
+            Cs, cs, scale = surrogate(eta[sel], np.asarray(conditions)[sel])
+        Kp, kp, cp, failed = backward_pass_batched(Cs, cs, Fm[sel], fv[sel], dX)
+        if scale is not None:
+            cp = cp * np.asarray(scale)[:, :, None, None]
         ok = ~failed
         K[pending[ok]] = Kp[ok]
         k[pending[ok]] = kp[ok]
@@ -515,6 +539,7 @@ def c_step_batched(
     kl_bounds: np.ndarray,
     etas: np.ndarray,
     cfg: TrajOptConfig,
+    surrogate: SurrogateCost | None = None,
 ) -> BatchCStepResult:
     """c_step_reference for M conditions at once (ALGORITHM §7.6), vectorised across conditions.
 
@@ -523,6 +548,11 @@ def c_step_batched(
     then each updates its own bracket [η_lo, η_hi] and η exactly as c_step_reference does.
     Converged conditions drop out and keep their result. Raises ConditionError (a
     FloatingPointError naming the condition) for NaN/Inf input or a hopeless non-PD problem.
+
+    `surrogate` (optional, see SurrogateCost): the η-dependent cost of the backward pass, called
+    with the η and condition indices of the conditions still searching; `references` stay the KL
+    reference (BADMM: the previous local controllers). The hook's own arrays are its to check for
+    NaN. Without it (the default) this is the MDGPS C-step, unchanged.
     """
     M = len(costs)
     Cm, cv = _stack(costs, "Cm"), _stack(costs, "cv")
@@ -551,7 +581,9 @@ def c_step_batched(
         a = slice(None) if active.size == M else active
         q_a = tuple(q[a] for q in q_terms)
         Fm_a, fv_a = Fm[a], fv[a]
-        Ka, ka, Sa, eta_a = mdgps_backward_batched(eta[a], Cm[a], cv[a], q_a[0], q_a[1], Fm_a, fv_a, dX, cfg, conditions=active)
+        Ka, ka, Sa, eta_a = mdgps_backward_batched(
+            eta[a], Cm[a], cv[a], q_a[0], q_a[1], Fm_a, fv_a, dX, cfg, conditions=active, surrogate=surrogate
+        )
         mu, S = forward_pass_batched(Ka, ka, Sa, Fm_a, fv_a, W[a], x0mu[a], x0sigma[a])
         kl_a = np.sum(traj_kl_batched(mu, S, quadratic_form_batched(Ka, ka, Sa), q_a), axis=-1)
         K[active], k[active], covar[active] = Ka, ka, Sa
