@@ -330,6 +330,16 @@ def load_eta(path, known: Known | None = None) -> np.ndarray:
     return data["eta"]
 
 
+def check_controller_stats(path, known: Known | None = None) -> dict[str, np.ndarray]:
+    """The C-step's summary of a controllers file: eta [M] > 0, kl [M] >= 0, kl_step [M] > 0."""
+    data = read_artifact(path)[0]
+    _check(str(path), data, {"eta": "M", "kl": "M", "kl_step": "M"}, known)
+    _positive(str(path), data["eta"], "eta")
+    _positive(str(path), data["kl"], "kl", strict=False)
+    _positive(str(path), data["kl_step"], "kl_step")
+    return data
+
+
 def load_dynamics(path, known: Known | None = None) -> list[Dynamics]:
     return dynamics_from_datasets(read_artifact(path)[0], str(path), known)
 

@@ -376,20 +376,25 @@ def evaluate(
     """One noise-free rollout of the global policy per condition; distance to the target."""
     from gps_core.sampling import rollout_policy
     from gps_core.scoring import final_distance, success
-    from stages.artifacts import load_policy
+    from stages.artifacts import check_controller_stats, load_policy, load_samples, load_step
 
     params = cfg.load_params(params_path)
     agent, ev = cfg.get(params, "agent"), cfg.get(params, "evaluation")
     sim = cfg.make_simulator(params)
-    net = load_policy(policy)
     T = int(agent["T"])
+    # Every input is read and checked before anything is simulated or written.
+    known = {"M": (sim.M, "conditions in params"), "T": (T, "agent.T in params"),
+             "dX": (sim.dX, "state of the model"), "dU": (sim.dU, "actions of the model")}
+    sdata, _ = load_samples(samples, known)
+    cdata = check_controller_stats(controllers, {"M": known["M"]})
+    step_mult = load_step(step, {"M": known["M"]})
+    net = load_policy(policy, {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": known["dU"]},
+                      hidden=cfg.get(params, "policy.hidden"))
     r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]))
     X, U = r.X[:, 0], r.U[:, 0]
     dist = final_distance(X, int(ev["point_start"]), np.asarray(ev["target"], dtype=float))
+    sample_cost = sdata["cost"].sum(-1).mean(-1)
     write_artifact(out, "evaluate", iteration, cfg.stage_params(params, "evaluate"), {"X": X, "U": U, "final_distance": dist})
-    sample_cost = read_artifact(samples, ("cost",))[0]["cost"].sum(-1).mean(-1)
-    cdata = read_artifact(controllers, ("kl", "kl_step", "eta"))[0]
-    step_mult = read_artifact(step, ("step_mult",))[0]["step_mult"]
     per_cond = lambda a: {f"c{m}": float(v) for m, v in enumerate(a)}  # noqa: E731
     result = {
         "iteration": iteration + 1,

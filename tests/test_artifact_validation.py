@@ -442,3 +442,30 @@ def test_sample_checks_controllers_and_policy_against_the_model(run0, init_dir, 
     assert result.exit_code == 2 and not out.exists()
     assert result.output.strip() == (f"gps sample: error: {wide}: dataset 'policy/W2' has shape (3, 40), "
                                      "expected [dU,h2] with dU = 2 (actions of the model)"), result.output
+
+
+EVALUATE_CASES = [
+    ("samples", "x.h5", set_dataset("cost", nan_first), "dataset 'cost' contains NaN or Inf"),
+    ("samples", "x.h5", set_dataset("U", lambda a: a[:, :, :-1]), "dataset 'U' has shape"),
+    ("controllers", "new.h5", set_dataset("eta", lambda a: -a), "dataset 'eta' has an entry"),
+    ("controllers", "new.h5", set_dataset("kl_step", lambda a: a[:1]), "dataset 'kl_step' has shape (1,)"),
+    ("step", "s.h5", set_dataset("step_mult", lambda a: a.astype(np.int64)), "dataset 'step_mult' has dtype int64"),
+    ("policy", "pol.h5", set_dataset("policy/var", lambda a: 0 * a), "dataset 'policy/var' has an entry 0"),
+]
+
+
+@pytest.mark.parametrize("kind,source,how,words", EVALUATE_CASES, ids=[f"{c[0]}-{c[3][:20]}" for c in EVALUATE_CASES])
+def test_evaluate_checks_its_inputs_before_writing(run0, init_dir, tmp_path, kind, source, how, words):
+    bad = tmp_path / f"bad_{source}"
+    copy_and(how)(run0 / source, bad)
+    files = {"samples": run0 / "x.h5", "controllers": run0 / "new.h5", "step": run0 / "s.h5", "policy": run0 / "pol.h5"}
+    files[kind] = bad
+    out, metrics = tmp_path / "out" / "eval.h5", tmp_path / "out" / "metrics.json"
+    args = ["evaluate", "-i", "0", "--policy", files["policy"], "--samples", files["samples"], "--controllers",
+            files["controllers"], "--step", files["step"], "--out", out, "--metrics", metrics]
+    result = runner.invoke(app, [*map(str, args), "--params", str(init_dir / "params.yaml")])
+    message = result.output.strip()
+    assert result.exit_code == 2 and "\n" not in message and "Traceback" not in message, message
+    assert message.startswith(f"gps evaluate: error: {bad}: ") and words in message, message
+    assert not out.exists() and not metrics.exists()
+
