@@ -391,3 +391,38 @@ def load_policy_and_adam(path, known: Known | None = None, hidden: Sequence[int]
     """The network and its Adam state (None before the first S-step); imports torch."""
     data, attrs = read_artifact(path)
     return policy_from_datasets(data, attrs, str(path), known, hidden), adam_from_datasets(data, attrs)
+
+
+# ---------------------------------------------------------------- BADMM dual variables
+
+
+DUALS_SPEC = {"lam_k": "M,T,dU", "lam_K": "M,T,dU,dX", "pol_wt": "M,T"}
+
+
+def duals_to_datasets(duals: Any) -> dict[str, np.ndarray]:
+    """gps_core.badmm.DualState -> datasets; prev_kl is left out while there is none (before the first ν update)."""
+    data = {"lam_k": duals.lam_k, "lam_K": duals.lam_K, "pol_wt": duals.pol_wt}
+    if duals.prev_kl is not None:
+        data["prev_kl"] = duals.prev_kl
+    return {k: np.asarray(v, dtype=np.float64) for k, v in data.items()}
+
+
+def duals_from_datasets(data: dict[str, np.ndarray], path: str = "", known: Known | None = None):
+    """λ_k [M,T,dU], λ_K [M,T,dU,dX], ν = pol_wt [M,T] (>= 0, not all 0), optional prev_kl [M,T]."""
+    from gps_core.badmm import DualState
+
+    sizes = _check(path, data, DUALS_SPEC, known)
+    pol_wt = np.asarray(data["pol_wt"])
+    _positive(path, pol_wt, "pol_wt", strict=False)
+    if not np.any(pol_wt > 0):  # the S-step weights are ν
+        raise UserError(f"{path}: dataset 'pol_wt' is 0 everywhere, expected some entry > 0")
+    prev_kl = None
+    if "prev_kl" in data:
+        _check(path, data, {"prev_kl": "M,T"}, {s: (n, "as in dataset 'pol_wt'") for s, n in sizes.items() if s in ("M", "T")})
+        prev_kl = data["prev_kl"]
+    return DualState(lam_k=data["lam_k"], lam_K=data["lam_K"], pol_wt=pol_wt, prev_kl=prev_kl)
+
+
+def load_duals(path, known: Known | None = None):
+    """The BADMM dual variables of a duals.h5 (gps_core.badmm.DualState), checked."""
+    return duals_from_datasets(read_artifact(path)[0], str(path), known)

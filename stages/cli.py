@@ -74,14 +74,15 @@ def init(
     controllers_out: Path = typer.Option(..., "--controllers-out"),
     policy_out: Path = typer.Option(..., "--policy-out"),
     step_out: Path = typer.Option(..., "--step-out"),
+    duals_out: Optional[Path] = typer.Option(None, "--duals-out", help="BADMM: also write the dual variables (λ = 0, ν = badmm.init_pol_wt)"),
 ) -> None:
-    """Initial local controllers (init_lqr), untrained network, step multipliers of 1."""
+    """Initial local controllers (init_lqr), untrained network, step multipliers of 1 (and BADMM's duals)."""
     from gps_core.init_lqr import init_lqr
     from gps_core.policy_net import init_policy
     from stages.artifacts import controllers_to_datasets, policy_to_datasets
 
     params = cfg.load_params(params_path)
-    sp = cfg.stage_params(params, "init")
+    sp = cfg.stage_params(params, "init" if duals_out is None else "init_badmm")
     sim = cfg.make_simulator(params)
     T = int(cfg.get(params, "agent.T"))
     x0 = sim.initial_states()
@@ -101,6 +102,12 @@ def init(
     pdata, pattrs = policy_to_datasets(pol, None, None)
     write_artifact(policy_out, "init", 0, sp, pdata, pattrs)
     write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})
+    if duals_out is not None:
+        from gps_core.badmm import init_duals
+        from stages.artifacts import duals_to_datasets
+
+        duals = init_duals(sim.M, T, sim.dU, sim.dX, cfg.badmm_config(params).init_pol_wt)
+        write_artifact(duals_out, "init", 0, sp, duals_to_datasets(duals))
 
 
 # --------------------------------------------------------------------------- sample
@@ -275,6 +282,115 @@ def adjust_step(
         )
     write_artifact(out, "adjust_step", iteration, cfg.stage_params(params, "adjust_step"), rows)
     _log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
+
+
+# --------------------------------------------------------------------------- BADMM (algorithm.name: badmm)
+
+
+@stage_command("badmm-adjust-step")
+def badmm_adjust_step(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    prev_samples: Path = typer.Option(..., "--prev-samples"),
+    prev_dynamics: Path = typer.Option(..., "--prev-dynamics"),
+    prev_policy_lin: Path = typer.Option(..., "--prev-policy-lin", help="the previous iteration's last linearisation (policy_lin_final.h5)"),
+    prev_prev_controllers: Path = typer.Option(..., "--prev-prev-controllers", help="the controllers that drew the previous iteration's samples"),
+    prev_controllers: Path = typer.Option(..., "--prev-controllers", help="the previous iteration's final controllers (they drew this iteration's samples)"),
+    prev_step: Path = typer.Option(..., "--prev-step"),
+    prev_duals: Path = typer.Option(..., "--prev-duals", help="the dual variables the previous iteration ended with (its ν weights the KL terms)"),
+    samples: Path = typer.Option(..., "--samples"),
+    dynamics: Path = typer.Option(..., "--dynamics"),
+    policy_lin: Path = typer.Option(..., "--policy-lin"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """BADMM step multipliers: Laplace cost plus ν-weighted KL to the policy linearisation, predicted vs actual."""
+    from gps_core.badmm import badmm_step_estimates
+    from gps_core.mdgps import new_step_mult
+    from stages.artifacts import (
+        costs_from_datasets, known_from, load_controllers, load_cost_models, load_duals, load_dynamics, load_samples, load_step,
+    )
+
+    params = cfg.load_params(params_path)
+    alg = cfg.get(params, "algorithm")
+    sdata_prev, sizes = load_samples(prev_samples)
+    known = known_from(sizes, prev_samples)  # every other file must describe the same problem
+    cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
+    dyn_prev, dyn_cur = load_dynamics(prev_dynamics, known), load_dynamics(dynamics, known)
+    lin_prev, lin_cur = load_controllers(prev_policy_lin, known), load_controllers(policy_lin, known)
+    pbar_prev, pbar = load_controllers(prev_prev_controllers, known), load_controllers(prev_controllers, known)
+    step_prev = load_step(prev_step, known)
+    pol_wt = load_duals(prev_duals, known).pol_wt
+    M = len(pbar)
+    rows = {k: np.zeros(M) for k in ("J_prev", "J_predicted", "J_actual", "predicted_improvement", "actual_improvement", "step_mult")}
+    for m in range(M):
+        est = badmm_step_estimates(pbar_prev[m], pbar[m], lin_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m],
+                                   dyn_cur[m], cost_cur[m], pol_wt[m])
+        rows["J_prev"][m], rows["J_predicted"][m], rows["J_actual"][m] = est.prev, est.predicted, est.actual
+        rows["predicted_improvement"][m] = est.predicted_improvement
+        rows["actual_improvement"][m] = est.actual_improvement
+        rows["step_mult"][m] = new_step_mult(
+            est.predicted_improvement, est.actual_improvement, float(step_prev[m]),
+            float(alg["min_step_mult"]), float(alg["max_step_mult"]),
+        )
+    write_artifact(out, "badmm_adjust_step", iteration, cfg.stage_params(params, "badmm_adjust_step"), rows)
+    _log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
+
+
+@stage_command("badmm-inner")
+def badmm_inner_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples", help="this iteration's samples and cost expansion"),
+    dynamics: Path = typer.Option(..., "--dynamics"),
+    policy_lin: Path = typer.Option(..., "--policy-lin", help="this iteration's policy linearisation (its GMMs warm-start the refits)"),
+    policy: Path = typer.Option(..., "--policy", help="global policy (and Adam state) to continue from"),
+    prev_controllers: Path = typer.Option(..., "--prev-controllers", help="the controllers that drew the samples: KL reference, η warm start"),
+    step: Path = typer.Option(..., "--step", help="step multipliers"),
+    duals: Path = typer.Option(..., "--duals", help="dual variables at the start of the iteration"),
+    controllers_out: Path = typer.Option(..., "--controllers-out", help="the last C-step's controllers"),
+    policy_out: Path = typer.Option(..., "--policy-out", help="the network after the last S-step, with its Adam state"),
+    duals_out: Path = typer.Option(..., "--duals-out"),
+    policy_lin_out: Path = typer.Option(..., "--policy-lin-out", help="the last linearisation and its GMMs"),
+    inner_out: Path = typer.Option(..., "--inner-out", help="per inner iteration: KL, eta, duals, residuals, S-step losses"),
+) -> None:
+    """All inner C/S alternations of one BADMM iteration: S-step, refit, dual step, C-step (ALGORITHM §10.2)."""
+    from stages.artifacts import (
+        controllers_to_datasets, costs_from_datasets, duals_to_datasets, gmms_from_datasets, gmms_to_datasets, known_from,
+        load_controllers, load_duals, load_dynamics, load_eta, load_policy_and_adam, load_policy_lin_prior, load_samples,
+        load_step, policy_to_datasets,
+    )
+    from stages.badmm_inner import InnerLoop
+
+    params = cfg.load_params(params_path)
+    sdata, sizes = load_samples(samples)
+    known = known_from(sizes, samples)  # every other file must describe the same problem
+    prevs = load_controllers(prev_controllers, known)
+    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=cfg.get(params, "policy.hidden"))
+    step_mult = load_step(step, known)
+    loop = InnerLoop(
+        iteration=iteration, params=params, X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
+        dyns=load_dynamics(dynamics, known), prevs=prevs, eta=np.asarray(load_eta(prev_controllers, known), dtype=float),
+        kl_bounds=float(cfg.get(params, "algorithm.kl_step")) * np.asarray(step_mult, dtype=float) * sizes["T"],
+        duals=load_duals(duals, known), net=net, adam=adam,
+        gmms=gmms_from_datasets("prior", load_policy_lin_prior(policy_lin, known), sizes["M"]), log=_log,
+    ).run()
+    sp = cfg.stage_params(params, "badmm_inner")
+    res = loop.result
+    cdata = controllers_to_datasets(loop.new)
+    cdata.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations)
+    write_artifact(controllers_out, "badmm_inner", iteration, sp, cdata)
+    pdata, pattrs = policy_to_datasets(loop.net, loop.adam, loop.losses)
+    write_artifact(policy_out, "badmm_inner", iteration, sp, pdata, pattrs)
+    write_artifact(duals_out, "badmm_inner", iteration, sp, duals_to_datasets(loop.duals),
+                   {"pol_wt_updated": loop.pol_wt_updated, "ent_reg": loop.ent_reg, "lg_step": loop.lg_step})
+    K, k, covar = loop.lin
+    ldata = {"K": K, "k": k, "pol_covar": covar, "U_pol": loop.U_pol}
+    ldata.update(gmms_to_datasets("prior", loop.gmms))
+    write_artifact(policy_lin_out, "badmm_inner", iteration, sp, ldata)
+    write_artifact(inner_out, "badmm_inner", iteration, sp, loop.diag, {"ent_reg": loop.ent_reg, "lg_step": loop.lg_step})
+    nu = loop.duals.pol_wt
+    _log(f"iteration {iteration}: nu mean per condition {np.array2string(nu.mean(-1), precision=4)} "
+         f"(range {nu.min():.3g} .. {nu.max():.3g}){'' if loop.pol_wt_updated else ', not updated in this iteration'}")
 
 
 # --------------------------------------------------------------------------- c-step
@@ -470,7 +586,7 @@ def report(
                          key=lambda c: -float(c.split("_")[1]))
         parts = []
         for column in [*columns, "final_distance"]:
-            title = (f"Success rate (%) with threshold {column.split('_')[1]} (paper's Table 1 in brackets)"
+            title = (f"Success rate (%) with threshold {column.split('_')[1]}" + (" (paper's Table 1 in brackets)" if column == "success_0.1" else "")
                      if column != "final_distance" else "Final distance to the target")
             parts.append(f"### {title}\n\n{markdown_table(groups, column, itrs)}")
         text = "\n".join(parts)

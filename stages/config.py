@@ -23,8 +23,16 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "c_step": ["algorithm.kl_step", "traj_opt"],
     "s_step": ["seed", "policy.iterations", "policy.batch_size", "policy.lr", "policy.weight_decay", "policy.ent_reg"],
     "evaluate": ["agent", "evaluation"],
-    "summary": ["iterations"],
+    # algorithm.name: so that switching algorithms reaches the summary's check that the pipeline was regenerated
+    "summary": ["iterations", "algorithm.name"],
     "plot": [],
+    # BADMM (algorithm.name: badmm): init also writes the duals; its own step rule; the whole inner loop
+    "init_badmm": ["agent", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed", "badmm.init_pol_wt"],
+    "badmm_adjust_step": ["algorithm.min_step_mult", "algorithm.max_step_mult"],
+    "badmm_inner": [
+        "seed", "iterations", "algorithm.kl_step", "traj_opt", "policy_prior",
+        "policy.iterations", "policy.batch_size", "policy.lr", "policy.weight_decay", "badmm",
+    ],
 }
 
 
@@ -38,6 +46,11 @@ def load_params(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     validate_params(params, str(path))
     return params
+
+
+def algorithm_name(params: dict[str, Any]) -> str:
+    """mdgps or badmm (params written before algorithm.name existed are MDGPS runs)."""
+    return str(params["algorithm"].get("name", "mdgps"))
 
 
 def get(params: dict[str, Any], dotted: str) -> Any:
@@ -110,3 +123,11 @@ def init_lqr_config(params: dict[str, Any]):
         init_gains=None if gains is None else tuple(float(g) for g in gains),
         dt=float(get(params, "agent.dt")),
     )
+
+
+def badmm_config(params: dict[str, Any]):
+    """The `badmm` section as a gps_core.badmm.BadmmConfig (schedules as tuples)."""
+    from gps_core.badmm import BadmmConfig
+
+    section = get(params, "badmm")
+    return BadmmConfig(**{k: tuple(float(x) for x in v) if isinstance(v, list) else v for k, v in section.items()})

@@ -56,11 +56,11 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
     "pol_covar": ("M,T,dU,dU",),
     "U_pol": ("M,N,T,dU",),
     "x0": ("M,dX",),
-    "eta": ("M",),
-    "kl_step": ("M",),
-    "kl": ("M",),
-    "converged": ("M",),
-    "dual_iterations": ("M",),
+    "eta": ("M", "J,M"),  # J,M: BADMM's inner.h5, one row per inner iteration
+    "kl_step": ("M", "J,M"),
+    "kl": ("M", "J,M"),
+    "converged": ("M", "J,M"),
+    "dual_iterations": ("M", "J,M"),
     # step
     "step_mult": ("M",),
     "J_prev": ("M",),
@@ -70,6 +70,16 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
     "actual_improvement": ("M",),
     # eval
     "final_distance": ("M",),
+    # BADMM: duals.h5 and inner.h5 (J inner iterations)
+    "lam_k": ("M,T,dU", "J,M,T,dU"),
+    "lam_K": ("M,T,dU,dX",),
+    "pol_wt": ("M,T", "J,M,T"),
+    "prev_kl": ("M,T",),
+    "policy_kl": ("J,M,T",),
+    "residual": ("J,M,T,dU",),
+    "s_step": ("J",),
+    "dual_step": ("J",),
+    "s_step_loss": ("J,iterations",),
     # policy
     "policy/obs_scale": ("dO",),
     "policy/obs_bias": ("dO",),

@@ -27,6 +27,9 @@ class Field:
     def describe(self) -> str:
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
+        if self.kind == "schedule":
+            scalar = "a number" + (f" >= {self.lo:g}" if self.lo is not None else "")
+            return f"{scalar} or a non-empty list of numbers > 0 (interpolated in log space)"
         what = {
             "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
             "floats": "a list of numbers", "ints": "a list of integers", "matrix": "a list of lists of numbers",
@@ -68,6 +71,10 @@ def _valid(f: Field, v: Any) -> bool:
             isinstance(v, list) and len(v) > 0 and all(ok(x) and _in_bounds(f, x) for x in v)
             and (f.length is None or len(v) == f.length)
         )
+    if f.kind == "schedule":  # a constant, or values over the run (gps_core.badmm.schedule_value)
+        if _num(v):
+            return _in_bounds(f, v)
+        return isinstance(v, list) and len(v) > 0 and all(_num(x) and x > 0 for x in v)
     if f.kind == "matrix":
         return (
             isinstance(v, list) and len(v) > 0 and all(isinstance(r, list) and r and all(_num(x) for x in r) for r in v)
@@ -83,10 +90,32 @@ PRIOR = {
     "strength": Field("float", gt=0),
 }
 
+ALGORITHMS = ("mdgps", "badmm")
+
+# BADMM hyperparameters (gps_core.badmm.BadmmConfig, ALGORITHM §10.7); read only when algorithm.name is badmm.
+BADMM = {
+    "init_pol_wt": Field("float", gt=0),
+    "fixed_lg_step": Field("int", lo=0, hi=3),
+    "lg_step_schedule": Field("schedule"),
+    "ent_reg_schedule": Field("schedule", lo=0),
+    "exp_step_lower": Field("float", lo=0),
+    "exp_step_upper": Field("float", lo=0),
+    "exp_step_decrease": Field("float", gt=0),
+    "exp_step_increase": Field("float", gt=0),
+    "policy_dual_rate": Field("float", lo=0),
+    "policy_dual_rate_covar": Field("float", lo=0),
+    "inner_iterations": Field("int", lo=1),
+    "target_shift": Field("choice", choices=("coded", "derived", "sub")),
+}
+
+# Sections that may be left out (params files written before they existed); see validate_params.
+OPTIONAL_SECTIONS = ("badmm",)
+
 SCHEMA: dict[str, Any] = {
     "seed": Field("int", lo=0),
     "iterations": Field("int", lo=1),
     "algorithm": {
+        "name": Field("choice", choices=ALGORITHMS, optional=True),  # absent: mdgps
         "sample_on_policy": Field("bool"),
         "step_rule": Field("choice", choices=("classic", "global")),
         "kl_step": Field("float", gt=0),
@@ -143,6 +172,7 @@ SCHEMA: dict[str, Any] = {
         "target": Field("floats"),
         "success_thresholds": Field("floats", gt=0),
     },
+    "badmm": BADMM,
 }
 
 RAMPS = ("constant", "linear", "quadratic", "final_only")
@@ -176,7 +206,7 @@ def _check_mapping(source: str, schema: dict[str, Any], node: Any, prefix: str) 
     for key, spec in schema.items():
         dotted = f"{prefix}{key}"
         if key not in node:
-            if isinstance(spec, Field) and spec.optional:
+            if (isinstance(spec, Field) and spec.optional) or (not prefix and key in OPTIONAL_SECTIONS):
                 continue
             raise UserError(f"{source}: missing key {dotted!r}")
         value = node[key]
@@ -205,6 +235,19 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     """Raise a one-line UserError for the first problem found."""
     _check_mapping(source, SCHEMA, params, "")
     alg = params["algorithm"]
+    if alg.get("name", "mdgps") == "badmm":
+        if "badmm" not in params:
+            raise UserError(f"{source}: missing key 'badmm' (the BADMM settings; algorithm.name is badmm)")
+        if alg["sample_on_policy"]:
+            raise UserError(f"{source}: algorithm.sample_on_policy is true, but BADMM (algorithm.name badmm) samples "
+                            "the local controllers: set algorithm.sample_on_policy to false")
+    if "badmm" in params:
+        from gps_core.badmm import BadmmConfig  # the core's own checks (numpy only)
+
+        try:
+            BadmmConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params["badmm"].items()})
+        except ValueError as exc:
+            raise UserError(f"{source}: badmm: {exc}") from None
     if alg["min_step_mult"] > alg["max_step_mult"]:
         raise UserError(
             f"{source}: algorithm.min_step_mult ({alg['min_step_mult']}) is greater than "

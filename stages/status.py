@@ -12,6 +12,7 @@ existing files say and marks the rest as pending. Columns:
     succ<τ>    conditions whose final distance is below τ
     KL/bound   KL achieved by the C-step vs its bound, means over conditions (* = a dual search did not converge)
     eta        geometric mean of the C-step dual variables
+    nu         BADMM runs only: mean of the policy-KL weights ν the iteration ended with (duals.h5)
     step_mult  step multipliers of the C-step, per condition
     time       wall time from the previous iteration's last file to this one's (file modification times;
                "+" while the iteration is unfinished). Files restored by DVC carry the time of the restore.
@@ -31,9 +32,15 @@ from stages.h5io import SCHEMA_VERSION, UserError
 PENDING = "-"  # a cell whose file is not written yet
 
 
-def iteration_files(k: int) -> list[tuple[str, str]]:
+def iteration_files(k: int, algorithm: str = "mdgps") -> list[tuple[str, str]]:
     """(stage, file) of iteration k in pipeline order."""
     files = [("sample", "samples.h5"), ("fit_dynamics", "dynamics.h5")]
+    if algorithm == "badmm":
+        files.append(("fit_policy", "policy_lin.h5"))
+        if k > 0:
+            files.append(("adjust_step", "step.h5"))
+        files += [("badmm_inner", name) for name in ("controllers.h5", "policy.h5", "duals.h5", "policy_lin_final.h5", "inner.h5")]
+        return files + [("evaluate", "eval.h5"), ("evaluate", "metrics.json")]
     if k == 0:
         files.append(("catch_up", "policy_catchup.h5"))
     files.append(("fit_policy", "policy_lin.h5"))
@@ -44,6 +51,17 @@ def iteration_files(k: int) -> list[tuple[str, str]]:
 
 
 INIT_FILES = ("controllers.h5", "policy.h5", "step.h5")
+
+
+def init_files(algorithm: str = "mdgps") -> tuple[str, ...]:
+    return INIT_FILES + (("duals.h5",) if algorithm == "badmm" else ())
+
+
+def run_algorithm(data: Path, params: dict[str, Any] | None) -> str:
+    """mdgps or badmm: from the params if given, else from the files (BADMM's init writes duals.h5)."""
+    if params is not None and isinstance(params.get("algorithm"), dict):
+        return str(params["algorithm"].get("name", "mdgps"))
+    return "badmm" if (data / "init" / "duals.h5").exists() or any(data.glob("itr_*/duals.h5")) else "mdgps"
 
 
 @dataclass
@@ -136,27 +154,31 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
         except (OSError, ValueError):
             metrics_all.append(None)
     thresholds = _thresholds(params, metrics_all)
+    algorithm = run_algorithm(data, params)
     columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds),
-               "KL/bound", "eta", "step_mult", "time"]
-    init_times = [(data / "init" / f).stat().st_mtime for f in INIT_FILES if (data / "init" / f).exists()]
-    prev_end = max(init_times) if len(init_times) == len(INIT_FILES) else None
+               "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "time"]
+    first = init_files(algorithm)
+    init_times = [(data / "init" / f).stat().st_mtime for f in first if (data / "init" / f).exists()]
+    prev_end = max(init_times) if len(init_times) == len(first) else None
     rows = []
     for k in range(n_itr):
-        row, end = _row(data, k, thresholds, metrics_all[k], prev_end)
+        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm)
         rows.append(row)
         prev_end = end if row.state == "done" else None
     return rows, columns, params
 
 
 def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | None,
-         prev_end: float | None) -> tuple[Row, float | None]:
+         prev_end: float | None, algorithm: str = "mdgps") -> tuple[Row, float | None]:
     d = data / f"itr_{k:02d}"
-    files = iteration_files(k)
+    files = iteration_files(k, algorithm)
     present = {name: (d / name).exists() for _, name in files}
     missing = [stage for stage, name in files if not present[name]]
     state = "done" if not missing else ("pending" if not any(present.values()) else f"next: {missing[0]}")
     cells = {c: PENDING for c in ("drawn by", "cost", "dist", "KL/bound", "eta", "step_mult", "time")}
     cells.update({f"succ<{t:g}": PENDING for t in thresholds})
+    if algorithm == "badmm":
+        cells["nu"] = PENDING
     row = Row(k, state, cells)
 
     def read(name: str, datasets: tuple[str, ...], attrs: tuple[str, ...] = ()) -> dict[str, Any] | None:
@@ -189,6 +211,9 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
         cells["KL/bound"] = f"{_g(float(ctrl['kl'].mean()))}/{_g(float(ctrl['kl_step'].mean()))}{star}"
         eta = ctrl["eta"]
         cells["eta"] = _g(float(np.exp(np.log(eta).mean()))) if np.all(eta > 0) else _g(float(eta.mean()))
+    duals = read("duals.h5", ("pol_wt",)) if algorithm == "badmm" else None
+    if duals is not None:
+        cells["nu"] = _g(float(duals["pol_wt"].mean()))
     step_file = d / "step.h5" if k > 0 else data / "init" / "step.h5"
     if step_file.exists():
         try:

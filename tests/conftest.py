@@ -96,3 +96,45 @@ def run_stages_by_hand(d: Path, params: Path, iterations: int) -> None:
             "--policy", policy_in, "--out", itr / "policy.h5")
         gps("evaluate", *i, "--policy", itr / "policy.h5", "--samples", itr / "samples.h5", "--controllers",
             itr / "controllers.h5", "--step", step, "--out", itr / "eval.h5", "--metrics", itr / "metrics.json")
+
+
+def small_badmm_params(iterations: int = 2) -> dict:
+    """small_params() run by BADMM: local-controller samples, the obstacle task's BADMM settings."""
+    params = small_params(iterations)
+    params["algorithm"]["name"] = "badmm"
+    params["algorithm"]["sample_on_policy"] = False
+    return params
+
+
+def run_badmm_stages_by_hand(d: Path, params: Path, iterations: int) -> None:
+    """Every stage of a BADMM pipeline (algorithm.name: badmm) in order, as its dvc.yaml runs them, into d/init, d/itr_NN."""
+    p = ["--params", params]
+    init = d / "init"
+    gps("init", *p, "--controllers-out", init / "controllers.h5", "--policy-out", init / "policy.h5",
+        "--step-out", init / "step.h5", "--duals-out", init / "duals.h5")
+    for k in range(iterations):
+        itr, prev, prev2 = d / f"itr_{k:02d}", d / f"itr_{k - 1:02d}", d / f"itr_{k - 2:02d}"
+        i = ["-i", k, *p]
+        prev_c = init / "controllers.h5" if k == 0 else prev / "controllers.h5"
+        prev_p = init / "policy.h5" if k == 0 else prev / "policy.h5"
+        prev_d = init / "duals.h5" if k == 0 else prev / "duals.h5"
+        gps("sample", *i, "--controllers", prev_c, "--policy", prev_p, "--out", itr / "samples.h5")
+        gps("fit-dynamics", *i, "--samples", itr / "samples.h5", *([] if k == 0 else ["--prev", prev / "dynamics.h5"]),
+            "--out", itr / "dynamics.h5")
+        gps("fit-policy", *i, "--samples", itr / "samples.h5", "--policy", prev_p,
+            *([] if k == 0 else ["--prev", prev / "policy_lin_final.h5"]), "--out", itr / "policy_lin.h5")
+        step = init / "step.h5"
+        if k > 0:
+            step = itr / "step.h5"
+            gps("badmm-adjust-step", *i, "--prev-samples", prev / "samples.h5", "--prev-dynamics", prev / "dynamics.h5",
+                "--prev-policy-lin", prev / "policy_lin_final.h5",
+                "--prev-prev-controllers", init / "controllers.h5" if k == 1 else prev2 / "controllers.h5",
+                "--prev-controllers", prev_c, "--prev-step", init / "step.h5" if k == 1 else prev / "step.h5",
+                "--prev-duals", prev_d, "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5",
+                "--policy-lin", itr / "policy_lin.h5", "--out", step)
+        gps("badmm-inner", *i, "--samples", itr / "samples.h5", "--dynamics", itr / "dynamics.h5",
+            "--policy-lin", itr / "policy_lin.h5", "--policy", prev_p, "--prev-controllers", prev_c, "--step", step,
+            "--duals", prev_d, "--controllers-out", itr / "controllers.h5", "--policy-out", itr / "policy.h5",
+            "--duals-out", itr / "duals.h5", "--policy-lin-out", itr / "policy_lin_final.h5", "--inner-out", itr / "inner.h5")
+        gps("evaluate", *i, "--policy", itr / "policy.h5", "--samples", itr / "samples.h5", "--controllers",
+            itr / "controllers.h5", "--step", step, "--out", itr / "eval.h5", "--metrics", itr / "metrics.json")

@@ -168,8 +168,8 @@ def test_pipeline_lists_each_stage_once_per_iteration():
     assert names[-2:] == ["summary", "plot"] and "catch_up" in names
     # iteration-major: iteration 0 is evaluated before iteration 1 samples
     assert names.index("evaluate_00") < names.index("sample_01")
-    # only the summary reads `iterations`; the S-step reads only its own params
-    assert doc["stages"]["summary"]["params"] == ["iterations"]
+    # only the summary reads `iterations` (and algorithm.name, to notice a switch); the S-step reads only its own params
+    assert doc["stages"]["summary"]["params"] == ["iterations", "algorithm.name"]
     assert "kl_step" not in str(doc["stages"]["s_step_01"]["params"])
 
 
