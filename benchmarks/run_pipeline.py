@@ -6,7 +6,7 @@ alone), runs `dvc repro` there and reads the lines each stage prints:
 B the whole process (interpreter start-up and imports included). DVC's own
 overhead is the total wall time minus the summed process times.
 
-    python benchmarks/run_pipeline.py [--params FILE] [--keep]
+    python benchmarks/run_pipeline.py [--params FILE] [--commit REV] [--keep]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ LINE = re.compile(r"gps (\S+): done in ([\d.]+) s \(process ([\d.]+) s\)")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, help="params.yaml to use instead of the committed one")
+    ap.add_argument("--commit", default="HEAD", help="benchmark this commit instead of HEAD (e.g. to compare before/after)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     args = ap.parse_args()
     bin_dir = Path(sys.executable).parent
@@ -37,6 +38,7 @@ def main() -> None:
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(ws / "repo")], check=True)
         repo = ws / "repo"
+        subprocess.run(["git", "checkout", "-q", args.commit], cwd=repo, check=True)
         env["PYTHONPATH"] = str(repo)  # the clone's code, not this checkout's editable install
         if args.params:
             shutil.copy(args.params, repo / "params.yaml")
