@@ -26,6 +26,7 @@ Initial state (§5.4, as coded, including the unnormalised Φ0):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -177,6 +178,7 @@ def fit_all_dynamics(
     regularization_shape: str,
     initial_state_var: float,
     rng: np.random.Generator,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[DynamicsPrior], dict[str, np.ndarray]]:
     """The fit-dynamics step for all M conditions at once, batched across conditions.
 
@@ -189,6 +191,7 @@ def fit_all_dynamics(
 
     but the GMM EM of all conditions runs together (fit_gmm_batched); the prior evaluation and
     the per-time-step regressions stay per condition (each batched over t).
+    `progress(done, M)`, if given, follows the GMM fits.
     Returns the new priors and the arrays Fm [M, T, dX, dX+dU], fv [M, T, dX],
     dyn_covar [M, T, dX, dX], x0mu [M, dX], x0sigma [M, dX, dX].
     """
@@ -208,7 +211,7 @@ def fit_all_dynamics(
         data = _transitions_batched(buffer_X, buffer_U)  # [M, Nb, T−1, D]
         data = data.reshape(n_cond, -1, data.shape[-1])
         n_clusters = num_clusters(data.shape[1], cfg.max_clusters, cfg.min_samples_per_cluster)
-        gmms, _ = fit_gmm_batched(data, n_clusters, rng, prevs=[None if p is None else p.gmm for p in priors])
+        gmms, _ = fit_gmm_batched(data, n_clusters, rng, prevs=[None if p is None else p.gmm for p in priors], progress=progress)
         new_priors = [DynamicsPrior(X=buffer_X[m], U=buffer_U[m], gmm=gmms[m]) for m in range(n_cond)]
 
         Fm = np.zeros((n_cond, T, dX, dX + dU))

@@ -33,6 +33,7 @@ Prior evaluation (§5.2) for query points y_1…y_N:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.linalg
@@ -347,6 +348,7 @@ def fit_gmm_batched(
     prevs: list[GMM | None] | None = None,
     max_iter: int = 100,
     chunk_bytes: int = 1 << 21,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[GMM], list[list[float]]]:
     """fit_gmm on B data sets (one per condition) at once: data [B, N, D].
 
@@ -357,6 +359,7 @@ def fit_gmm_batched(
     data sets as keep the [K, N, D] temporaries of one EM step within `chunk_bytes`: for the
     peg problems that is one condition, since stacking more outgrows the cache and is slower.
     Returns the GMMs and, per data set, the log-likelihood of every E-step.
+    `progress(done, B)`, if given, is called after each group of data sets.
     """
     data = np.asarray(data, dtype=np.float64)
     if data.ndim != 3:
@@ -380,6 +383,8 @@ def fit_gmm_batched(
     for lo in range(0, n_batch, chunk):
         part = slice(lo, min(lo + chunk, n_batch))
         _em_batched(data[part], mu[part], sigma[part], logmass[part], histories[part], max_iter)
+        if progress is not None:
+            progress(part.stop, n_batch)
 
     gmms = [GMM(mu=mu[b].copy(), sigma=sigma[b].copy(), logmass=logmass[b].copy(), n_init=int(n_init[b])) for b in range(n_batch)]
     return gmms, histories

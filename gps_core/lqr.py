@@ -540,6 +540,7 @@ def c_step_batched(
     etas: np.ndarray,
     cfg: TrajOptConfig,
     surrogate: SurrogateCost | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BatchCStepResult:
     """c_step_reference for M conditions at once (ALGORITHM §7.6), vectorised across conditions.
 
@@ -553,6 +554,7 @@ def c_step_batched(
     with the η and condition indices of the conditions still searching; `references` stay the KL
     reference (BADMM: the previous local controllers). The hook's own arrays are its to check for
     NaN. Without it (the default) this is the MDGPS C-step, unchanged.
+    `progress(converged, M)`, if given, is called after every round of the dual search.
     """
     M = len(costs)
     Cm, cv = _stack(costs, "Cm"), _stack(costs, "cv")
@@ -602,6 +604,8 @@ def c_step_batched(
         eta_hi[active] = np.where(done, eta_hi[a], hi)
         converged[active] = done
         active = active[~done]
+        if progress is not None:
+            progress(M - active.size, M)
     return BatchCStepResult(
         K=K, k=k, covar=covar, eta=eta, kl=kl, kl_bound=kl_bounds, converged=converged, dual_iterations=itr
     )

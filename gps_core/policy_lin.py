@@ -15,6 +15,8 @@ at t = 0 only (all samples share x0 there). Finally
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from gps_core.dynamics import PriorConfig
@@ -65,6 +67,7 @@ def fit_policy_linearisations(
     gmms_prev: list[GMM | None],
     cfg: PriorConfig,
     rng: np.random.Generator,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[GMM]]:
     """fit_policy_linearisation for all M conditions at once, batched across conditions.
 
@@ -72,6 +75,7 @@ def fit_policy_linearisations(
     Same results as [fit_policy_linearisation(X[m], U_pol[m], pol_var, gmms_prev[m], cfg, rng)
     for m in order] (the rng is consumed in condition order), with the EM of all conditions run
     together (fit_gmm_batched); prior and regressions stay per condition (batched over t).
+    `progress(done, M)`, if given, follows the GMM fits.
     Returns K [M, T, dU, dX], k [M, T, dU], pol_covar [M, T, dU, dU] and the refitted GMMs.
     """
     X = np.asarray(X, dtype=np.float64)
@@ -84,7 +88,7 @@ def fit_policy_linearisations(
     points = np.concatenate([X, U_pol], axis=-1)  # [M, N, T, D]
     data = points.reshape(n_cond, n_samples * T, dim)  # sample-major per condition
     n_clusters = num_clusters(n_samples * T, cfg.max_clusters, cfg.min_samples_per_cluster)
-    gmms, _ = fit_gmm_batched(data, n_clusters, rng, prevs=gmms_prev)
+    gmms, _ = fit_gmm_batched(data, n_clusters, rng, prevs=gmms_prev, progress=progress)
 
     reg = np.zeros(T)
     reg[0] = FIRST_STEP_REGULARIZATION

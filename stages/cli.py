@@ -18,7 +18,8 @@ import numpy as np
 import typer
 
 from stages import config as cfg
-from stages.h5io import UserError, read_artifact, write_artifact, write_json, write_text_atomic
+from stages.h5io import UserError, write_artifact, write_json, write_text_atomic
+from stages.progress import progress_bar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 _debug = {"on": False}
@@ -126,7 +127,6 @@ def sample(
     from gps_core.noise import smoothed_noise
     from gps_core.sampling import rollout_controllers, rollout_policy
     from stages.artifacts import load_controllers, load_policy
-    from stages.progress import progress_bar
 
     params = cfg.load_params(params_path)
     agent = cfg.get(params, "agent")
@@ -198,10 +198,11 @@ def fit_dynamics_cmd(
         gmms = gmms_from_datasets("prior", pdata, M)
         priors = [DynamicsPrior(X=pdata["prior/X"][m], U=pdata["prior/U"][m], gmm=gmms[m]) for m in range(M)]
     rng = cfg.stage_rng(params, iteration, "fit_dynamics")
-    new_priors, data = fit_all_dynamics(  # all conditions at once; same results as a loop over conditions
-        priors, X, U, prior_cfg, float(dyn_params["regularization"]), dyn_params["regularization_shape"],
-        float(cfg.get(params, "algorithm.initial_state_var")), rng,
-    )
+    with progress_bar(f"fit-dynamics {iteration}: GMM prior, condition", M) as progress:
+        new_priors, data = fit_all_dynamics(  # all conditions at once; same results as a loop over conditions
+            priors, X, U, prior_cfg, float(dyn_params["regularization"]), dyn_params["regularization_shape"],
+            float(cfg.get(params, "algorithm.initial_state_var")), rng, progress,
+        )
     data.update({"prior/X": np.stack([p.X for p in new_priors]), "prior/U": np.stack([p.U for p in new_priors])})
     data.update(gmms_to_datasets("prior", [p.gmm for p in new_priors]))
     write_artifact(out, "fit_dynamics", iteration, cfg.stage_params(params, "fit_dynamics"), data)
@@ -233,7 +234,8 @@ def fit_policy_cmd(
     gmms_prev = gmms_from_datasets("prior", load_policy_lin_prior(prev, known_from(sizes, samples)), M) if prev is not None else [None] * M
     rng = cfg.stage_rng(params, iteration, "fit_policy")
     U_pol = policy_mean(pol, O)
-    K, k, pol_covar, gmms = fit_policy_linearisations(X, U_pol, pol.var, gmms_prev, prior_cfg, rng)  # all conditions at once
+    with progress_bar(f"fit-policy {iteration}: GMM prior, condition", M) as progress:
+        K, k, pol_covar, gmms = fit_policy_linearisations(X, U_pol, pol.var, gmms_prev, prior_cfg, rng, progress)  # all conditions at once
     data = {"K": K, "k": k, "pol_covar": pol_covar, "U_pol": U_pol}
     data.update(gmms_to_datasets("prior", gmms))
     write_artifact(out, "fit_policy", iteration, cfg.stage_params(params, "fit_policy"), data)
@@ -423,7 +425,9 @@ def c_step_cmd(
     T = lins[0].T
     kl_step = float(cfg.get(params, "algorithm.kl_step"))
     # All conditions at once; errors (a FloatingPointError) name the condition.
-    res = c_step_batched(costs, lins, dyns, kl_step * np.asarray(step_mult, dtype=float) * T, np.asarray(eta_prev, dtype=float), topt)
+    with progress_bar(f"c-step {iteration}: dual search, conditions converged", len(costs)) as progress:
+        res = c_step_batched(costs, lins, dyns, kl_step * np.asarray(step_mult, dtype=float) * T,
+                             np.asarray(eta_prev, dtype=float), topt, progress=progress)
     for m in np.flatnonzero(~res.converged):
         _log(
             f"iteration {iteration}: condition {m}: dual search did not converge in {res.dual_iterations[m]} rounds "
@@ -452,7 +456,6 @@ def s_step_cmd(
     from gps_core.mdgps import s_step_dataset
     from gps_core.s_step import SStepConfig, train_policy
     from stages.artifacts import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
-    from stages.progress import progress_bar
 
     params = cfg.load_params(params_path)
     pcfg = cfg.get(params, "policy")

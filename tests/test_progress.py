@@ -78,6 +78,39 @@ def test_bar_only_on_a_terminal(monkeypatch):
     assert bars_enabled(quiet)
 
 
+def test_dual_search_and_gmm_fits_report_progress_without_changing_the_result(tmp_path_factory):
+    """The C-step reports converged conditions per round; the GMM fits report conditions done."""
+    import h5py
+
+    from gps_core.dynamics import fit_all_dynamics
+    from gps_core.lqr import c_step_batched
+    from stages import config as cfg
+    from stages.artifacts import load_controllers, load_cost_models, load_dynamics, load_eta, load_step
+
+    run = obstacle_run(tmp_path_factory)
+    d = run / "data"
+    params = cfg.load_params(run / "params.yaml")
+    costs, dyns = load_cost_models(d / "itr_01/samples.h5"), load_dynamics(d / "itr_01/dynamics.h5")
+    lins, eta = load_controllers(d / "itr_01/policy_lin.h5"), load_eta(d / "itr_00/controllers.h5")
+    bounds = 2.0 * load_step(d / "itr_01/step.h5") * lins[0].T
+    calls = []
+    a = c_step_batched(costs, lins, dyns, bounds, eta, cfg.traj_opt_config(params), progress=lambda c, m: calls.append((c, m)))
+    b = c_step_batched(costs, lins, dyns, bounds, eta, cfg.traj_opt_config(params))
+    np.testing.assert_array_equal(a.K, b.K)
+    M = len(costs)
+    assert len(calls) == a.dual_iterations.max() and calls[-1] == (int(a.converged.sum()), M)
+    assert [c for c, _ in calls] == sorted(c for c, _ in calls)
+    with h5py.File(d / "itr_01/samples.h5") as f:
+        X, U = f["X"][()], f["U"][()]
+    prior_cfg = cfg.prior_config(params["dynamics"]["prior"])
+    calls = []
+    args = ([None] * M, X, U, prior_cfg, 1e-6, "all_entries", 1e-6)
+    _, with_bar = fit_all_dynamics(*args, np.random.default_rng(3), lambda c, m: calls.append((c, m)))
+    _, plain = fit_all_dynamics(*args, np.random.default_rng(3))
+    np.testing.assert_array_equal(with_bar["Fm"], plain["Fm"])
+    assert calls and calls[-1] == (M, M)
+
+
 @pytest.mark.parametrize("command", ["sample", "s-step"])
 def test_stage_logs_stay_one_line_without_a_terminal(tmp_path_factory, tmp_path, command, monkeypatch):
     monkeypatch.delenv("GPS_PROGRESS", raising=False)
@@ -108,3 +141,10 @@ def test_bar_is_drawn_on_a_terminal(tmp_path_factory, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "s-step 1: gradient step" in result.stderr and result.stdout == ""
     assert Path(tmp_path / "p.h5").read_bytes() == (d / "itr_01" / "policy.h5").read_bytes()
+    result = runner.invoke(app, [str(a) for a in [
+        "c-step", "-i", 1, "--params", run / "params.yaml", "--samples", d / "itr_01/samples.h5", "--dynamics",
+        d / "itr_01/dynamics.h5", "--policy-lin", d / "itr_01/policy_lin.h5", "--step", d / "itr_01/step.h5",
+        "--prev-controllers", d / "itr_00/controllers.h5", "--out", tmp_path / "c.h5"]])
+    assert result.exit_code == 0, result.output
+    assert "c-step 1: dual search, conditions converged" in result.stderr
+    assert Path(tmp_path / "c.h5").read_bytes() == (d / "itr_01" / "controllers.h5").read_bytes()
