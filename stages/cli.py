@@ -62,6 +62,12 @@ def _process_age() -> float:
     return time.time() - psutil.Process().create_time()
 
 
+def dvc_executable() -> str:
+    """The dvc installed next to this Python (the project's venv), else the one on PATH."""
+    here = Path(sys.executable).parent / "dvc"
+    return str(here) if here.exists() else "dvc"
+
+
 def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -571,7 +577,9 @@ def summary(
 
 @app.command("report")
 def report(
-    runs: list[Path] = typer.Argument(..., help="finished runs: directories with params.yaml and data/learning_curve.csv"),
+    runs: Optional[list[Path]] = typer.Argument(None, help="finished runs: directories with params.yaml and data/learning_curve.csv"),
+    experiments: bool = typer.Option(False, "--experiments", help="use the DVC experiments of this repository (dvc exp show --json)"),
+    exp_json: Optional[Path] = typer.Option(None, "--exp-json", help="use this saved `dvc exp show --json` output"),
     iterations: str = typer.Option("3,6,9,12", "--iterations", help="comma-separated iterations (1-based) to tabulate"),
     out: Path | None = typer.Option(None, "--out", help="also write the Markdown tables to this file"),
     figure: Path | None = typer.Option(None, "--figure", help="write the Figure 1 style PNG (distance per iteration)"),
@@ -584,7 +592,29 @@ def report(
             itrs = [int(k) for k in iterations.split(",")]
         except ValueError:
             raise UserError(f"--iterations is {iterations!r}, expected comma-separated integers like 3,6,9,12") from None
-        groups = group_runs([load_run(path) for path in runs])
+        found = [load_run(path) for path in runs or []]
+        if experiments or exp_json is not None:
+            import json
+            import subprocess
+
+            from stages.report import runs_from_experiments
+
+            if exp_json is not None:
+                if not exp_json.exists():
+                    raise UserError(f"{exp_json}: file not found")
+                text = exp_json.read_text()
+            else:
+                proc = subprocess.run([dvc_executable(), "exp", "show", "--json"], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise UserError(f"dvc exp show failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+                text = proc.stdout
+            exp_runs, failed = runs_from_experiments(json.loads(text))
+            if failed:
+                typer.echo(f"gps report: {len(failed)} experiment(s) failed or unfinished, left out: {', '.join(sorted(failed))}", err=True)
+            found += exp_runs
+        if not found:
+            raise UserError("no finished runs given: pass run directories, --experiments or --exp-json")
+        groups = group_runs(found)
         columns = sorted({c for m in groups.values() for rs in m.values() for r in rs for c in r.curve if c.startswith("success_")},
                          key=lambda c: -float(c.split("_")[1]))
         parts = []
@@ -625,7 +655,7 @@ def resume(ctx: typer.Context) -> None:
             typer.echo(f"gps resume: {lock} was unreadable ({problem}); moved it to {aside}", err=True)
     for tmp in Path("data").rglob(".*.tmp") if Path("data").is_dir() else []:
         tmp.unlink(missing_ok=True)  # temporary files of stages that were killed mid-write
-    raise typer.Exit(subprocess.call(["dvc", "repro", *ctx.args]))
+    raise typer.Exit(subprocess.call([dvc_executable(), "repro", *ctx.args]))
 
 
 @app.command("inspect")
@@ -692,6 +722,31 @@ def render_cmd(
 
     with user_errors("render", _debug["on"]):
         typer.echo(render_rollout(params_path, policy, condition, out, width, height, every, time, fps, shadows))
+
+
+@app.command("sweep")
+def sweep_cmd(
+    tasks: str = typer.Option("peg,peg_blind,obstacle", "--tasks", help="comma-separated: obstacle, peg, peg_blind"),
+    methods: str = typer.Option("badmm,off_classic,off_global,on_classic,on_global", "--methods",
+                                help="comma-separated: badmm, off_classic, off_global, on_classic, on_global"),
+    seeds: str = typer.Option("0-9", "--seeds", help="e.g. 0-9 or 0,2,4"),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="also start this many queue workers (0: only queue)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc commands instead of queuing"),
+) -> None:
+    """Queue the paper's comparison as DVC experiments (one per task x method x seed); -j N starts the workers."""
+    import subprocess
+
+    from stages.clitools import user_errors
+    from stages.sweep import METHODS, TASKS, parse_list, parse_seeds, queue_sweep
+
+    with user_errors("sweep", _debug["on"]):
+        n = queue_sweep(parse_list(tasks, TASKS, "tasks"), parse_list(methods, tuple(METHODS), "methods"),
+                        parse_seeds(seeds), Path("."), dry_run, echo=typer.echo, dvc=dvc_executable())
+    if dry_run:
+        return
+    typer.echo(f"queued {n} experiments; `dvc queue status` follows them, `gps report --experiments` tabulates the finished ones")
+    if jobs:
+        raise typer.Exit(subprocess.call([dvc_executable(), "queue", "start", "-j", str(jobs)]))
 
 
 RootOpt = typer.Option(Path("."), "--root", help="project root: dvc.yaml goes here, iteration k to pipelines/itr_kk/dvc.yaml")

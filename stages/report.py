@@ -80,6 +80,37 @@ def load_run(path: Path) -> Run:
     return Run(path, params["agent"]["task"], method_name(params), int(params["seed"]), curve)
 
 
+def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
+    """Finished runs from `dvc exp show --json`, and the names of experiments that failed or have no metrics.
+
+    Each experiment's params come from its params.yaml, its learning curve from
+    its per-iteration metrics files (data/itr_NN/metrics.json).
+    """
+    runs, failed = [], []
+    for baseline in exp_show:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                name = rev.get("name") or exp.get("name") or rev.get("rev", "?")[:7]
+                data = rev.get("data") or {}
+                params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+                metrics = data.get("metrics") or {}
+                per_itr = sorted(
+                    (m["data"] for path, m in metrics.items()
+                     if path.startswith("data/itr_") and path.endswith("/metrics.json") and (m or {}).get("data")),
+                    key=lambda d: d["iteration"],
+                )
+                if rev.get("error") or not params or not per_itr:
+                    failed.append(name)
+                    continue
+                columns = [k for k in per_itr[0] if k != "per_condition"]
+                curve = {c: np.array([float(d.get(c, np.nan)) for d in per_itr]) for c in columns}
+                if not np.array_equal(curve["iteration"], np.arange(1, len(per_itr) + 1)):
+                    failed.append(name)  # an unfinished run: iterations missing
+                    continue
+                runs.append(Run(Path(name), params["agent"]["task"], method_name(params), int(params["seed"]), curve))
+    return runs, failed
+
+
 def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     """task -> method -> runs, methods in the paper's column order."""
     groups: dict[str, dict[str, list[Run]]] = {}

@@ -1,0 +1,139 @@
+"""The paper's comparison as queued DVC experiments: methods x seeds x tasks.
+
+Each (task, method) needs its own pipeline files (the iteration count differs
+per task, and BADMM has its own stages), which `-S` overrides cannot change. So
+for each pair the sweep writes params.yaml from configs/<task>.yaml, generates
+the pipeline for that method, stages the files (DVC leaves untracked files out
+of a queued experiment), and queues one experiment per seed with
+`dvc exp run --queue -S ...`. Afterwards the workspace's params.yaml and
+pipeline files are restored from git. `dvc queue start -j N` runs them; every
+run is an ordinary experiment (`dvc exp show`, `dvc exp apply`, `dvc plots diff`).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from stages.h5io import UserError
+
+# The paper's five methods as params overrides (dotted key -> value).
+METHODS: dict[str, dict[str, Any]] = {
+    "badmm": {"algorithm.name": "badmm", "algorithm.sample_on_policy": False},
+    "off_classic": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": False, "algorithm.step_rule": "classic"},
+    "off_global": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": False, "algorithm.step_rule": "global"},
+    "on_classic": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": True, "algorithm.step_rule": "classic"},
+    "on_global": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": True, "algorithm.step_rule": "global"},
+}
+TASKS = ("obstacle", "peg", "peg_blind")
+GENERATED = ["params.yaml", "dvc.yaml", "pipelines"]
+
+
+def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for item in items:
+        if item not in allowed:
+            raise UserError(f"--{what} has {item!r}; allowed: {', '.join(allowed)}")
+    if not items:
+        raise UserError(f"--{what} is empty; allowed: {', '.join(allowed)}")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-9' or '0,3,5' (or a mix) -> sorted seeds."""
+    seeds: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UserError(f"--seeds is {text!r}, expected e.g. 0-9 or 0,2,4") from None
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"--seeds is {text!r}, expected non-negative integers")
+    return sorted(seeds)
+
+
+def _set(params: dict, dotted: str, value: Any) -> None:
+    node = params
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def experiment_name(task: str, method: str, seed: int) -> str:
+    return f"{task}-{method}-s{seed}"
+
+
+def plan(tasks: list[str], methods: list[str], seeds: list[int], root: Path) -> list[tuple[str, str, dict, list[list[str]]]]:
+    """For each (task, method): its params (overrides applied) and the `dvc exp run --queue` commands, one per seed."""
+    out = []
+    for task in tasks:
+        preset = root / "configs" / f"{task}.yaml"
+        if not preset.exists():
+            raise UserError(f"{preset}: file not found (run the sweep from the project root)")
+        base = yaml.safe_load(preset.read_text())
+        for method in methods:
+            params = copy.deepcopy(base)
+            for key, value in METHODS[method].items():
+                _set(params, key, value)
+            sets = [f"{k}={_yaml_value(v)}" for k, v in METHODS[method].items()]
+            commands = [["dvc", "exp", "run", "--queue", "-n", experiment_name(task, method, s),
+                         *sum((["-S", x] for x in [*sets, f"seed={s}"]), [])] for s in seeds]
+            out.append((task, method, params, commands))
+    return out
+
+
+def _dirty(root: Path, run: Callable[..., subprocess.CompletedProcess]) -> str:
+    return run(["git", "status", "--porcelain", "--", *GENERATED], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def queue_sweep(tasks: list[str], methods: list[str], seeds: list[int], root: Path, dry_run: bool = False,
+                echo: Callable[[str], None] = print, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                dvc: str = "dvc") -> int:
+    """Queue the experiments; returns how many. The workspace's generated files are restored afterwards."""
+    from stages.config import load_params
+    from stages.pipeline import write_pipeline
+
+    steps = plan(tasks, methods, seeds, root)
+    if dry_run:
+        for task, method, _, commands in steps:
+            echo(f"# {task} / {method}: gps configure {task}, then the pipeline for {method}")
+            for cmd in commands:
+                echo(" ".join(cmd))
+        return sum(len(c) for *_, c in steps)
+    if _dirty(root, run):
+        raise UserError("params.yaml, dvc.yaml or pipelines/ have uncommitted changes; commit or stash them first "
+                        "(the sweep rewrites them per task and restores them from git)")
+    queued = 0
+    try:
+        for task, method, params, commands in steps:
+            shutil.copyfile(root / "configs" / f"{task}.yaml", root / "params.yaml")
+            check = root / ".params.sweep.yaml"  # validate the params with the overrides, as the stages will see them
+            check.write_text(yaml.safe_dump(params, sort_keys=False))
+            try:
+                load_params(check)
+            finally:
+                check.unlink(missing_ok=True)
+            write_pipeline(params, root / "params.yaml", root)
+            run(["git", "add", "-A", "--", *GENERATED], cwd=root, check=True)
+            for cmd in commands:
+                proc = run([dvc, *cmd[1:]], cwd=root, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise UserError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
+                queued += 1
+                echo(f"queued {cmd[5]}")
+    finally:
+        run(["git", "reset", "-q", "--", *GENERATED], cwd=root, check=True)
+        run(["git", "checkout", "-q", "--", *GENERATED], cwd=root, check=True)
+        run(["git", "clean", "-fdq", "--", "pipelines"], cwd=root, check=True)
+    return queued
