@@ -265,7 +265,7 @@ def adjust_step(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """New step multipliers from predicted vs actual improvement (classic or global rule)."""
-    from gps_core.mdgps import new_step_mult, step_estimates
+    from gps_core.mdgps import step_estimates
     from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
 
     params = cfg.load_params(params_path)
@@ -277,19 +277,31 @@ def adjust_step(
     lin_prev, lin_cur = load_controllers(prev_policy_lin, known), load_controllers(policy_lin, known)
     new_prev = load_controllers(prev_controllers, known)
     step_prev = load_step(prev_step, known)
-    M = len(new_prev)
-    rows = {k: np.zeros(M) for k in ("J_prev", "J_predicted", "J_actual", "predicted_improvement", "actual_improvement", "step_mult")}
-    for m in range(M):
-        est = step_estimates(alg["step_rule"], lin_prev[m], new_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m])
-        rows["J_prev"][m], rows["J_predicted"][m], rows["J_actual"][m] = est.prev, est.predicted, est.actual
-        rows["predicted_improvement"][m] = est.predicted_improvement
-        rows["actual_improvement"][m] = est.actual_improvement
-        rows["step_mult"][m] = new_step_mult(
-            est.predicted_improvement, est.actual_improvement, float(step_prev[m]),
-            float(alg["min_step_mult"]), float(alg["max_step_mult"]),
-        )
+    rows = _step_rows([
+        step_estimates(alg["step_rule"], lin_prev[m], new_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m])
+        for m in range(len(new_prev))
+    ], step_prev, alg)
     write_artifact(out, "adjust_step", iteration, cfg.stage_params(params, "adjust_step"), rows)
     _log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
+
+
+def _step_rows(estimates: list, step_prev: np.ndarray, alg: dict) -> dict[str, np.ndarray]:
+    """The step file's datasets [M] from each condition's cost estimates (MDGPS or BADMM rule) and the last step_mult."""
+    from gps_core.mdgps import new_step_mult
+
+    rows = {
+        "J_prev": np.array([e.prev for e in estimates]),
+        "J_predicted": np.array([e.predicted for e in estimates]),
+        "J_actual": np.array([e.actual for e in estimates]),
+        "predicted_improvement": np.array([e.predicted_improvement for e in estimates]),
+        "actual_improvement": np.array([e.actual_improvement for e in estimates]),
+    }
+    rows["step_mult"] = np.array([
+        new_step_mult(e.predicted_improvement, e.actual_improvement, float(step_prev[m]),
+                      float(alg["min_step_mult"]), float(alg["max_step_mult"]))
+        for m, e in enumerate(estimates)
+    ])
+    return rows
 
 
 # --------------------------------------------------------------------------- BADMM (algorithm.name: badmm)
@@ -313,7 +325,6 @@ def badmm_adjust_step(
 ) -> None:
     """BADMM step multipliers: Laplace cost plus ν-weighted KL to the policy linearisation, predicted vs actual."""
     from gps_core.badmm import badmm_step_estimates
-    from gps_core.mdgps import new_step_mult
     from stages.artifacts import (
         costs_from_datasets, known_from, load_controllers, load_cost_models, load_duals, load_dynamics, load_samples, load_step,
     )
@@ -328,18 +339,10 @@ def badmm_adjust_step(
     pbar_prev, pbar = load_controllers(prev_prev_controllers, known), load_controllers(prev_controllers, known)
     step_prev = load_step(prev_step, known)
     pol_wt = load_duals(prev_duals, known).pol_wt
-    M = len(pbar)
-    rows = {k: np.zeros(M) for k in ("J_prev", "J_predicted", "J_actual", "predicted_improvement", "actual_improvement", "step_mult")}
-    for m in range(M):
-        est = badmm_step_estimates(pbar_prev[m], pbar[m], lin_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m],
-                                   dyn_cur[m], cost_cur[m], pol_wt[m])
-        rows["J_prev"][m], rows["J_predicted"][m], rows["J_actual"][m] = est.prev, est.predicted, est.actual
-        rows["predicted_improvement"][m] = est.predicted_improvement
-        rows["actual_improvement"][m] = est.actual_improvement
-        rows["step_mult"][m] = new_step_mult(
-            est.predicted_improvement, est.actual_improvement, float(step_prev[m]),
-            float(alg["min_step_mult"]), float(alg["max_step_mult"]),
-        )
+    rows = _step_rows([
+        badmm_step_estimates(pbar_prev[m], pbar[m], lin_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m], pol_wt[m])
+        for m in range(len(pbar))
+    ], step_prev, alg)
     write_artifact(out, "badmm_adjust_step", iteration, cfg.stage_params(params, "badmm_adjust_step"), rows)
     _log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
 

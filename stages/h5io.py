@@ -53,8 +53,8 @@ def write_artifact(
         raise
 
 
-def read_artifact(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """All datasets (flattened names) and root attributes of an artifact."""
+def open_artifact(path: str | Path) -> h5py.File:
+    """The artifact opened for reading, after checking it exists, is HDF5 and has our schema version."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
@@ -62,11 +62,17 @@ def read_artifact(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dic
         f = h5py.File(path, "r")
     except OSError:
         raise UserError(f"{path}: not an HDF5 file") from None
-    with f:
-        version = f.attrs.get("schema_version")
-        version = version.item() if isinstance(version, np.generic) else version
-        if version != SCHEMA_VERSION:
-            raise UserError(f"{path}: schema_version is {version!r}, expected {SCHEMA_VERSION}")
+    version = f.attrs.get("schema_version")
+    version = version.item() if isinstance(version, np.generic) else version
+    if version != SCHEMA_VERSION:
+        f.close()
+        raise UserError(f"{path}: schema_version is {version!r}, expected {SCHEMA_VERSION}")
+    return f
+
+
+def read_artifact(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """All datasets (flattened names) and root attributes of an artifact."""
+    with open_artifact(path) as f:
         data: dict[str, np.ndarray] = {}
 
         def visit(name, obj):

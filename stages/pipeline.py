@@ -98,15 +98,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", success_co
         step = init_s if k == 0 else f"{d}/step.h5"
         controllers, policy = f"{d}/controllers.h5", f"{d}/policy.h5"
 
-        stages[f"sample_{tag}"] = _stage(
-            ["gps", "sample", *i, *p, "--controllers", prev_controllers, "--policy", prev_policy, "--out", samples],
-            [prev_controllers, prev_policy], "sample", [samples], params_file,
-        )
-        prev_dyn = [] if k == 0 else [f"{prev}/dynamics.h5"]
-        stages[f"fit_dynamics_{tag}"] = _stage(
-            ["gps", "fit-dynamics", *i, *p, "--samples", samples, *sum((["--prev", x] for x in prev_dyn), []), "--out", dynamics],
-            [samples, *prev_dyn], "fit_dynamics", [dynamics], params_file,
-        )
+        _sample_and_fit_dynamics(stages, k, p, params_file, prev_controllers, prev_policy)
         if k == 0:
             # Catch-up: before the first C-step the network imitates the initial controllers.
             policy_in = f"{d}/policy_catchup.h5"
@@ -155,6 +147,22 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", success_co
     return _finish(stages, metrics_files, iterations, p, params_file, success_columns)
 
 
+def _sample_and_fit_dynamics(stages: dict[str, Any], k: int, p: list[str], params_file: str,
+                             controllers: str, policy: str) -> None:
+    """Add iteration k's sample and fit_dynamics stages (the same for MDGPS and BADMM)."""
+    d, prev, tag, i = _itr(k), _itr(k - 1), f"{k:02d}", ["-i", str(k)]
+    samples, dynamics = f"{d}/samples.h5", f"{d}/dynamics.h5"
+    stages[f"sample_{tag}"] = _stage(
+        ["gps", "sample", *i, *p, "--controllers", controllers, "--policy", policy, "--out", samples],
+        [controllers, policy], "sample", [samples], params_file,
+    )
+    prev_dyn = [] if k == 0 else [f"{prev}/dynamics.h5"]
+    stages[f"fit_dynamics_{tag}"] = _stage(
+        ["gps", "fit-dynamics", *i, *p, "--samples", samples, *sum((["--prev", x] for x in prev_dyn), []), "--out", dynamics],
+        [samples, *prev_dyn], "fit_dynamics", [dynamics], params_file,
+    )
+
+
 def _badmm_iteration(stages: dict[str, Any], k: int, p: list[str], params_file: str) -> str:
     """Add BADMM iteration k's stages to `stages`; returns its metrics file.
 
@@ -172,15 +180,7 @@ def _badmm_iteration(stages: dict[str, Any], k: int, p: list[str], params_file: 
     controllers, policy, duals = f"{d}/controllers.h5", f"{d}/policy.h5", f"{d}/duals.h5"
     lin_final, inner = f"{d}/policy_lin_final.h5", f"{d}/inner.h5"
 
-    stages[f"sample_{tag}"] = _stage(
-        ["gps", "sample", *i, *p, "--controllers", prev_controllers, "--policy", prev_policy, "--out", samples],
-        [prev_controllers, prev_policy], "sample", [samples], params_file,
-    )
-    prev_dyn = [] if k == 0 else [f"{prev}/dynamics.h5"]
-    stages[f"fit_dynamics_{tag}"] = _stage(
-        ["gps", "fit-dynamics", *i, *p, "--samples", samples, *sum((["--prev", x] for x in prev_dyn), []), "--out", dynamics],
-        [samples, *prev_dyn], "fit_dynamics", [dynamics], params_file,
-    )
+    _sample_and_fit_dynamics(stages, k, p, params_file, prev_controllers, prev_policy)
     prev_lin = [] if k == 0 else [f"{prev}/policy_lin_final.h5"]  # the policy prior's GMM as the inner loop left it
     stages[f"fit_policy_{tag}"] = _stage(
         ["gps", "fit-policy", *i, *p, "--samples", samples, "--policy", prev_policy,

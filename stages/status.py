@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.h5io import SCHEMA_VERSION, UserError
+from stages.h5io import UserError, open_artifact
 
 PENDING = "-"  # a cell whose file is not written yet
 
@@ -74,17 +74,7 @@ class Row:
 
 def _read_h5(path: Path, datasets: tuple[str, ...], attrs: tuple[str, ...] = ()) -> dict[str, Any]:
     """Some datasets and root attributes of an artifact (a UserError naming the file if it cannot be read)."""
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{path}: not an HDF5 file") from None
-    with f:
-        version = f.attrs.get("schema_version")
-        version = version.item() if isinstance(version, np.generic) else version
-        if version != SCHEMA_VERSION:
-            raise UserError(f"{path}: schema_version is {version!r}, expected {SCHEMA_VERSION}")
+    with open_artifact(path) as f:
         out: dict[str, Any] = {}
         for name in datasets:
             if name not in f:
