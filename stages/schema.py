@@ -202,7 +202,7 @@ def _check_mapping(source: str, schema: dict[str, Any], node: Any, prefix: str) 
         _fail(source, prefix.rstrip(".") or "the file", node, "a mapping of settings")
     for key in node:
         if key not in schema:
-            raise UserError(f"{source}: unknown key {prefix}{key!r}; allowed: {', '.join(schema)}")
+            raise UserError(f"{source}: unknown key {prefix + str(key)!r}; allowed: {', '.join(schema)}")
     for key, spec in schema.items():
         dotted = f"{prefix}{key}"
         if key not in node:
