@@ -81,6 +81,26 @@ def test_fit_policy_and_c_step(run_dir):
     assert np.all(np.abs(kl - bound) < 0.1 * bound)
 
 
+def test_c_step_that_cannot_meet_the_bound_says_so_in_the_file_and_the_log(run_dir, tmp_path):
+    from conftest import small_params
+
+    params = small_params()
+    params["traj_opt"]["max_iterations"] = 1  # one round of the dual search: it cannot converge from eta = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    itr, init = run_dir / "itr_00", run_dir / "init"
+    result = runner.invoke(app, [str(a) for a in [
+        "c-step", "-i", 0, "--params", tmp_path / "params.yaml", "--samples", itr / "samples.h5", "--dynamics",
+        itr / "dynamics.h5", "--policy-lin", itr / "policy_lin.h5", "--step", init / "step.h5",
+        "--prev-controllers", init / "controllers.h5", "--out", tmp_path / "c.h5"]])
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "c.h5") as f:
+        converged, kl, bound = f["converged"][()], f["kl"][()], f["kl_step"][()]
+        assert list(f["dual_iterations"][()]) == [1, 1]
+    assert not converged.any() and np.all(np.abs(kl - bound) >= 0.1 * bound)
+    for m in range(2):
+        assert f"condition {m}: dual search did not converge in 1 rounds (KL {kl[m]:.3f}, bound {bound[m]:.3f})" in result.stderr
+
+
 def test_adjust_step_within_bounds(run_dir):
     with h5py.File(run_dir / "itr_01" / "step.h5") as f:
         mult = f["step_mult"][()]
