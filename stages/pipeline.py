@@ -58,8 +58,7 @@ def _stage(cmd: list[str], deps: list[str], step: str, outs: list[str], params_f
     return stage
 
 
-def build_pipeline(iterations: int, params_file: str = "params.yaml", success_columns: tuple[str, ...] = (),
-                   algorithm: str = "mdgps") -> dict[str, Any]:
+def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm: str = "mdgps") -> dict[str, Any]:
     """Every stage of `iterations` MDGPS (or BADMM) iterations, in execution order, as one flat dvc.yaml document.
 
     `split_pipeline` cuts it into the files `gps pipeline` writes.
@@ -80,7 +79,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", success_co
             )
         }
         metrics_files = [_badmm_iteration(stages, k, p, params_file) for k in range(iterations)]
-        return _finish(stages, metrics_files, iterations, p, params_file, success_columns)
+        return _finish(stages, metrics_files, iterations, p, params_file)
     stages = {
         "init": _stage(
             ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s],
@@ -144,7 +143,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", success_co
             [policy, samples, controllers, step], "evaluate", [f"{d}/eval.h5"], params_file,
             metrics=[metrics],
         )
-    return _finish(stages, metrics_files, iterations, p, params_file, success_columns)
+    return _finish(stages, metrics_files, iterations, p, params_file)
 
 
 def _sample_and_fit_dynamics(stages: dict[str, Any], k: int, p: list[str], params_file: str,
@@ -221,9 +220,14 @@ def _badmm_iteration(stages: dict[str, Any], k: int, p: list[str], params_file: 
     return metrics
 
 
-def _finish(stages: dict[str, Any], metrics_files: list[str], iterations: int, p: list[str], params_file: str,
-            success_columns: tuple[str, ...]) -> dict[str, Any]:
-    """Add the summary and plot stages; the whole document with its plots."""
+def _finish(stages: dict[str, Any], metrics_files: list[str], iterations: int, p: list[str], params_file: str) -> dict[str, Any]:
+    """Add the summary and plot stages; the whole document with its plots.
+
+    No plot definition depends on params other than `iterations` and `algorithm.name`
+    (the success columns, for example, follow `evaluation.success_thresholds`): the
+    summary stage checks the files against params.yaml, and `dvc exp run -S` must not
+    make them stale. The learning curve's own plot shows every column, success included.
+    """
     stages["summary"] = _stage(
         ["gps", "summary", *p, "--out", "data/metrics.json", "--curve", "data/learning_curve.csv", *metrics_files],
         metrics_files, "summary", [], params_file,
@@ -243,8 +247,6 @@ def _finish(stages: dict[str, Any], metrics_files: list[str], iterations: int, p
         {"kl": {"template": "linear", "x": "iteration", "y": {curve: ["kl", "kl_bound"]}}},
         {"step_mult": {"template": "linear", "x": "iteration", "y": {curve: ["step_mult"]}}},
     ]
-    if success_columns:
-        plots.insert(0, {"success": {"template": "linear", "x": "iteration", "y": {curve: list(success_columns)}}})
     return {"stages": stages, "plots": plots}
 
 
@@ -268,9 +270,8 @@ def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml") ->
     iterations = get(params, "iterations")
     if not isinstance(iterations, int) or isinstance(iterations, bool):
         raise UserError(f"params: iterations is {iterations!r}, expected an integer >= 1")
-    thresholds = get(params, "evaluation.success_thresholds")
     algorithm = params["algorithm"].get("name", "mdgps") if isinstance(params.get("algorithm"), dict) else "mdgps"
-    doc = build_pipeline(iterations, params_file, tuple(f"success_{float(t):g}" for t in thresholds), algorithm)
+    doc = build_pipeline(iterations, params_file, algorithm)
     return {path: HEADER + yaml.safe_dump(d, sort_keys=False, width=1000) for path, d in split_pipeline(doc).items()}
 
 

@@ -236,7 +236,7 @@ def test_summary_notices_a_changed_algorithm(tmp_path):
     (lambda p: p["badmm"].__setitem__("ent_reg_schedule", [0.0, 1e-2]), ["badmm.ent_reg_schedule", "list of numbers > 0"]),
     (lambda p: p["badmm"].__setitem__("target_shift", "x"), ["badmm.target_shift", "coded, derived, sub"]),
     (lambda p: p["badmm"].__setitem__("inner_iterations", 0), ["badmm.inner_iterations", ">= 1"]),
-    (lambda p: p["badmm"].__setitem__("nu", 1.0), ["unknown key badmm.'nu'"]),
+    (lambda p: p["badmm"].__setitem__("nu", 1.0), ["unknown key 'badmm.nu'"]),
 ])
 def test_bad_badmm_params_one_line_exit_2(tmp_path, change, words):
     params = small_badmm_params()

@@ -37,6 +37,21 @@ def test_presets_are_valid_and_match_the_paper(task):
         assert params["evaluation"]["success_thresholds"] == [0.06, 0.1]
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_presets_survive_dvc_rewriting_them(task):
+    """`dvc exp run -S` rewrites params.yaml with ruamel; every value must come back bit for bit,
+    or every stage that reads it reruns (exponent-form floats such as 9.009009009009009e-3 do not)."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    text = (ROOT / "configs" / f"{task}.yaml").read_text()
+    rt = YAML()
+    out = io.StringIO()
+    rt.dump(rt.load(text), out)
+    assert yaml.safe_load(out.getvalue()) == yaml.safe_load(text)
+
+
 def test_default_run_is_peg_on_policy_classic():
     assert (ROOT / "params.yaml").read_text() == (ROOT / "configs" / "peg.yaml").read_text()
     params = task_params("peg")
