@@ -588,54 +588,26 @@ def report(
     figure: Path | None = typer.Option(None, "--figure", help="write the Figure 1 style PNG (distance per iteration)"),
 ) -> None:
     """Table 1 (success mean ± std over seeds, per task and method) and Figure 1 from finished runs."""
-    from stages.report import group_runs, load_run, markdown_table
+    from stages.clitools import user_errors
+    from stages.report import distance_figure, experiment_runs, group_runs, load_run, parse_iterations, report_markdown
 
-    try:
-        try:
-            itrs = [int(k) for k in iterations.split(",")]
-        except ValueError:
-            raise UserError(f"--iterations is {iterations!r}, expected comma-separated integers like 3,6,9,12") from None
+    with user_errors("report", _debug["on"]):
+        itrs = parse_iterations(iterations)
         found = [load_run(path) for path in runs or []]
         if experiments or exp_json is not None:
-            import json
-            import subprocess
-
-            from stages.report import runs_from_experiments
-
-            if exp_json is not None:
-                if not exp_json.exists():
-                    raise UserError(f"{exp_json}: file not found")
-                text = exp_json.read_text()
-            else:
-                proc = subprocess.run([dvc_executable(), "exp", "show", "--json"], capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise UserError(f"dvc exp show failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
-                text = proc.stdout
-            exp_runs, failed = runs_from_experiments(json.loads(text))
+            exp_runs, failed = experiment_runs(exp_json, dvc_executable())
             if failed:
                 typer.echo(f"gps report: {len(failed)} experiment(s) failed or unfinished, left out: {', '.join(sorted(failed))}", err=True)
             found += exp_runs
         if not found:
             raise UserError("no finished runs given: pass run directories, --experiments or --exp-json")
         groups = group_runs(found)
-        columns = sorted({c for m in groups.values() for rs in m.values() for r in rs for c in r.curve if c.startswith("success_")},
-                         key=lambda c: -float(c.split("_")[1]))
-        parts = []
-        for column in [*columns, "final_distance"]:
-            title = (f"Success rate (%) with threshold {column.split('_')[1]}" + (" (paper's Table 1 in brackets)" if column == "success_0.1" else "")
-                     if column != "final_distance" else "Final distance to the target")
-            parts.append(f"### {title}\n\n{markdown_table(groups, column, itrs)}")
-        text = "\n".join(parts)
+        text = report_markdown(groups, itrs)
         typer.echo(text, nl=False)
         if out is not None:
             write_text_atomic(out, text)
         if figure is not None:
-            from stages.report import distance_figure
-
             distance_figure(groups, figure)
-    except UserError as exc:
-        typer.echo(f"gps report: error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command("resume", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -111,6 +111,45 @@ def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
     return runs, failed
 
 
+def experiment_runs(exp_json: Path | None, dvc: str = "dvc") -> tuple[list[Run], list[str]]:
+    """runs_from_experiments of a saved `dvc exp show --json` file, or of the command's output when None."""
+    import json
+    import subprocess
+
+    if exp_json is not None:
+        if not exp_json.exists():
+            raise UserError(f"{exp_json}: file not found")
+        text = exp_json.read_text()
+    else:
+        proc = subprocess.run([dvc, "exp", "show", "--json"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"dvc exp show failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        text = proc.stdout
+    return runs_from_experiments(json.loads(text))
+
+
+def parse_iterations(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise UserError(f"--iterations is {text!r}, expected comma-separated integers like 3,6,9,12") from None
+
+
+def report_markdown(groups: dict[str, dict[str, list[Run]]], iterations: list[int]) -> str:
+    """One table per success threshold (largest first; the paper's values beside τ = 0.1), then the distances."""
+    columns = sorted({c for m in groups.values() for rs in m.values() for r in rs for c in r.curve if c.startswith("success_")},
+                     key=lambda c: -float(c.split("_")[1]))
+    parts = []
+    for column in [*columns, "final_distance"]:
+        if column == "final_distance":
+            title = "Final distance to the target"
+        else:
+            title = f"Success rate (%) with threshold {column.split('_')[1]}"
+            title += " (paper's Table 1 in brackets)" if column == "success_0.1" else ""
+        parts.append(f"### {title}\n\n{markdown_table(groups, column, iterations)}")
+    return "\n".join(parts)
+
+
 def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     """task -> method -> runs, methods in the paper's column order."""
     groups: dict[str, dict[str, list[Run]]] = {}
