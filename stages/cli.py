@@ -55,11 +55,17 @@ def stage_command(name: str):
     return wrap
 
 
-def _process_age() -> float:
-    """Seconds since this process started, interpreter start-up and imports included."""
-    import psutil  # a DVC dependency
+# When the `gps` process started (CLOCK_BOOTTIME seconds); the worker's child sets it to its client's.
+PROCESS_START: list[float | None] = [None]
 
-    return time.time() - psutil.Process().create_time()
+
+def _process_age() -> float:
+    """Seconds since the `gps` process started, interpreter start-up and imports included."""
+    if PROCESS_START[0] is None:
+        from stages.launch import process_start_time
+
+        PROCESS_START[0] = process_start_time()
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - PROCESS_START[0]
 
 
 def dvc_executable() -> str:
@@ -761,6 +767,27 @@ def pipeline_cmd(params_path: Path = ParamsOpt, root: Path = RootOpt) -> None:
     with user_errors("pipeline", _debug["on"]):
         files = write_pipeline(cfg.load_params(params_path), params_path, root)
     typer.echo(f"wrote {len(files)} dvc.yaml files ({files[0]} and {files[1].parent.parent}/itr_*/dvc.yaml)")
+
+
+@app.command("worker")
+def worker_cmd(stop: bool = typer.Option(False, "--stop", help="ask every running worker of this user to exit")) -> None:
+    """List the warm workers that run the pipeline commands (see stages/launch.py), or stop them.
+
+    A worker exits by itself after GPS_WORKER_IDLE seconds (default 300) without work;
+    GPS_WORKER=0 runs every command in its own process instead.
+    """
+    from stages import launch
+
+    folder = launch.worker_dir()
+    socks = sorted(folder.glob("*.sock")) if folder else []
+    if stop:
+        typer.echo(f"asked {launch.stop_workers(folder)} worker(s) to stop")
+        return
+    current = launch.socket_path()
+    for sock in socks:
+        typer.echo(f"{sock}{'  (this code)' if sock == current else ''}")
+    if not socks:
+        typer.echo(f"no workers (sockets live in {folder})")
 
 
 if __name__ == "__main__":  # pragma: no cover

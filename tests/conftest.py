@@ -15,6 +15,19 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def worker_folder(tmp_path_factory):
+    """The warm workers started by the tests' `gps` processes (DVC runs them) live in a folder
+    of the session and are stopped at its end."""
+    folder = tmp_path_factory.mktemp("gps_workers")
+    folder.chmod(0o700)
+    os.environ["GPS_WORKER_DIR"] = str(folder)
+    yield folder
+    from stages.launch import stop_workers
+
+    stop_workers(folder)
+
+
 def task_params(task: str) -> dict:
     """The shipped settings of a task (configs/<task>.yaml)."""
     return yaml.safe_load((ROOT / "configs" / f"{task}.yaml").read_text())

@@ -3,7 +3,8 @@
 Each run executes every stage of the generated dvc.yaml, in pipeline order, in one fresh Python
 process (without DVC, which costs 30 s more). The two runs with the same seed use different
 PYTHONHASHSEEDs, so nothing may depend on set or hash ordering. A third run with another seed
-shows that the comparison can fail. The DVC tests (test_dvc_pipeline.py) compare runs in which
+shows that the comparison can fail. A fourth runs each stage as its own `gps` process, served by
+the warm worker (stages/worker.py), and must equal the first byte for byte. The DVC tests (test_dvc_pipeline.py) compare runs in which
 every stage is its own process.
 """
 
@@ -20,7 +21,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, small_params
-from stages.pipeline import write_pipeline
+from stages.launch import stop_workers
+from stages.pipeline import build_pipeline, write_pipeline
 
 # Every stage of dvc.yaml, in order, through the CLI (as `dvc repro` would run them).
 RUN_ALL_STAGES = r"""
@@ -37,6 +39,18 @@ for name, stage in build_pipeline(params["iterations"])["stages"].items():
         sys.exit(f"stage {name} failed ({result.exit_code}): {result.output} {result.exception!r}")
 """
 
+# The same, each stage its own `gps` process (argv[1]), so that the warm worker serves them.
+RUN_EACH_STAGE = r"""
+import shlex, subprocess, sys, yaml
+from stages.pipeline import build_pipeline
+params = yaml.safe_load(open("params.yaml"))
+for name, stage in build_pipeline(params["iterations"])["stages"].items():
+    argv = shlex.split(stage["cmd"])
+    assert argv[0] == "gps", argv
+    if subprocess.run([sys.argv[1], *argv[1:]]).returncode != 0:
+        sys.exit(f"stage {name} failed")
+"""
+
 # What each artifact holds, to check that the runs cover every kind of stage.
 EXPECTED = {
     "init/controllers.h5", "init/policy.h5", "init/step.h5",
@@ -45,14 +59,19 @@ EXPECTED = {
 }
 
 
-def start_run(ws: Path, seed: int, hash_seed: str) -> subprocess.Popen:
+def start_run(ws: Path, seed: int, hash_seed: str, worker: bool = False) -> subprocess.Popen:
     ws.mkdir(parents=True)
     params = small_params()
     params["seed"] = seed
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_pipeline(params, ws / "params.yaml", ws)
     env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", RUN_ALL_STAGES], cwd=ws, env=env,
+    script = [RUN_ALL_STAGES]
+    if worker:
+        (ws / "workers").mkdir(mode=0o700)
+        env.update(GPS_WORKER="1", GPS_WORKER_DIR=str(ws / "workers"))
+        script = [RUN_EACH_STAGE, str(Path(sys.executable).parent / "gps")]
+    return subprocess.Popen([sys.executable, "-c", *script], cwd=ws, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -105,12 +124,15 @@ def artifacts(ws: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Three runs in parallel: seed 0 twice (different hash seeds), and seed 1."""
+    """Four runs in parallel: seed 0 twice (different hash seeds), seed 1, and seed 0 through the worker."""
     base = tmp_path_factory.mktemp("determinism")
-    spec = {"a": (0, "0"), "b": (0, "12345"), "other_seed": (1, "0")}
-    procs = {key: start_run(base / key, seed, hash_seed) for key, (seed, hash_seed) in spec.items()}
-    for proc in procs.values():
-        finish(proc)
+    spec = {"a": (0, "0"), "b": (0, "12345"), "other_seed": (1, "0"), "worker": (0, "0")}
+    procs = {key: start_run(base / key, seed, hash_seed, worker=key == "worker") for key, (seed, hash_seed) in spec.items()}
+    try:
+        for proc in procs.values():
+            finish(proc)
+    finally:
+        stop_workers(base / "worker" / "workers")
     return {key: base / key for key in spec}
 
 
@@ -123,6 +145,21 @@ def test_same_seed_gives_bit_identical_artifacts(runs):
         assert (a / "data" / rel).read_bytes() == (b / "data" / rel).read_bytes(), f"{rel}: same contents but different bytes"
     for rel in ("itr_00/metrics.json", "itr_01/metrics.json", "metrics.json", "learning_curve.csv"):
         assert (a / "data" / rel).read_text() == (b / "data" / rel).read_text(), rel
+
+
+def test_stages_served_by_the_warm_worker_give_the_same_bytes(runs):
+    """Each stage its own `gps` process, all but the first forked from the warm worker
+    (stages/worker.py): the artifacts equal those of the in-process run, byte for byte."""
+    a, w = runs["a"], runs["worker"]
+    stages = build_pipeline(2)["stages"]
+    log = "".join(p.read_text() for p in (w / "workers").glob("*.log"))
+    served = [line for line in log.splitlines() if " gps " in line]
+    assert len(served) >= len(stages) - 2, f"only {len(served)} of {len(stages)} stages were served:\n{log}"
+    assert artifacts(w) == EXPECTED
+    for rel in sorted(EXPECTED):
+        assert (w / "data" / rel).read_bytes() == (a / "data" / rel).read_bytes(), rel
+    for rel in ("itr_00/metrics.json", "itr_01/metrics.json", "metrics.json", "learning_curve.csv"):
+        assert (w / "data" / rel).read_text() == (a / "data" / rel).read_text(), rel
 
 
 def test_another_seed_gives_other_samples_and_everything_after(runs):

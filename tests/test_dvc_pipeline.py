@@ -46,6 +46,7 @@ def make_workspace(path: Path) -> Path:
     for name in ("gps_core", "stages"):
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = small_params()
+    params["policy"]["iterations"] = S_STEP_ITERATIONS
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_pipeline(params, path / "params.yaml", path)
     run(["git", "init", "-q"], path)
@@ -87,13 +88,18 @@ def test_repro_runs_every_stage_and_writes_metrics(finished):
 # The points of a 2-iteration run where the test kills DVC (and its stage processes), in pipeline
 # order: (stage, regex of the running stage's command line and seconds into it, or None to kill
 # between two stages, once `stage` has written its outputs and no stage process runs: DVC is then
-# hashing, caching or rewriting dvc.lock). Each point costs a DVC start-up and a rerun of the stage.
+# hashing, caching or rewriting dvc.lock; and whether the run uses the warm worker). Each point
+# costs a DVC start-up and a rerun of the stage. Through the worker, sampling and the C-step of
+# this small run take under 0.1 s, too short to hit reliably, so those kills land in stages run
+# as processes of their own (GPS_WORKER=0); the S-step is made long enough to be killed in the
+# worker (S_STEP_ITERATIONS).
 KILL_POINTS = [
-    ("sample_00", (r"^gps sample -i 0 ", 0.3)),  # sampling (mujoco rollouts, cost expansion)
-    ("s_step_00", (r"^gps s-step -i 0 (?!.*catch_up)", 1.0)),  # the S-step, while torch trains
-    ("c_step_01", (r"^gps c-step -i 1 ", 0.3)),  # the C-step of iteration 1 (after adjust_step_01)
-    ("s_step_01", None),  # between s_step_01 and evaluate_01
+    ("sample_00", (r"^gps sample -i 0 ", 0.3), False),  # sampling (mujoco rollouts, cost expansion)
+    ("s_step_00", (r"^gps s-step -i 0 (?!.*catch_up)", 0.3), True),  # the S-step, while torch trains
+    ("c_step_01", (r"^gps c-step -i 1 ", 0.3), False),  # the C-step of iteration 1 (after adjust_step_01)
+    ("s_step_01", None, True),  # between s_step_01 and evaluate_01
 ]
+S_STEP_ITERATIONS = 3000  # about 0.5 s of training in the worker
 STAGES = build_pipeline(2)["stages"]
 ORDER = list(STAGES)
 
@@ -112,6 +118,17 @@ def stage_processes(proc: subprocess.Popen) -> list[tuple[psutil.Process, str]]:
             continue
         if match:
             found.append((child, match.group(1)))
+    return found
+
+
+def worker_children() -> list[psutil.Process]:
+    """The commands the tests' warm workers are running (stages/worker.py forks one per `gps` call)."""
+    folder = os.environ["GPS_WORKER_DIR"]
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "stages.worker" in cmd and folder in cmd:
+            found.extend(p.children())
     return found
 
 
@@ -159,10 +176,10 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(finished, tmp_pa
     e = dict(env(), PYTHONUNBUFFERED="1")  # DVC's log up to the kill
     command = [str(BIN / "dvc"), "repro"]
     finished_before: set[str] = set()
-    for n, (stage, during) in enumerate(KILL_POINTS):
+    for n, (stage, during, worker) in enumerate(KILL_POINTS):
         log = tmp_path / f"run{n}.log"
         with log.open("w") as out:
-            proc = subprocess.Popen(command, cwd=ws, env=e, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(command, cwd=ws, env=dict(e, GPS_WORKER="1" if worker else "0"), start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
             try:
                 killed = kill_at(proc, ws, stage, during, log)
             finally:
@@ -172,6 +189,8 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(finished, tmp_pa
         where = f"kill {n} ({'during' if during else 'after'} {stage})"
         psutil.wait_procs(killed, timeout=10)
         assert not any(alive(p) for p in killed), f"{where}: a stage process survived the kill"
+        _, left = psutil.wait_procs(worker_children(), timeout=10)
+        assert not left, f"{where}: the warm worker still runs the killed stage"
         again = set(stages_run(log.read_text())) & finished_before
         assert not again, f"{where}: {sorted(again)} finished before the previous kill but ran again:\n{log.read_text()}"
         if during is not None:
