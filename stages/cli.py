@@ -622,16 +622,19 @@ def resume(ctx: typer.Context) -> None:
 
     DVC does not write dvc.lock atomically, so a run killed at the wrong moment can
     leave a lock file (the root's or an iteration's) that DVC refuses to read. Finished stages are then restored
-    from DVC's run-cache instead of being rerun.
+    from DVC's run-cache instead of being rerun. The same holds for DVC's stage-lock file
+    .dvc/tmp/rwlock, which only describes DVC processes that are running.
     """
     import subprocess
 
-    from stages.pipeline import lock_file_problem, lock_files
+    from stages.pipeline import lock_file_problem, lock_files, rwlock_problem
 
-    for lock in lock_files(Path(".")):
-        problem = lock_file_problem(lock)
+    torn = [(lock, lock_file_problem(lock), "dvc.lock.broken") for lock in lock_files(Path("."))]
+    rwlock = Path(".dvc") / "tmp" / "rwlock"
+    torn.append((rwlock, rwlock_problem(rwlock), "rwlock.broken"))
+    for lock, problem, aside_name in torn:
         if problem:
-            aside = lock.with_name("dvc.lock.broken")
+            aside = lock.with_name(aside_name)
             lock.replace(aside)
             typer.echo(f"gps resume: {lock} was unreadable ({problem}); moved it to {aside}", err=True)
     for tmp in Path("data").rglob(".*.tmp") if Path("data").is_dir() else []:

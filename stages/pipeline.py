@@ -324,6 +324,23 @@ def lock_files(root: Path) -> list[Path]:
     return [root / "dvc.lock", *sorted(root.glob("pipelines/itr_*/dvc.lock"))]
 
 
+def rwlock_problem(rwlock: Path) -> str | None:
+    """Why DVC would refuse its stage-lock file .dvc/tmp/rwlock, or None if it is fine or absent.
+
+    DVC rewrites the file in place around every stage; a kill during that write leaves it
+    empty or cut, and every later DVC command stops on it.
+    """
+    import json
+
+    if not rwlock.exists():
+        return None
+    try:
+        doc = json.loads(rwlock.read_text() or "null")
+    except ValueError as exc:
+        return f"not valid JSON: {exc}"
+    return None if isinstance(doc, dict) else "empty" if doc is None else f"holds {type(doc).__name__}, expected an object"
+
+
 def lock_file_problem(lock: Path) -> str | None:
     """Why DVC would refuse to read this dvc.lock, or None if it is fine or absent."""
     if not lock.exists():

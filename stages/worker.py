@@ -139,6 +139,9 @@ def child_main(conn: socket.socket, request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.umask(request["umask"])
+    import tempfile
+
+    tempfile.tempdir = None  # chosen anew from this environment's TMPDIR
     _reopen_stdio(request.get("encodings", [None, None, None]))
     import stages.cli
 

@@ -224,6 +224,18 @@ def assert_same_datasets(a: Path, b: Path) -> None:
         assert da[name].dtype == db[name].dtype and da[name].tobytes() == db[name].tobytes(), f"{a}:{name}"
 
 
+def test_resume_sets_aside_a_torn_dvc_rwlock(finished):
+    """A kill while DVC rewrites .dvc/tmp/rwlock (around every stage) leaves it empty."""
+    rwlock = finished / ".dvc" / "tmp" / "rwlock"
+    rwlock.write_text("")
+    refused = run([str(BIN / "dvc"), "repro"], finished, check=False)
+    assert refused.returncode != 0 and "rwlock" in refused.stderr + refused.stdout
+    resumed = run([str(BIN / "gps"), "resume"], finished)
+    assert "rwlock was unreadable (empty); moved it to" in resumed.stderr
+    assert "Running stage" not in resumed.stdout
+    assert "up to date" in run([str(BIN / "dvc"), "status"], finished).stdout
+
+
 def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished):
     ws = finished
     lock = ws / "pipelines" / "itr_01" / "dvc.lock"  # iteration 1's own lock file
