@@ -19,6 +19,7 @@ die. If the child dies of a signal, the worker reports that to the client.
 from __future__ import annotations
 
 import fcntl
+import gc
 import io
 import json
 import os
@@ -55,6 +56,12 @@ def preload() -> None:
     matplotlib.use("Agg")
     for name in PRELOAD:
         importlib.import_module(name)
+    # typer converts arguments with pydantic, imported on first use (0.1 s per command)
+    for name in ("typer._adapters", "typer._click.decorators", "pydantic.plugin._loader"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another typer or pydantic version
+            pass
     import gps_core  # all of it: mujoco, scipy.linalg and torch come with it
 
     for module in pkgutil.iter_modules(gps_core.__path__):
@@ -189,6 +196,8 @@ def serve(sock_path: Path, idle: float) -> None:
     listener.bind(str(sock_path))  # bound before the imports: early clients wait in the backlog
     listener.listen(64)
     preload()
+    gc.collect()
+    gc.freeze()  # the children's collections skip what the imports made (fewer copied pages)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, None)
     children: dict[int, socket.socket] = {}  # pid -> connection
