@@ -54,12 +54,14 @@ def served(wdir: Path) -> list[str]:
 
 
 def servers(wdir: Path) -> list[psutil.Process]:
+    """The workers of wdir (not their children, which have the same command line)."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if "stages.worker" in cmd and str(wdir) in cmd:
             found.append(p)
-    return found
+    pids = {p.pid for p in found}
+    return [p for p in found if p.ppid() not in pids]
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -117,10 +119,10 @@ def test_a_user_error_is_the_same_one_line_and_exit_status(ws, wdir):
 
 @pytest.fixture
 def long_s_step(tmp_path_factory, tmp_path) -> tuple[Path, list[str]]:
-    """An S-step of the small obstacle run made to train for minutes: (cwd, arguments)."""
+    """An S-step of the small obstacle run made to train for a minute or so: (cwd, arguments)."""
     run = obstacle_run(tmp_path_factory)
     params = yaml.safe_load((run / "params.yaml").read_text())
-    params["policy"]["iterations"] = 10_000_000
+    params["policy"]["iterations"] = 300_000
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     d = run / "data" / "itr_01"
     args = ["s-step", "-i", "1", "--params", tmp_path / "params.yaml", "--samples", d / "samples.h5",
@@ -129,22 +131,33 @@ def long_s_step(tmp_path_factory, tmp_path) -> tuple[Path, list[str]]:
     return tmp_path, args
 
 
-def start_served(cwd: Path, args: list[str], wdir: Path) -> tuple[subprocess.Popen, psutil.Process]:
-    """Start `gps args` once the worker runs; return the client and the worker's child running it."""
-    gps_cli(init_args("warm"), cwd, cli_env(wdir))
-    wait_for(lambda: list(wdir.glob("*.sock")), 30, "the worker's socket")
-    (server,) = wait_for(lambda: servers(wdir), 30, "the worker process")
+@pytest.fixture
+def served_s_step(long_s_step, wdir):
+    """Start the long S-step once the worker is ready; yield (cwd, client, the worker's child running it).
+
+    Whatever the test does, the client and the child are gone afterwards."""
+    cwd, args = long_s_step
+    gps_cli(init_args("warm"), cwd, cli_env(wdir))  # starts the worker
+    assert gps_cli(init_args("warm"), cwd, cli_env(wdir)).returncode == 0  # served: the imports are done
+    assert len(served(wdir)) == 1
+    (server,) = servers(wdir)
+    wait_for(lambda: not server.children(), 30, "the warm-up command's child to be reaped")
     client = subprocess.Popen([str(BIN / "gps"), *map(str, args)], cwd=cwd, env=cli_env(wdir),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    (child,) = wait_for(lambda: server.children(), 30, "the worker's child")
-    time.sleep(1.0)  # well into training
-    assert client.poll() is None and child.is_running()
-    return client, child
+    try:
+        (child,) = wait_for(lambda: server.children(), 30, "the worker's child")
+        time.sleep(1.0)  # well into training
+        assert client.poll() is None and child.is_running()
+        yield cwd, client, child
+    finally:
+        client.kill()
+        client.communicate()
+        for p in psutil.wait_procs(server.children(), timeout=10)[1]:
+            p.kill()
 
 
-def test_killing_the_gps_process_kills_the_command(long_s_step, wdir):
-    cwd, args = long_s_step
-    client, child = start_served(cwd, args, wdir)
+def test_killing_the_gps_process_kills_the_command(served_s_step):
+    cwd, client, child = served_s_step
     client.kill()
     client.communicate()
     gone, alive = psutil.wait_procs([child], timeout=10)
@@ -152,9 +165,8 @@ def test_killing_the_gps_process_kills_the_command(long_s_step, wdir):
     assert not (cwd / "policy.h5").exists()
 
 
-def test_ctrl_c_reaches_the_command(long_s_step, wdir):
-    cwd, args = long_s_step
-    client, child = start_served(cwd, args, wdir)
+def test_ctrl_c_reaches_the_command(served_s_step):
+    cwd, client, child = served_s_step
     client.send_signal(signal.SIGINT)
     _, err = client.communicate(timeout=30)
     assert client.returncode == 130, err  # Typer's answer to KeyboardInterrupt, as in a process of its own
