@@ -733,7 +733,7 @@ def sweep_cmd(
         raise typer.Exit(subprocess.call([dvc_executable(), "queue", "start", "-j", str(jobs)]))
 
 
-RootOpt = typer.Option(Path("."), "--root", help="project root: dvc.yaml goes here, iteration k to pipelines/itr_kk/dvc.yaml")
+RootOpt = typer.Option(Path("."), "--root", help="project root: dvc.yaml goes here, iteration k's stages to pipelines/itr_kk/<step>/dvc.yaml")
 
 
 @app.command("configure")
@@ -763,13 +763,13 @@ def configure(
 
 @app.command("pipeline")
 def pipeline_cmd(params_path: Path = ParamsOpt, root: Path = RootOpt) -> None:
-    """Write the pipeline (dvc.yaml and one pipelines/itr_kk/dvc.yaml per iteration) for params.yaml."""
+    """Write the pipeline (dvc.yaml and one pipelines/itr_kk/<step>/dvc.yaml per stage) for params.yaml."""
     from stages.clitools import user_errors
     from stages.pipeline import write_pipeline
 
     with user_errors("pipeline", _debug["on"]):
         files = write_pipeline(cfg.load_params(params_path), params_path, root)
-    typer.echo(f"wrote {len(files)} dvc.yaml files ({files[0]} and {files[1].parent.parent}/itr_*/dvc.yaml)")
+    typer.echo(f"wrote {len(files)} dvc.yaml files ({files[0]} and {files[1].parent.parent.parent}/itr_*/*/dvc.yaml)")
 
 
 @app.command("worker")

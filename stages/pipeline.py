@@ -1,11 +1,16 @@
-"""Generate the pipeline: one stage per MDGPS step per iteration, one dvc.yaml per iteration.
+"""Generate the pipeline: one stage per MDGPS step per iteration, each in a dvc.yaml of its own.
 
-Layout: the root `dvc.yaml` holds `init`, `summary` and `plot`; iteration k's
-stages live in `pipelines/itr_kk/dvc.yaml` (with `wdir: ../..`, so commands and
-paths are relative to the project root, like the root file's). DVC rewrites a
-stage's whole lock file after every stage, so one lock per iteration keeps that
-cost flat instead of growing with the run. `dvc repro` at the root still runs
-everything, because `summary` depends on every iteration's metrics.
+Layout: the root `dvc.yaml` holds `init`, `summary` and `plot`; each stage of
+iteration k lives in `pipelines/itr_kk/<step>/dvc.yaml` (for example
+`pipelines/itr_03/c_step/dvc.yaml`, with `wdir: ../../..`, so commands and paths
+are relative to the project root, like the root file's), with its own
+`dvc.lock`. DVC rewrites a stage's whole lock file after the stage runs, parsing
+it with its slow round-trip YAML loader, and the lock entries carry the values
+of every param the stage reads; one lock file per stage keeps that rewrite to
+one entry (measured: 0.26 s of DVC time per stage instead of 0.31-0.35 s with a
+lock file per iteration, and 0.4-0.6 s with one for the whole run). `dvc repro`
+at the root still runs everything, because `summary` depends on every
+iteration's metrics.
 
 DVC's templating has no arithmetic, so a chain where iteration k reads k−1
 cannot follow `iterations` by itself: `gps pipeline` writes the files, and the
@@ -38,9 +43,23 @@ ROOT_FILE = "dvc.yaml"
 ROOT_STAGES = ("init", "summary", "plot")
 
 
-def iteration_file(k: int) -> str:
-    """Where iteration k's stages live, relative to the project root."""
-    return f"pipelines/itr_{k:02d}/dvc.yaml"
+def stage_file(name: str) -> str:
+    """The dvc.yaml a stage lives in, relative to the project root: the root file, or its own."""
+    if name in ROOT_STAGES:
+        return ROOT_FILE
+    k = 0 if name == "catch_up" else int(name.rsplit("_", 1)[1])
+    step = name if name == "catch_up" else name.rsplit("_", 1)[0]
+    return f"pipelines/itr_{k:02d}/{step}/dvc.yaml"
+
+
+def iteration_stages(files: dict[str, str], k: int) -> dict[str, Any]:
+    """Iteration k's stages, in execution order, from the texts `render_pipeline` returns."""
+    prefix = f"pipelines/itr_{k:02d}/"
+    out: dict[str, Any] = {}
+    for path, text in files.items():
+        if path.startswith(prefix):
+            out.update(yaml.safe_load(text)["stages"])
+    return out
 
 
 def _itr(k: int) -> str:
@@ -259,9 +278,8 @@ def split_pipeline(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for name, stage in doc["stages"].items():
         if name in ROOT_STAGES:
             files[ROOT_FILE]["stages"][name] = stage
-            continue
-        k = int(name.rsplit("_", 1)[1]) if name != "catch_up" else 0
-        files.setdefault(iteration_file(k), {"stages": {}})["stages"][name] = {"wdir": "../..", **stage}
+        else:
+            files[stage_file(name)] = {"stages": {name: {"wdir": "../../..", **stage}}}
     return {ROOT_FILE: files.pop(ROOT_FILE), **files}
 
 
@@ -276,8 +294,9 @@ def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml") ->
 
 
 def _stale_files(root: Path, expected: dict[str, str]) -> list[Path]:
-    """Iteration pipelines on disk that the current params do not have (after shrinking `iterations`)."""
-    return [f for f in sorted(root.glob("pipelines/itr_*/dvc.yaml")) if str(f.relative_to(root)) not in expected]
+    """Stage files on disk that the current params do not have (after shrinking `iterations`, switching
+    algorithm, or from the earlier layout of one file per iteration)."""
+    return [f for f in sorted(root.glob("pipelines/**/dvc.yaml")) if str(f.relative_to(root)) not in expected]
 
 
 def write_pipeline(params: dict[str, Any], params_path: Path, root: Path) -> list[Path]:
@@ -286,8 +305,10 @@ def write_pipeline(params: dict[str, Any], params_path: Path, root: Path) -> lis
     for stale in _stale_files(root, files):
         for f in (stale, stale.with_name("dvc.lock")):
             f.unlink(missing_ok=True)
-        if not any(stale.parent.iterdir()):
-            stale.parent.rmdir()
+        folder = stale.parent
+        while folder != root / "pipelines" and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
     written = []
     for rel, text in files.items():
         path = root / rel
@@ -320,8 +341,8 @@ def check_in_sync(params: dict[str, Any], params_path: Path, root: Path) -> None
 
 
 def lock_files(root: Path) -> list[Path]:
-    """Every dvc.lock of the run: the root's and one per iteration pipeline."""
-    return [root / "dvc.lock", *sorted(root.glob("pipelines/itr_*/dvc.lock"))]
+    """Every dvc.lock of the run: the root's and one per stage file."""
+    return [root / "dvc.lock", *sorted(root.glob("pipelines/**/dvc.lock"))]
 
 
 def rwlock_problem(rwlock: Path) -> str | None:

@@ -161,7 +161,7 @@ def kill_at(proc: subprocess.Popen, ws: Path, stage: str, during: tuple[str, flo
 
 
 def stages_run(log_text: str) -> list[str]:
-    """Names of the stages DVC ran (without the `pipelines/itr_kk/dvc.yaml:` of iteration stages)."""
+    """Names of the stages DVC ran (without the `pipelines/itr_kk/<step>/dvc.yaml:` of iteration stages)."""
     return [name.rsplit(":", 1)[-1] for name in re.findall(r"Running stage '([^']+)'", log_text)]
 
 
@@ -238,10 +238,10 @@ def test_resume_sets_aside_a_torn_dvc_rwlock(finished):
 
 def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished):
     ws = finished
-    lock = ws / "pipelines" / "itr_01" / "dvc.lock"  # iteration 1's own lock file
+    lock = ws / "pipelines" / "itr_01" / "fit_policy" / "dvc.lock"  # the stage's own lock file
     intact = lock.read_text()
     before = {rel: datasets(ws / rel) for rel in artifacts(ws)}
-    # Cut the file inside an entry, as a SIGKILL during DVC's non-atomic rewrite does.
+    # Cut the file inside its entry, as a SIGKILL during DVC's non-atomic rewrite does.
     cut = intact.index("  fit_policy_01:") + 25
     lock.write_text(intact[:cut])
     assert run([str(BIN / "dvc"), "status"], ws, check=False).returncode != 0, "DVC should refuse the torn lock"
@@ -265,4 +265,4 @@ def test_a_param_read_only_by_later_stages_leaves_earlier_stages_valid(finished)
         status = json.loads(run([str(BIN / "dvc"), "status", "--json"], ws).stdout)
     finally:
         params_file.write_text(original)
-    assert set(status) == {"pipelines/itr_00/dvc.yaml:evaluate_00", "pipelines/itr_01/dvc.yaml:evaluate_01"}, status
+    assert set(status) == {"pipelines/itr_00/evaluate/dvc.yaml:evaluate_00", "pipelines/itr_01/evaluate/dvc.yaml:evaluate_01"}, status

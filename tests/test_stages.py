@@ -14,7 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.cli import app
-from stages.pipeline import build_pipeline, check_in_sync, render_pipeline, write_pipeline
+from stages.h5io import UserError
+from stages.pipeline import build_pipeline, check_in_sync, iteration_stages, render_pipeline, stage_file, write_pipeline
 
 from conftest import ROOT, gps, small_params
 
@@ -129,9 +130,9 @@ def test_summary_checks_pipeline_sync(run_dir, tmp_path):
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 2 and "gps pipeline" in result.output
     write_pipeline(yaml.safe_load(params.read_text()), params, tmp_path)
-    (tmp_path / "pipelines" / "itr_01" / "dvc.yaml").write_text("stages: {}\n")  # one iteration file edited
+    (tmp_path / "pipelines" / "itr_01" / "c_step" / "dvc.yaml").write_text("stages: {}\n")  # one stage file edited
     result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2 and "pipelines/itr_01/dvc.yaml does not match" in result.output
+    assert result.exit_code == 2 and "pipelines/itr_01/c_step/dvc.yaml does not match" in result.output
     write_pipeline(yaml.safe_load(params.read_text()), params, tmp_path)
     gps(*args)
     lines = (tmp_path / "c.csv").read_text().splitlines()
@@ -159,22 +160,33 @@ def test_pipeline_in_sync_with_params():
     check_in_sync(params, ROOT / "params.yaml", ROOT)  # every file equal, none left over
 
 
-def test_pipeline_files_one_per_iteration(tmp_path):
+def test_pipeline_files_one_per_stage(tmp_path):
     params = small_params(iterations=3)
     files = render_pipeline(params)
-    assert list(files) == ["dvc.yaml", *(f"pipelines/itr_{k:02d}/dvc.yaml" for k in range(3))]
+    doc = build_pipeline(3)
+    assert list(files) == ["dvc.yaml", *(stage_file(n) for n in doc["stages"] if n not in ("init", "summary", "plot"))]
+    assert "pipelines/itr_01/c_step/dvc.yaml" in files and "pipelines/itr_00/catch_up/dvc.yaml" in files
     root = yaml.safe_load(files["dvc.yaml"])
     assert list(root["stages"]) == ["init", "summary", "plot"]
-    itr1 = yaml.safe_load(files["pipelines/itr_01/dvc.yaml"])["stages"]
+    itr1 = iteration_stages(files, 1)
     assert list(itr1) == ["sample_01", "fit_dynamics_01", "fit_policy_01", "adjust_step_01", "c_step_01", "s_step_01", "evaluate_01"]
-    assert all(stage["wdir"] == "../.." for stage in itr1.values())  # paths stay relative to the project root
-    assert "catch_up" in yaml.safe_load(files["pipelines/itr_00/dvc.yaml"])["stages"]
+    assert all(stage["wdir"] == "../../.." for stage in itr1.values())  # paths stay relative to the project root
+    assert "catch_up" in iteration_stages(files, 0)
     # shrinking the run removes the iterations it no longer has (and their lock files)
     params_path = tmp_path / "params.yaml"
     write_pipeline(params, params_path, tmp_path)
-    (tmp_path / "pipelines" / "itr_02" / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "pipelines" / "itr_02" / "c_step" / "dvc.lock").write_text("schema: '2.0'\n")
     write_pipeline(small_params(iterations=2), params_path, tmp_path)
     assert sorted(p.name for p in (tmp_path / "pipelines").iterdir()) == ["itr_00", "itr_01"]
+    check_in_sync(small_params(iterations=2), params_path, tmp_path)
+    # the earlier layout, one dvc.yaml and dvc.lock per iteration, is cleared away
+    (tmp_path / "pipelines" / "itr_01" / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "pipelines" / "itr_01" / "dvc.lock").write_text("schema: '2.0'\n")
+    with pytest.raises(UserError, match="left over"):
+        check_in_sync(small_params(iterations=2), params_path, tmp_path)
+    write_pipeline(small_params(iterations=2), params_path, tmp_path)
+    assert not (tmp_path / "pipelines" / "itr_01" / "dvc.yaml").exists()
+    assert not (tmp_path / "pipelines" / "itr_01" / "dvc.lock").exists()
     check_in_sync(small_params(iterations=2), params_path, tmp_path)
 
 
