@@ -151,7 +151,7 @@ def report_markdown(groups: dict[str, dict[str, list[Run]]], iterations: list[in
 
 
 def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
-    """task -> method -> runs, methods in the paper's column order."""
+    """task -> method -> runs: tasks in the paper's order, methods in its column order."""
     groups: dict[str, dict[str, list[Run]]] = {}
     for run in runs:
         groups.setdefault(run.task, {}).setdefault(run.method, []).append(run)
@@ -161,7 +161,8 @@ def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
             if len(set(seeds)) != len(seeds):
                 raise UserError(f"{TASK_TITLES.get(task, task)} {method}: seed given twice ({sorted(seeds)}): one run per seed")
         groups[task] = dict(sorted(methods.items(), key=lambda kv: METHOD_ORDER.index(kv[0])))
-    return groups
+    order = list(TASK_TITLES)  # the paper's panel order: obstacle, peg, blind peg
+    return dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
 def markdown_table(groups: dict[str, dict[str, list[Run]]], column: str, iterations: list[int]) -> str:
@@ -202,6 +203,7 @@ def distance_figure(groups: dict[str, dict[str, list[Run]]], out: Path, band_thr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = list(groups)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
@@ -216,6 +218,7 @@ def distance_figure(groups: dict[str, dict[str, list[Run]]], out: Path, band_thr
             ax.axhline(band_threshold, color="k", linestyle=":", linewidth=1)
         ax.set_title(TASK_TITLES.get(task, task))
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("final distance to target")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)

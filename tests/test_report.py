@@ -96,3 +96,13 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     assert missing.exit_code == 2 and "nope/params.yaml: file not found" in missing.output
     bad_itr = runner.invoke(app, ["report", str(a), "--iterations", "three"])
     assert bad_itr.exit_code == 2 and "--iterations" in bad_itr.output
+
+
+def test_tasks_come_in_the_papers_order_whatever_the_order_of_the_runs(tmp_path):
+    blind = make_run(tmp_path, "b", "peg_blind", 0, False, "classic", peg_rows([1.0], [0.05]))
+    peg = make_run(tmp_path, "p", "peg", 0, True, "classic", peg_rows([1.0], [0.05]))
+    obstacle = make_run(tmp_path, "o", "obstacle", 0, True, "classic", [{"final_distance": 1.0}])
+    result = runner.invoke(app, ["report", str(blind), str(peg), str(obstacle), "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    rows = table_lines(result.output, "Final distance to the target")
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| Obstacle", "| Peg", "| Blind Peg"]
