@@ -7,7 +7,7 @@ are relative to the project root, like the root file's), with its own
 `dvc.lock`. DVC rewrites a stage's whole lock file after the stage runs, parsing
 it with its slow round-trip YAML loader, and the lock entries carry the values
 of every param the stage reads; one lock file per stage keeps that rewrite to
-one entry (measured: 0.26 s of DVC time per stage instead of 0.31-0.35 s with a
+one entry (measured: 0.26-0.29 s of DVC time per stage instead of 0.28-0.35 s with a
 lock file per iteration, and 0.4-0.6 s with one for the whole run). `dvc repro`
 at the root still runs everything, because `summary` depends on every
 iteration's metrics.
