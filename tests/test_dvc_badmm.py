@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import h5py
@@ -12,29 +11,14 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, run_badmm_stages_by_hand, small_badmm_params
-from stages.pipeline import write_pipeline
-from test_dvc_pipeline import BIN, run
+from conftest import run_badmm_stages_by_hand, small_badmm_params
+from test_dvc_pipeline import BIN, make_workspace, run
 
 pytestmark = pytest.mark.slow
 
 
-def make_badmm_workspace(path: Path) -> Path:
-    """A fresh git + DVC repository with the project's code and the small BADMM params."""
-    path.mkdir(parents=True)
-    for name in ("gps_core", "stages"):
-        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = small_badmm_params(2)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_pipeline(params, path / "params.yaml", path)
-    run(["git", "init", "-q"], path)
-    run([str(BIN / "dvc"), "init", "-q"], path)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], path)
-    return path
-
-
 def test_badmm_repro_runs_its_stages_and_matches_the_stages_run_by_hand(tmp_path):
-    ws = make_badmm_workspace(tmp_path / "ws")
+    ws = make_workspace(tmp_path / "ws", small_badmm_params(2))
     proc = run([str(BIN / "dvc"), "repro"], ws)
     ran = [name.rsplit(":", 1)[-1] for name in re.findall(r"Running stage '([^']+)'", proc.stdout)]
     assert ran == ["init", "sample_00", "fit_dynamics_00", "fit_policy_00", "badmm_inner_00", "evaluate_00",

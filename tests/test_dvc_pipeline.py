@@ -40,13 +40,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return proc
 
 
-def make_workspace(path: Path) -> Path:
-    """A fresh git + DVC repository with the project's code and the small params."""
+def make_workspace(path: Path, params: dict | None = None) -> Path:
+    """A fresh git + DVC repository with the project's code and `params` (default: the small
+    MDGPS params, with S-steps long enough to be killed in the worker)."""
     path.mkdir(parents=True)
     for name in ("gps_core", "stages"):
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = small_params()
-    params["policy"]["iterations"] = S_STEP_ITERATIONS
+    if params is None:
+        params = small_params()
+        params["policy"]["iterations"] = S_STEP_ITERATIONS
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_pipeline(params, path / "params.yaml", path)
     run(["git", "init", "-q"], path)
