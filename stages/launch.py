@@ -48,6 +48,7 @@ WORKER_COMMANDS = frozenset({
 IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                    "MKL_NUM_THREADS", "MUJOCO_GL")
 HEADER = struct.Struct("!I")  # length of the JSON request that follows
+STATUS = struct.Struct("!i")  # the reply: exit code >= 0, or -signal
 
 
 def command_name(argv: list[str]) -> str | None:
@@ -68,7 +69,7 @@ def code_key(root: Path = ROOT) -> str:
         if not entry.endswith(("site-packages", "dist-packages")):
             continue
         try:
-            h.update(f"{entry}:{os.stat(entry or '.').st_mtime_ns}\0".encode())
+            h.update(f"{entry}:{os.stat(entry).st_mtime_ns}\0".encode())
         except OSError:
             pass
     for package in ("stages", "gps_core"):
@@ -116,7 +117,9 @@ def start_worker(sock: Path) -> None:
 
     log = sock.with_suffix(".log")
     with open(log, "ab") as out:
-        subprocess.Popen([sys.executable, "-m", "stages.worker", str(sock)], cwd=ROOT,  # imports ROOT's code stdin=subprocess.DEVNULL,
+        # cwd=ROOT: `-m stages.worker` imports ROOT's code. stdin is /dev/null, so that the
+        # worker holds no terminal or pipe of the command that started it.
+        subprocess.Popen([sys.executable, "-m", "stages.worker", str(sock)], cwd=ROOT, stdin=subprocess.DEVNULL,
                          stdout=out, stderr=out, start_new_session=True, close_fds=True)
 
 
@@ -147,16 +150,16 @@ def run_in_worker(sock: Path, argv: list[str]) -> int | None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     data = b""
-    while len(data) < 4:
+    while len(data) < STATUS.size:
         try:
-            chunk = conn.recv(4 - len(data))
+            chunk = conn.recv(STATUS.size - len(data))
         except InterruptedError:
             continue
         if not chunk:
             sys.stderr.write(f"gps {command_name(argv)}: error: the gps worker ended without an exit status\n")
             return 1
         data += chunk
-    status = struct.unpack("!i", data)[0]
+    (status,) = STATUS.unpack(data)
     if status < 0:  # the child died of signal -status: die the same way
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)

@@ -26,16 +26,13 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 
-from stages.launch import HEADER
-
-STATUS = struct.Struct("!i")  # exit code >= 0, or -signal
+from stages.launch import HEADER, STATUS
 
 
 # What the pipeline commands import (found by running each with an eye on sys.modules).
@@ -66,13 +63,10 @@ def preload() -> None:
 
     for module in pkgutil.iter_modules(gps_core.__path__):
         importlib.import_module(f"gps_core.{module.name}")
-    import PIL.Image
     import typer.main
 
-    import stages.cli
-
-    PIL.Image.preinit()  # the image plugins savefig loads
-    _COMMAND.append(typer.main.get_command(stages.cli.app))  # what `app()` builds on every call
+    sys.modules["PIL.Image"].preinit()  # the image plugins savefig loads
+    _COMMAND.append(typer.main.get_command(sys.modules["stages.cli"].app))  # what `app()` builds on every call
 
 
 _COMMAND: list = []  # the click command of the gps app, built once by preload

@@ -104,6 +104,19 @@ def test_a_served_command_writes_and_prints_what_its_own_process_does(ws, wdir):
     assert second.stderr.startswith("gps init: done in ") and second.stderr.count("\n") == alone.stderr.count("\n")
 
 
+def test_the_worker_holds_none_of_its_starters_files(ws, wdir):
+    """Started detached, with stdin /dev/null and output to its log: a terminal or a pipe of the
+    command that started it (say, a CI job's) is not kept open by it."""
+    starter = subprocess.Popen([str(BIN / "gps"), *init_args("a")], cwd=ws, env=cli_env(wdir),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    starter.communicate(timeout=120)
+    (server,) = wait_for(lambda: servers(wdir), 30, "the worker process")
+    fds = {fd: os.readlink(f"/proc/{server.pid}/fd/{fd}") for fd in (0, 1, 2)}
+    assert fds[0] == "/dev/null", fds
+    assert fds[1] == fds[2] and fds[1].endswith(".log"), fds
+    assert server.pid == os.getsid(server.pid), "the worker should lead a session of its own"
+
+
 def test_a_user_error_is_the_same_one_line_and_exit_status(ws, wdir):
     args = ["c-step", "-i", "1", "--samples", "missing.h5", "--dynamics", "d.h5", "--policy-lin", "p.h5",
             "--step", "s.h5", "--prev-controllers", "c.h5", "--out", "out.h5"]
