@@ -37,6 +37,17 @@ def test_walls_block_the_particle_and_the_target_does_not():
     assert X[1, -1, 0] > 4.0
 
 
+@pytest.mark.parametrize("gap, touching", [(0.0015, True), (0.0025, False)])
+def test_wall_contacts_have_the_originals_2mm_margin(gap, touching):
+    """2 mm per contact pair, as in the original (its MuJoCo took the larger geom margin; MuJoCo 4 adds them)."""
+    sim = sim_at((1.0 - 0.1 - 0.11 - gap, 0.8))  # left of the wall at (1, 0.8); the particle reaches 0.11 along x
+    data = sim._reset(0)
+    contacts = data.contact[: data.ncon]
+    assert (data.ncon > 0) == touching
+    np.testing.assert_allclose(contacts.includemargin, 0.002)
+    np.testing.assert_allclose(contacts.dist, gap, atol=2e-4)  # the wall's capsule axis is tilted slightly in z
+
+
 def test_actions_recorded_unclipped_but_clipped_in_simulation():
     sim = sim_at((0.0, 0.0))
     big, unit = push(sim, [5.0, -3.0], T=20), push(sim, [1.0, -1.0], T=20)

@@ -134,7 +134,6 @@ def test_model_structure():
     np.testing.assert_allclose(model.dof_damping, [10, 10, 0.1, 1, 0.1, 0.1, 0.1])
     np.testing.assert_allclose(model.dof_armature, 0.04)
     np.testing.assert_array_equal(model.jnt_limited, [1, 1, 1, 1, 0, 1, 0])  # forearm and wrist roll unlimited
-    np.testing.assert_allclose(model.geom_margin, 0.002)
     np.testing.assert_array_equal(model.geom_condim, 1)  # frictionless
 
 
@@ -201,6 +200,23 @@ def test_base_offset_moves_both_sites_by_the_offset():
 
 
 # ----------------------------------------------------------------------------- contact behaviour
+
+
+@pytest.mark.parametrize("gap, touching", [(0.0015, True), (0.0025, False)])
+def test_peg_table_contacts_have_the_originals_2mm_margin(gap, touching):
+    """The original gives every geom margin 0.002 and its MuJoCo took the larger
+    margin of a pair: a peg–table contact exists below 2 mm of separation, not 4."""
+    model = mujoco.MjModel.from_xml_path(model_path("peg"))
+    bottom = np.array([0.2, 0.3, -0.4 + gap])  # over the table top, well beside the hole
+    q, err = solve_ik(model, Q0, bottom, bottom + [0.0, 0.0, PEG])
+    assert err < 1e-6
+    data = mujoco.MjData(model)
+    data.qpos[:] = q
+    mujoco.mj_forward(model, data)
+    contacts = data.contact[: data.ncon]
+    assert (data.ncon > 0) == touching
+    np.testing.assert_allclose(contacts.includemargin, 0.002)
+    np.testing.assert_allclose(contacts.dist, gap, atol=1e-6)
 
 
 def test_scripted_insertion_reaches_the_hole_bottom(insertion):
