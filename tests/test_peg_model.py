@@ -223,7 +223,9 @@ def test_scripted_insertion_reaches_the_hole_bottom(insertion):
     final = insertion.X[:, -1]
     bottom, top = final[:, 14:17], final[:, 17:20]
     dist = np.linalg.norm(bottom - TARGET, axis=1)
-    assert np.all(dist < 0.03), dist  # reference: ≈ 0.014 for an aligned peg bottoming out
+    # Bottomed out: 0.003 with the original's 2 mm contact margin per pair; a 4 mm
+    # margin (MuJoCo 4 adding two geoms' 0.002) leaves the peg wedged at ≈ 0.018.
+    assert np.all(dist < 0.01), dist
     assert np.all(bottom[:, 2] < -0.47)  # well below the table top: inside the hole
     assert np.all(insertion.X[:, :, 16] > -0.505)  # but not through the hole floor
     np.testing.assert_allclose(top[:, :2], np.tile([0.0, 0.3], (len(GRID), 1)), atol=0.01)  # peg still upright
