@@ -586,7 +586,8 @@ def summary(
 
 @app.command("report")
 def report(
-    runs: Optional[list[Path]] = typer.Argument(None, help="finished runs: directories with params.yaml and data/learning_curve.csv"),
+    runs: Optional[list[Path]] = typer.Argument(
+        None, help="run directories (params.yaml and data/learning_curve.csv); runs that stopped early are named and left out"),
     experiments: bool = typer.Option(False, "--experiments", help="use the DVC experiments of this repository (dvc exp show --json)"),
     exp_json: Optional[Path] = typer.Option(None, "--exp-json", help="use this saved `dvc exp show --json` output"),
     iterations: str = typer.Option("3,6,9,12", "--iterations", help="comma-separated iterations (1-based) to tabulate"),
@@ -595,11 +596,14 @@ def report(
 ) -> None:
     """Table 1 (success mean ± std over seeds, per task and method) and Figure 1 from finished runs."""
     from stages.clitools import user_errors
-    from stages.report import distance_figure, experiment_runs, group_runs, load_run, parse_iterations, report_markdown
+    from stages.report import distance_figure, experiment_runs, group_runs, load_run, parse_iterations, report_markdown, stopped_run
 
     with user_errors("report", _debug["on"]):
         itrs = parse_iterations(iterations)
-        found = [load_run(path) for path in runs or []]
+        stopped = [str(path) for path in runs or [] if stopped_run(path)]
+        found = [load_run(path) for path in runs or [] if not stopped_run(path)]
+        if stopped:
+            typer.echo(f"gps report: {len(stopped)} run(s) stopped before the end, left out: {', '.join(stopped)}", err=True)
         if experiments or exp_json is not None:
             exp_runs, failed = experiment_runs(exp_json, dvc_executable())
             if failed:

@@ -61,6 +61,11 @@ def method_name(params: dict) -> str:
     return f"{'On' if alg['sample_on_policy'] else 'Off'}/{alg['step_rule'].capitalize()}"
 
 
+def stopped_run(path: Path) -> bool:
+    """A run folder whose pipeline began (params.yaml, data/) but never wrote its learning curve."""
+    return (path / "params.yaml").is_file() and (path / "data").is_dir() and not (path / "data" / "learning_curve.csv").exists()
+
+
 def load_run(path: Path) -> Run:
     params_file, curve_file = path / "params.yaml", path / "data" / "learning_curve.csv"
     for f in (params_file, curve_file):

@@ -98,6 +98,18 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     assert bad_itr.exit_code == 2 and "--iterations" in bad_itr.output
 
 
+def test_a_run_that_stopped_is_named_and_left_out(tmp_path):
+    done = make_run(tmp_path, "done", "peg", 0, True, "classic", peg_rows([1.0], [0.05]))
+    stopped = make_run(tmp_path, "stopped", "peg", 1, True, "classic", peg_rows([0.0], [0.3]))
+    (stopped / "data" / "learning_curve.csv").unlink()  # its summary stage never ran
+    result = runner.invoke(app, ["report", str(done), str(stopped), "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"1 run(s) stopped before the end, left out: {stopped}" in result.output
+    assert "100.0 ± 0.0 (1)" in table_lines(result.output, "Success rate (%) with threshold 0.1")[-1]
+    only = runner.invoke(app, ["report", str(stopped)])
+    assert only.exit_code == 2 and "no finished runs given" in only.output
+
+
 def test_tasks_come_in_the_papers_order_whatever_the_order_of_the_runs(tmp_path):
     blind = make_run(tmp_path, "b", "peg_blind", 0, False, "classic", peg_rows([1.0], [0.05]))
     peg = make_run(tmp_path, "p", "peg", 0, True, "classic", peg_rows([1.0], [0.05]))
