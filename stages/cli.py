@@ -600,10 +600,10 @@ def report(
 
     with user_errors("report", _debug["on"]):
         itrs = parse_iterations(iterations)
-        stopped = [str(path) for path in runs or [] if stopped_run(path)]
-        found = [load_run(path) for path in runs or [] if not stopped_run(path)]
+        stopped = [path for path in runs or [] if stopped_run(path)]
+        found = [load_run(path) for path in runs or [] if path not in stopped]
         if stopped:
-            typer.echo(f"gps report: {len(stopped)} run(s) stopped before the end, left out: {', '.join(stopped)}", err=True)
+            typer.echo(f"gps report: {len(stopped)} run(s) stopped before the end, left out: {', '.join(map(str, stopped))}", err=True)
         if experiments or exp_json is not None:
             exp_runs, failed = experiment_runs(exp_json, dvc_executable())
             if failed:
