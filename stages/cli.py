@@ -56,16 +56,17 @@ def stage_command(name: str):
 
 
 # When the `gps` process started (CLOCK_BOOTTIME seconds); the worker's child sets it to its client's.
-PROCESS_START: list[float | None] = [None]
+PROCESS_START: float | None = None
 
 
 def _process_age() -> float:
     """Seconds since the `gps` process started, interpreter start-up and imports included."""
-    if PROCESS_START[0] is None:
+    global PROCESS_START
+    if PROCESS_START is None:
         from stages.launch import process_start_time
 
-        PROCESS_START[0] = process_start_time()
-    return time.clock_gettime(time.CLOCK_BOOTTIME) - PROCESS_START[0]
+        PROCESS_START = process_start_time()
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - PROCESS_START
 
 
 def dvc_executable() -> str:

@@ -8,8 +8,8 @@ a fresh child per command. The child takes over this process's stdin, stdout
 and stderr (passed over a Unix socket), its working directory, environment and
 arguments, runs the command exactly as `gps` would, and its exit status
 becomes this process's. Everything that makes the command's results is the
-same in both cases, and `tests/test_worker.py` checks that the artifacts are
-bit-identical.
+same in both cases: `tests/test_determinism.py` checks that a whole run's
+artifacts are bit-identical, and `tests/test_worker.py` the files of `init`.
 
 This module imports only the standard library, so this process costs tens of
 milliseconds. The worker is keyed by the interpreter, the code (path, size and

@@ -47,9 +47,8 @@ def stage_file(name: str) -> str:
     """The dvc.yaml a stage lives in, relative to the project root: the root file, or its own."""
     if name in ROOT_STAGES:
         return ROOT_FILE
-    k = 0 if name == "catch_up" else int(name.rsplit("_", 1)[1])
-    step = name if name == "catch_up" else name.rsplit("_", 1)[0]
-    return f"pipelines/itr_{k:02d}/{step}/dvc.yaml"
+    step, k = (name, "0") if name == "catch_up" else name.rsplit("_", 1)
+    return f"pipelines/itr_{int(k):02d}/{step}/dvc.yaml"
 
 
 def iteration_stages(files: dict[str, str], k: int) -> dict[str, Any]:

@@ -65,11 +65,12 @@ def preload() -> None:
         importlib.import_module(f"gps_core.{module.name}")
     import typer.main
 
+    global _command
     sys.modules["PIL.Image"].preinit()  # the image plugins savefig loads
-    _COMMAND.append(typer.main.get_command(sys.modules["stages.cli"].app))  # what `app()` builds on every call
+    _command = typer.main.get_command(sys.modules["stages.cli"].app)  # what `app()` builds on every call
 
 
-_COMMAND: list = []  # the click command of the gps app, built once by preload
+_command = None  # the click command of the gps app, built once by preload
 
 
 # --------------------------------------------------------------------------- the child
@@ -107,14 +108,9 @@ def _watch_client(conn: socket.socket, done: threading.Event) -> None:
 
 
 def _run_command(argv: list[str]) -> int:
-    from stages.cli import app
-
     sys.argv = ["gps", *argv]
     try:
-        if _COMMAND:  # what app() does, without rebuilding the command
-            _COMMAND[0].main(args=argv, prog_name="gps")
-        else:
-            app(prog_name="gps")
+        _command.main(args=argv, prog_name="gps")  # what app() does, without rebuilding the command
     except SystemExit as exc:
         if exc.code is None:
             return 0
@@ -146,7 +142,7 @@ def child_main(conn: socket.socket, request: dict, fds: list[int]) -> None:
     _reopen_stdio(request.get("encodings", [None, None, None]))
     import stages.cli
 
-    stages.cli.PROCESS_START[0] = request["start"]
+    stages.cli.PROCESS_START = request["start"]
     done = threading.Event()
     threading.Thread(target=_watch_client, args=(conn, done), daemon=True).start()
     code = _run_command(request["argv"])
