@@ -31,6 +31,28 @@ search. The one-condition functions (backward_pass, mdgps_backward, forward_pass
 c_step_reference) are the reference it is tested against; c_step is a one-condition front end
 to the batched code.
 
+Safeguards (TrajOptConfig.on_fault). When Q_uu stays indefinite while η is raised to 1e16, the
+reference code aborts ("abort" keeps that). The cause is not the problem but its coordinates: with
+the KL reference u = K̄x + k̄ + δu, the surrogate's KL term is ½ δuᵀ P̄ δu (P̄ = Σ̄⁻¹) whatever x is,
+but written in z = [x; u] it is M_q = [[K̄ᵀP̄K̄, −K̄ᵀP̄], [−P̄K̄, P̄]], and the backward pass cancels
+its x-part (V_t = Q_xx + Q_xu K_t) only up to round-off of size ε|K̄ᵀP̄K̄|. Fitted models that grow
+by 1e10–1e16 over the horizon amplify that residue past P̄, at every η. "recover" (the default)
+then, for that condition only:
+
+1. solves the whole dual search again in the coordinates z' = [x; δu] (relative_problem): the
+   cost Tᵀ Cm T / η + blockdiag(0, P̄), the dynamics Fm T, no cancellation, so Q_δuδu = P̄ + O(1/η)
+   and raising η restores positive definiteness at a finite η; the KL is the sum of non-negative
+   terms of relative_kl_batched; η may exceed max_eta (up to RELATIVE_ETA_LIMIT), which such
+   models need. In exact arithmetic this is the same problem, so the result is the C-step's
+   solution, not an approximation of it;
+2. if that fails too (an overflowed model), keeps the KL reference itself, the η → ∞ limit of
+   the C-step (KL 0, which meets any bound); its η is left at the last value tried, which the
+   next iteration's dual search starts from.
+
+A condition that does not fault is solved by the reference arithmetic alone, bit for bit as
+before. `safeguard` [M] records what acted (SAFEGUARDS). With a surrogate hook (BADMM) only the
+second safeguard applies (its reference is the previous controllers).
+
 c_step_batched optionally takes a `surrogate` hook that replaces the MDGPS surrogate above by
 another η-dependent cost (BADMM, gps_core/badmm.py): it returns the per-step cost in units
 common to all t, solved by the same backward recursion, and the per-step factor by which
@@ -77,13 +99,28 @@ class QuadraticCost:
     cc: np.ndarray
 
 
+ON_FAULT = ("recover", "abort")
+
+
 @dataclass(frozen=True)
 class TrajOptConfig:
+    """Dual search settings (ALGORITHM §7.6); `on_fault` picks what a hopeless non-PD backward pass does.
+
+    on_fault: "abort" raises, as the reference code does; "recover" (the default) solves that
+    condition again relative to its KL reference and, if that fails too, keeps the reference
+    (module docstring, "Safeguards").
+    """
+
     min_eta: float = 1e-4
     max_eta: float = 1e16
     del0: float = 1e-4
     max_iterations: int = 50
     tolerance: float = 0.1
+    on_fault: str = "recover"
+
+    def __post_init__(self):
+        if self.on_fault not in ON_FAULT:
+            raise ValueError(f"on_fault is {self.on_fault!r}, expected one of {', '.join(ON_FAULT)}")
 
 
 @dataclass(frozen=True)
@@ -277,6 +314,24 @@ class ConditionError(FloatingPointError):
         self.reason = reason
 
 
+class HopelessConditions(ConditionError):
+    """Q_uu stayed indefinite up to the η limit; names the first such condition, and `positions` holds
+    every such problem's position in the batch of that backward pass."""
+
+    def __init__(self, condition: int, reason: str, positions: np.ndarray):
+        super().__init__(condition, reason)
+        self.positions = positions
+
+
+# What the C-step did for a condition (the `safeguard` dataset of controllers.h5 holds the index).
+SAFEGUARDS = ("none", "relative_coordinates", "kl_reference")
+NO_SAFEGUARD, RELATIVE_COORDINATES, KL_REFERENCE = 0, 1, 2
+# The η up to which the backward pass in coordinates relative to the KL reference is raised. There
+# Q_δuδu = P̄ + O(1/η) (module docstring, "Safeguards"), so positive definiteness returns at a finite
+# η; the limit only stops a search whose cost or dynamics have overflowed.
+RELATIVE_ETA_LIMIT = 1e300
+
+
 @dataclass(frozen=True)
 class BatchCStepResult:
     """C-step results of M conditions: K [M, T, dU, dX], k [M, T, dU], covar [M, T, dU, dU], the rest [M]."""
@@ -289,6 +344,7 @@ class BatchCStepResult:
     kl_bound: np.ndarray
     converged: np.ndarray
     dual_iterations: np.ndarray
+    safeguard: np.ndarray  # [M] int8, index into SAFEGUARDS
 
     def __len__(self) -> int:
         return int(self.K.shape[0])
@@ -478,7 +534,7 @@ The default, no hook, is the MDGPS surrogate Cs = Cm/η + M_q, cs = cv/η + v_q,
 def mdgps_backward_batched(
     eta: np.ndarray, Cm: np.ndarray, cv: np.ndarray, Mq: np.ndarray, vq: np.ndarray,
     Fm: np.ndarray, fv: np.ndarray, dX: int, cfg: TrajOptConfig, conditions: np.ndarray | None = None,
-    surrogate: SurrogateCost | None = None,
+    surrogate: SurrogateCost | None = None, eta_limit: float = 1e16,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """mdgps_backward for B problems (inputs already checked for NaN).
 
@@ -487,7 +543,8 @@ def mdgps_backward_batched(
     as η0 + δ, η0 + 2δ, η0 + 4δ, ... and is re-solved. Returns K, k, covar and the η used [B].
     `conditions` [B] are the condition numbers used in error messages (and passed to `surrogate`).
     `surrogate` (optional, see SurrogateCost) replaces Cm/η + Mq, cv/η + vq; Cm, cv, Mq, vq
-    are then not used.
+    are then not used. A problem whose raised η reaches `eta_limit` (the reference's 1e16) raises
+    HopelessConditions naming every such problem of that sweep.
     """
     eta = np.array(eta, dtype=np.float64)
     B = eta.shape[0]
@@ -518,18 +575,161 @@ def mdgps_backward_batched(
         if pending.size:
             eta[pending] = eta0[pending] + delta[pending]
             delta[pending] *= 2.0
-            hopeless = pending[eta[pending] >= 1e16]
+            hopeless = pending[eta[pending] >= eta_limit]
             if hopeless.size:
-                raise ConditionError(
+                raise HopelessConditions(
                     int(conditions[hopeless[0]]),
-                    "Q_uu stayed non-positive-definite while eta was raised to 1e16 "
+                    f"Q_uu stayed non-positive-definite while eta was raised to {eta_limit:g} "
                     "(the fitted dynamics or the policy linearisation are numerically degenerate)",
+                    hopeless,
                 )
     return K, k, covar, eta
 
 
 def _stack(objs, field: str) -> np.ndarray:
     return np.stack([np.asarray(getattr(o, field), dtype=np.float64) for o in objs])
+
+
+def relative_problem(
+    Cm: np.ndarray, cv: np.ndarray, Fm: np.ndarray, fv: np.ndarray, Kq: np.ndarray, kq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cost and dynamics in the coordinates z' = [x; δu] with u = K̄x + k̄ + δu (z = Tz' + t₀).
+
+    Cm [B, T, D, D], cv [B, T, D], Fm [B, T, dX, D], fv [B, T, dX], reference K̄ = Kq [B, T, dU, dX],
+    k̄ = kq [B, T, dU] -> Tᵀ Cm T, Tᵀ (cv + Cm t₀), Fm T, fv + Fm t₀ (same shapes), with
+    T = [[I, 0], [K̄, I]], t₀ = [0; k̄]. The constant of the cost is dropped (it moves no controller).
+    """
+    B, T, D, _ = Cm.shape
+    dX = Kq.shape[-1]
+    Tm = np.zeros((B, T, D, D))
+    Tm[..., np.arange(D), np.arange(D)] = 1.0
+    Tm[..., dX:, :dX] = Kq
+    t0 = np.zeros((B, T, D))
+    t0[..., dX:] = kq
+    TmT = _mT(Tm)
+    return TmT @ Cm @ Tm, _matvec(TmT, cv + _matvec(Cm, t0)), Fm @ Tm, fv + _matvec(Fm, t0)
+
+
+def relative_kl_batched(
+    mu_x: np.ndarray, S_xx: np.ndarray, Kd: np.ndarray, kd: np.ndarray, covar: np.ndarray,
+    P: np.ndarray, logdet_q: np.ndarray,
+) -> np.ndarray:
+    """Per-step E_x[KL(p(u|x) ‖ q(u|x))] for p's controller given relative to q's mean (δu = K_δx + k_δ):
+
+        ½ [(K_δμ + k_δ)ᵀ P̄ (K_δμ + k_δ) + tr(K_δᵀ P̄ K_δ S_xx) + tr(P̄ Σ) − dU + log|Σ̄| − log|Σ|]
+
+    mu_x [B, T, dX], S_xx [B, T, dX, dX], Kd [B, T, dU, dX], kd [B, T, dU], covar Σ [B, T, dU, dU],
+    P = Σ̄⁻¹ [B, T, dU, dU], logdet_q = log|Σ̄| [B, T] -> [B, T], clipped at 0. A sum of terms that are
+    each ≥ 0, so unlike traj_kl it does not lose KL = 0 to cancellation when |K̄| or S_xx are large.
+    """
+    dU = kd.shape[-1]
+    mean = _matvec(Kd, mu_x) + kd
+    gain = _mT(Kd) @ P @ Kd
+    logdet_p = 2.0 * np.sum(np.log(np.diagonal(np.linalg.cholesky(covar), axis1=-2, axis2=-1)), axis=-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        kl = 0.5 * (
+            np.einsum("btu,btuv,btv->bt", mean, P, mean)
+            + np.einsum("btij,btji->bt", gain, S_xx)
+            + np.einsum("btij,btji->bt", P, covar) - dU + logdet_q - logdet_p
+        )
+    return np.where(np.isfinite(kl), np.maximum(kl, 0.0), np.inf)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The stacked inputs of a batched C-step (shapes as in c_step_batched)."""
+
+    Cm: np.ndarray
+    cv: np.ndarray
+    Kq: np.ndarray
+    kq: np.ndarray
+    Sq: np.ndarray
+    Fm: np.ndarray
+    fv: np.ndarray
+    W: np.ndarray
+    x0mu: np.ndarray
+    x0sigma: np.ndarray
+    q_terms: tuple
+    kl_bounds: np.ndarray
+
+
+def _dual_search(
+    pb: _Problem, which: np.ndarray, etas: np.ndarray, cfg: TrajOptConfig, out: dict, relative: bool,
+    surrogate: SurrogateCost | None = None, progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The §7.6 dual search of the conditions `which`, written into `out`'s arrays [M, ...].
+
+    relative=False: the reference arithmetic (backward pass on Cm/η + M_q, traj_kl). With
+    cfg.on_fault "abort" a hopeless non-PD problem raises; with "recover" it leaves the search and
+    is returned. relative=True: the same search in coordinates relative to the KL reference
+    (relative_problem, relative_kl_batched), η raised up to RELATIVE_ETA_LIMIT. Returns the
+    conditions that left the search as hopeless.
+    """
+    M = pb.Cm.shape[0]
+    dX = pb.Kq.shape[-1]
+    eta = np.array(etas, dtype=np.float64).reshape(M).copy()
+    eta_lo = np.full(M, float(cfg.min_eta))
+    # Relative to the reference, η above max_eta is meaningful (and needed: a fitted model that grows
+    # by 1e16 over the horizon makes any departure from π̄ predict enormous cost changes).
+    eta_hi = np.full(M, RELATIVE_ETA_LIMIT if relative else float(cfg.max_eta))
+    Fm, fv, eta_limit = pb.Fm, pb.fv, 1e16
+    if relative:
+        Cm_r, cv_r, Fm, fv = relative_problem(pb.Cm, pb.cv, pb.Fm, pb.fv, pb.Kq, pb.kq)
+        M_rel = np.zeros_like(pb.Cm)
+        M_rel[..., dX:, dX:] = pb.q_terms[0][..., dX:, dX:]  # P̄ = Σ̄⁻¹: the KL term is ½ δuᵀ P̄ δu
+        eta_limit = RELATIVE_ETA_LIMIT
+
+        def surrogate(e, conds):  # noqa: F811 (the relative surrogate replaces the MDGPS one)
+            return Cm_r[conds] / e[:, None, None, None] + M_rel[conds], cv_r[conds] / e[:, None, None], None
+
+    hopeless: list[int] = []
+    active = np.asarray(which, dtype=np.int64)
+    rnd = 0
+    while rnd < cfg.max_iterations and active.size:
+        a = slice(None) if active.size == M else active
+        q_a = tuple(q[a] for q in pb.q_terms)
+        try:
+            Ka, ka, Sa, eta_a = mdgps_backward_batched(
+                eta[a], pb.Cm[a], pb.cv[a], q_a[0], q_a[1], Fm[a], fv[a], dX, cfg, conditions=active,
+                surrogate=surrogate, eta_limit=eta_limit,
+            )
+        except HopelessConditions as exc:
+            if cfg.on_fault == "abort" and not relative:
+                raise
+            # Leave the search; the others redo this round without them (their arithmetic per
+            # condition does not depend on which conditions share the batch).
+            hopeless.extend(int(m) for m in active[exc.positions])
+            active = np.delete(active, exc.positions)
+            continue
+        rnd += 1
+        if relative:
+            mu, S = forward_pass_batched(Ka, ka, Sa, Fm[a], fv[a], pb.W[a], pb.x0mu[a], pb.x0sigma[a])
+            kl_a = np.sum(relative_kl_batched(mu[..., :dX], S[..., :dX, :dX], Ka, ka, Sa,
+                                              q_a[0][..., dX:, dX:], q_a[3]), axis=-1)
+            Ka, ka = pb.Kq[a] + Ka, pb.kq[a] + ka
+        else:
+            mu, S = forward_pass_batched(Ka, ka, Sa, Fm[a], fv[a], pb.W[a], pb.x0mu[a], pb.x0sigma[a])
+            kl_a = np.sum(traj_kl_batched(mu, S, quadratic_form_batched(Ka, ka, Sa), q_a), axis=-1)
+        out["K"][active], out["k"][active], out["covar"][active] = Ka, ka, Sa
+        out["kl"][active] = kl_a
+        out["dual_iterations"][active] = rnd
+        con = kl_a - pb.kl_bounds[a]
+        done = np.abs(con) < cfg.tolerance * pb.kl_bounds[a]
+        small = con < 0  # KL too small: η too large
+        lo, hi = eta_lo[a], eta_hi[a]
+        hi = np.where(small, eta_a, hi)
+        lo = np.where(small, lo, eta_a)
+        geo = np.sqrt(lo) * np.sqrt(hi) if relative else np.sqrt(lo * hi)  # lo·hi overflows near RELATIVE_ETA_LIMIT
+        nxt = np.where(small, np.maximum(geo, 0.1 * hi), np.minimum(geo, 10.0 * lo))
+        eta[active] = np.where(done, eta_a, nxt)
+        eta_lo[active] = np.where(done, eta_lo[a], lo)
+        eta_hi[active] = np.where(done, eta_hi[a], hi)
+        out["converged"][active] = done
+        active = active[~done]
+        if progress is not None:
+            progress(M - active.size, M)
+    out["eta"][np.asarray(which, dtype=np.int64)] = eta[np.asarray(which, dtype=np.int64)]
+    return np.array(sorted(hopeless), dtype=np.int64)
 
 
 def c_step_batched(
@@ -542,13 +742,16 @@ def c_step_batched(
     surrogate: SurrogateCost | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BatchCStepResult:
-    """c_step_reference for M conditions at once (ALGORITHM §7.6), vectorised across conditions.
+    """c_step_reference for M conditions at once (ALGORITHM §7.6), vectorised across conditions, with
+    the safeguards of the module docstring.
 
     Every round, the conditions that have not converged yet are solved together with their
     own η (backward pass with per-condition non-PD raising of η, forward pass, trajectory KL);
     then each updates its own bracket [η_lo, η_hi] and η exactly as c_step_reference does.
     Converged conditions drop out and keep their result. Raises ConditionError (a
-    FloatingPointError naming the condition) for NaN/Inf input or a hopeless non-PD problem.
+    FloatingPointError naming the condition) for NaN/Inf input, and for a hopeless non-PD problem
+    when cfg.on_fault is "abort". With "recover", such a condition is solved again relative to its
+    KL reference (MDGPS only) or keeps the KL reference; `safeguard` [M] says which.
 
     `surrogate` (optional, see SurrogateCost): the η-dependent cost of the backward pass, called
     with the η and condition indices of the conditions still searching; `references` stay the KL
@@ -561,54 +764,30 @@ def c_step_batched(
     Kq, kq, Sq = _stack(references, "K"), _stack(references, "k"), _stack(references, "covar")
     Fm, fv, W = _stack(dyns, "Fm"), _stack(dyns, "fv"), _stack(dyns, "covar")
     x0mu, x0sigma = _stack(dyns, "x0mu"), _stack(dyns, "x0sigma")
-    dX = Kq.shape[-1]
     kl_bounds = np.broadcast_to(np.asarray(kl_bounds, dtype=np.float64), (M,)).copy()
     # numpy's Cholesky returns NaN rather than failing on NaN input, so check first.
     _check_finite(range(M), {"dynamics": (Fm, fv, W), "cost model": (Cm, cv), "reference controller": (Kq, kq, Sq)})
-    q_terms = quadratic_form_batched(Kq, kq, Sq)
-
-    eta = np.array(etas, dtype=np.float64).reshape(M).copy()
-    eta_lo = np.full(M, float(cfg.min_eta))
-    eta_hi = np.full(M, float(cfg.max_eta))
-    K = np.zeros(Kq.shape)
-    k = np.zeros(kq.shape)
-    covar = np.zeros(Sq.shape)
-    kl = np.full(M, np.inf)
-    converged = np.zeros(M, dtype=bool)
-    itr = np.zeros(M, dtype=np.int64)
-    active = np.arange(M)
-    for rnd in range(1, cfg.max_iterations + 1):
-        if active.size == 0:
-            break
-        a = slice(None) if active.size == M else active
-        q_a = tuple(q[a] for q in q_terms)
-        Fm_a, fv_a = Fm[a], fv[a]
-        Ka, ka, Sa, eta_a = mdgps_backward_batched(
-            eta[a], Cm[a], cv[a], q_a[0], q_a[1], Fm_a, fv_a, dX, cfg, conditions=active, surrogate=surrogate
-        )
-        mu, S = forward_pass_batched(Ka, ka, Sa, Fm_a, fv_a, W[a], x0mu[a], x0sigma[a])
-        kl_a = np.sum(traj_kl_batched(mu, S, quadratic_form_batched(Ka, ka, Sa), q_a), axis=-1)
-        K[active], k[active], covar[active] = Ka, ka, Sa
-        kl[active] = kl_a
-        itr[active] = rnd
-        con = kl_a - kl_bounds[a]
-        done = np.abs(con) < cfg.tolerance * kl_bounds[a]
-        small = con < 0  # KL too small: η too large
-        lo, hi = eta_lo[a], eta_hi[a]
-        hi = np.where(small, eta_a, hi)
-        lo = np.where(small, lo, eta_a)
-        geo = np.sqrt(lo * hi)
-        nxt = np.where(small, np.maximum(geo, 0.1 * hi), np.minimum(geo, 10.0 * lo))
-        eta[active] = np.where(done, eta_a, nxt)
-        eta_lo[active] = np.where(done, eta_lo[a], lo)
-        eta_hi[active] = np.where(done, eta_hi[a], hi)
-        converged[active] = done
-        active = active[~done]
-        if progress is not None:
-            progress(M - active.size, M)
-    return BatchCStepResult(
-        K=K, k=k, covar=covar, eta=eta, kl=kl, kl_bound=kl_bounds, converged=converged, dual_iterations=itr
-    )
+    pb = _Problem(Cm=Cm, cv=cv, Kq=Kq, kq=kq, Sq=Sq, Fm=Fm, fv=fv, W=W, x0mu=x0mu, x0sigma=x0sigma,
+                  q_terms=quadratic_form_batched(Kq, kq, Sq), kl_bounds=kl_bounds)
+    out = {
+        "K": np.zeros(Kq.shape), "k": np.zeros(kq.shape), "covar": np.zeros(Sq.shape), "eta": np.zeros(M),
+        "kl": np.full(M, np.inf), "converged": np.zeros(M, dtype=bool),
+        "dual_iterations": np.zeros(M, dtype=np.int64), "safeguard": np.zeros(M, dtype=np.int8),
+    }
+    etas = np.array(etas, dtype=np.float64).reshape(M)
+    left = _dual_search(pb, np.arange(M), etas, cfg, out, relative=False, surrogate=surrogate, progress=progress)
+    if left.size and surrogate is None:
+        again = _dual_search(pb, left, etas, cfg, out, relative=True)
+        solved = left[~np.isin(left, again)]
+        finite = [np.all(np.isfinite(out[f][solved]), axis=tuple(range(1, out[f].ndim))) for f in ("K", "k", "covar", "kl")]
+        ok = np.logical_and.reduce(finite)
+        out["safeguard"][solved[ok]] = RELATIVE_COORDINATES
+        left = np.concatenate([again, solved[~ok]])
+    for m in left:  # the η → ∞ limit: the KL reference itself, KL 0, which meets any bound
+        out["K"][m], out["k"][m], out["covar"][m] = Kq[m], kq[m], Sq[m]
+        out["kl"][m], out["converged"][m] = 0.0, False  # η stays the last one tried: the next warm start
+        out["safeguard"][m] = KL_REFERENCE
+    return BatchCStepResult(kl_bound=kl_bounds, **out)
 
 
 def c_step(

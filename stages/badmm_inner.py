@@ -78,6 +78,7 @@ class InnerLoop:
             "lam_k": np.zeros((J, M, T, dU)), "pol_wt": np.zeros((J, M, T)),
             "kl": np.zeros((J, M)), "kl_step": np.zeros((J, M)), "eta": np.zeros((J, M)),
             "converged": np.zeros((J, M), dtype=bool), "dual_iterations": np.zeros((J, M), dtype=np.int64),
+            "safeguard": np.zeros((J, M), dtype=np.int8),
             "residual": np.zeros((J, M, T, dU)),
         }
 
@@ -126,7 +127,11 @@ class InnerLoop:
 
     def c_step(self, step: badmm.InnerStep) -> None:
         res = badmm.badmm_c_step(self.costs, self.prevs, self.lins(), self.dyns, self.duals, self.kl_bounds, self.eta, self.topt)
-        for m in np.flatnonzero(~res.converged):
+        kept = np.flatnonzero(res.safeguard)  # BADMM has one safeguard: keep p̄ (gps_core.lqr, "Safeguards")
+        if kept.size:
+            self.log(f"iteration {self.iteration}.{step.inner}: safeguard: Q_uu stayed non-positive-definite up to eta 1e16; "
+                     f"condition(s) {', '.join(map(str, kept))} kept the previous controllers (the eta -> infinity limit, KL 0)")
+        for m in np.flatnonzero(~res.converged & (res.safeguard == 0)):
             self.log(
                 f"iteration {self.iteration}.{step.inner}: condition {m}: dual search did not converge in "
                 f"{res.dual_iterations[m]} rounds (KL {res.kl[m]:.3f}, bound {res.kl_bound[m]:.3f})"
@@ -136,7 +141,7 @@ class InnerLoop:
         j, d = step.inner, self.diag
         d["lam_k"][j], d["pol_wt"][j] = self.duals.lam_k, self.duals.pol_wt
         d["kl"][j], d["kl_step"][j], d["eta"][j] = res.kl, res.kl_bound, res.eta
-        d["converged"][j], d["dual_iterations"][j] = res.converged, res.dual_iterations
+        d["converged"][j], d["dual_iterations"][j], d["safeguard"][j] = res.converged, res.dual_iterations, res.safeguard
         d["residual"][j] = badmm.constraint_residual(self.new, self.X, self.U_pol)
         rms = np.sqrt(np.mean(d["residual"][j] ** 2, axis=(1, 2)))
         self.log(f"iteration {self.iteration}.{j}: KL(p||p_prev) {np.array2string(res.kl, precision=2)} / bound "

@@ -377,6 +377,9 @@ def badmm_inner_cmd(
         load_controllers, load_duals, load_dynamics, load_eta, load_policy_and_adam, load_policy_lin_prior, load_samples,
         load_step, policy_to_datasets,
     )
+    import json
+
+    from gps_core.lqr import SAFEGUARDS
     from stages.badmm_inner import InnerLoop
 
     params = cfg.load_params(params_path)
@@ -395,8 +398,9 @@ def badmm_inner_cmd(
     sp = cfg.stage_params(params, "badmm_inner")
     res = loop.result
     cdata = controllers_to_datasets(loop.new)
-    cdata.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations)
-    write_artifact(controllers_out, "badmm_inner", iteration, sp, cdata)
+    cdata.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations,
+                 safeguard=np.max(loop.diag["safeguard"], axis=0))  # what acted in any inner C-step (inner.h5 has each)
+    write_artifact(controllers_out, "badmm_inner", iteration, sp, cdata, {"safeguard_names": json.dumps(SAFEGUARDS)})
     pdata, pattrs = policy_to_datasets(loop.net, loop.adam, loop.losses)
     write_artifact(policy_out, "badmm_inner", iteration, sp, pdata, pattrs)
     write_artifact(duals_out, "badmm_inner", iteration, sp, duals_to_datasets(loop.duals),
@@ -426,7 +430,9 @@ def c_step_cmd(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """KL-constrained LQR against the policy linearisation, one controller per condition."""
-    from gps_core.lqr import c_step_batched
+    import json
+
+    from gps_core.lqr import KL_REFERENCE, SAFEGUARDS, c_step_batched
     from stages.artifacts import (
         costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step,
     )
@@ -444,15 +450,33 @@ def c_step_cmd(
     with progress_bar(f"c-step {iteration}: dual search, conditions converged", len(costs)) as progress:
         res = c_step_batched(costs, lins, dyns, kl_step * np.asarray(step_mult, dtype=float) * T,
                              np.asarray(eta_prev, dtype=float), topt, progress=progress)
-    for m in np.flatnonzero(~res.converged):
+    for m in np.flatnonzero(~res.converged & (res.safeguard != KL_REFERENCE)):
         _log(
             f"iteration {iteration}: condition {m}: dual search did not converge in {res.dual_iterations[m]} rounds "
             f"(KL {res.kl[m]:.3f}, bound {res.kl_bound[m]:.3f})"
         )
+    _log_safeguards(iteration, res)
     data = {"K": res.K, "k": res.k, "pol_covar": res.covar}
-    data.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations)
-    write_artifact(out, "c_step", iteration, cfg.stage_params(params, "c_step"), data)
+    data.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations,
+                safeguard=res.safeguard)
+    write_artifact(out, "c_step", iteration, cfg.stage_params(params, "c_step"), data,
+                   {"safeguard_names": json.dumps(SAFEGUARDS)})
     _log(f"iteration {iteration}: KL {np.array2string(data['kl'], precision=2)} / bound {np.array2string(data['kl_step'], precision=2)}")
+
+
+def _log_safeguards(iteration: int, res) -> None:
+    """One line naming every condition where a C-step safeguard acted (gps_core.lqr, "Safeguards")."""
+    from gps_core.lqr import KL_REFERENCE, RELATIVE_COORDINATES
+
+    what = {
+        RELATIVE_COORDINATES: lambda m: f"condition {m}: solved relative to the KL reference "
+                                        f"(eta {res.eta[m]:.3g}, KL {res.kl[m]:.3g} / {res.kl_bound[m]:.3g})",
+        KL_REFERENCE: lambda m: f"condition {m}: kept the KL reference (the eta -> infinity limit, KL 0)",
+    }
+    acted = [what[int(res.safeguard[m])](m) for m in np.flatnonzero(res.safeguard)]
+    if acted:
+        _log(f"iteration {iteration}: safeguard: Q_uu stayed non-positive-definite up to eta 1e16 in the reference's "
+             f"coordinates; " + "; ".join(acted))
 
 
 # --------------------------------------------------------------------------- s-step

@@ -107,6 +107,7 @@ def traj_opt_config(params: dict[str, Any]):
         del0=float(section["del0"]),
         max_iterations=int(section["max_iterations"]),
         tolerance=float(section["tolerance"]),
+        on_fault=str(section["on_fault"]),
     )
 
 

@@ -156,6 +156,7 @@ SCHEMA: dict[str, Any] = {
         "del0": Field("float", gt=0),
         "max_iterations": Field("int", lo=1),
         "tolerance": Field("float", gt=0, hi=1),
+        "on_fault": Field("choice", choices=("recover", "abort")),
     },
     "policy": {
         "hidden": Field("ints", lo=1),

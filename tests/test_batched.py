@@ -174,7 +174,7 @@ def test_c_step_wrapper_and_errors_name_the_condition():
     hopeless = QuadraticCost(Cm=costs[1].Cm.copy(), cv=costs[1].cv, cc=costs[1].cc)
     hopeless.Cm[:, 3:, 3:] = -1e20 * np.eye(2)
     with pytest.raises(FloatingPointError, match="condition 1: Q_uu stayed non-positive-definite"):
-        c_step_batched([costs[0], hopeless, costs[2]], refs, dyns, np.ones(3), np.ones(3), TrajOptConfig())
+        c_step_batched([costs[0], hopeless, costs[2]], refs, dyns, np.ones(3), np.ones(3), TrajOptConfig(on_fault="abort"))
 
 
 def test_backward_forward_and_kl_batched_match_per_condition():
