@@ -43,8 +43,10 @@ then, for that condition only:
    cost Tᵀ Cm T / η + blockdiag(0, P̄), the dynamics Fm T, no cancellation, so Q_δuδu = P̄ + O(1/η)
    and raising η restores positive definiteness at a finite η; the KL is the sum of non-negative
    terms of relative_kl_batched; η may exceed max_eta (up to RELATIVE_ETA_LIMIT), which such
-   models need. In exact arithmetic this is the same problem, so the result is the C-step's
-   solution, not an approximation of it;
+   models need, so out of an open bracket η steps by factors that square every round
+   (_relative_eta_step). In exact arithmetic this is the same problem, so the result is the
+   C-step's solution, not an approximation of it; it is kept only if its KL meets the bound
+   (within the search's tolerance);
 2. if that fails too (an overflowed model), keeps the KL reference itself, the η → ∞ limit of
    the C-step (KL 0, which meets any bound); its η is left at the last value tried, which the
    next iteration's dual search starts from.
@@ -684,6 +686,7 @@ def _dual_search(
 
     hopeless: list[int] = []
     active = np.asarray(which, dtype=np.int64)
+    jump = np.full(M, 10.0)  # relative search: the factor of the next step out of an open bracket
     rnd = 0
     while rnd < cfg.max_iterations and active.size:
         a = slice(None) if active.size == M else active
@@ -717,10 +720,13 @@ def _dual_search(
         done = np.abs(con) < cfg.tolerance * pb.kl_bounds[a]
         small = con < 0  # KL too small: η too large
         lo, hi = eta_lo[a], eta_hi[a]
+        if relative:
+            nxt = _relative_eta_step(eta_a, small, lo, hi, jump, a, cfg)
         hi = np.where(small, eta_a, hi)
         lo = np.where(small, lo, eta_a)
-        geo = np.sqrt(lo) * np.sqrt(hi) if relative else np.sqrt(lo * hi)  # lo·hi overflows near RELATIVE_ETA_LIMIT
-        nxt = np.where(small, np.maximum(geo, 0.1 * hi), np.minimum(geo, 10.0 * lo))
+        if not relative:
+            geo = np.sqrt(lo * hi)
+            nxt = np.where(small, np.maximum(geo, 0.1 * hi), np.minimum(geo, 10.0 * lo))
         eta[active] = np.where(done, eta_a, nxt)
         eta_lo[active] = np.where(done, eta_lo[a], lo)
         eta_hi[active] = np.where(done, eta_hi[a], hi)
@@ -730,6 +736,27 @@ def _dual_search(
             progress(M - active.size, M)
     out["eta"][np.asarray(which, dtype=np.int64)] = eta[np.asarray(which, dtype=np.int64)]
     return np.array(sorted(hopeless), dtype=np.int64)
+
+
+def _relative_eta_step(
+    eta: np.ndarray, small: np.ndarray, lo: np.ndarray, hi: np.ndarray, jump: np.ndarray, a, cfg: TrajOptConfig
+) -> np.ndarray:
+    """The next η of the relative dual search [B]: geometric bisection once [lo, hi] brackets the
+    solution, else a step out of the open side by a factor that squares every round (10, 1e2, 1e4, ...).
+
+    The reference's rule moves η by at most 10× per round, too slow for models that need η ~ 1e50;
+    this reaches any η in [min_eta, RELATIVE_ETA_LIMIT] within about ten rounds. jump [M] is updated
+    in place at `a`.
+    """
+    open_up = ~small & (hi >= RELATIVE_ETA_LIMIT)  # KL too large and no η yet found large enough
+    open_down = small & (lo <= cfg.min_eta)
+    new_lo = np.where(small, lo, eta)
+    new_hi = np.where(small, eta, hi)
+    j = jump[a]
+    with np.errstate(over="ignore"):  # η·jump past the limit is clipped below
+        nxt = np.where(open_up, eta * j, np.where(open_down, eta / j, np.sqrt(new_lo) * np.sqrt(new_hi)))
+    jump[a] = np.where(open_up | open_down, np.minimum(j * j, 1e150), j)
+    return np.clip(nxt, cfg.min_eta, RELATIVE_ETA_LIMIT)
 
 
 def c_step_batched(
@@ -780,7 +807,10 @@ def c_step_batched(
         again = _dual_search(pb, left, etas, cfg, out, relative=True)
         solved = left[~np.isin(left, again)]
         finite = [np.all(np.isfinite(out[f][solved]), axis=tuple(range(1, out[f].ndim))) for f in ("K", "k", "covar", "kl")]
-        ok = np.logical_and.reduce(finite)
+        # A relative solution must meet the bound (within the search's tolerance): it is our safeguard,
+        # and the KL reference is always there as a feasible point.
+        feasible = out["kl"][solved] < (1.0 + cfg.tolerance) * kl_bounds[solved]
+        ok = np.logical_and.reduce(finite) & feasible
         out["safeguard"][solved[ok]] = RELATIVE_COORDINATES
         left = np.concatenate([again, solved[~ok]])
     for m in left:  # the η → ∞ limit: the KL reference itself, KL 0, which meets any bound
