@@ -49,6 +49,11 @@ def load_c_step(run: Path, itr: int):
     return costs, dyns, lins, bounds, np.asarray(load_eta(prev / "controllers.h5", known), dtype=float), traj_opt_config(params)
 
 
+def log10_growth(A: np.ndarray) -> float:
+    """Σ_t log10 of the spectral radius of A_t [T, dX, dX]: how much the model can grow over the horizon."""
+    return float(np.sum(np.log10(np.abs(np.linalg.eigvals(A)).max(axis=-1))))
+
+
 def exact_kl(pol: LinearGaussianPolicy, ref: LinearGaussianPolicy, dyn: lqr.Dynamics) -> float:
     dX = ref.dX
     mu, S = lqr.forward_pass_batched(pol.K[None], pol.k[None], pol.covar[None], dyn.Fm[None], dyn.fv[None],
@@ -112,7 +117,7 @@ def lm_c_step(cost, ref, dyn, bound, eta, cfg, where):
 
 
 def main() -> None:
-    rows = []
+    rows, growth = [], []
     for run in map(Path, sys.argv[1:]):
         for path in sorted((run / "data").glob("itr_*/controllers.h5")):
             with h5py.File(path, "r") as f:
@@ -124,6 +129,9 @@ def main() -> None:
             for m in faulting:
                 cost, dyn, ref = costs[m], dyns[m], lins[m]
                 J_ref = lqr.estimate_cost(ref, dyn, cost)
+                A, B = dyn.Fm[:-1, :, :ref.dX], dyn.Fm[:-1, :, ref.dX:]
+                growth.append(f"{run.name} itr {itr} c{m}: fitted model grows by 10^{log10_growth(A):.1f} over the horizon, "
+                              f"10^{log10_growth(A + B @ ref.K[:-1]):.1f} in closed loop under pibar")
                 out = {}
                 r = lqr.c_step_batched([cost], [ref], [dyn], bounds[m:m + 1], etas[m:m + 1], cfg)
                 out["relative"] = (lqr.SAFEGUARDS[r.safeguard[0]], exact_kl(r[0].policy, ref, dyn), r.eta[0], r[0].policy)
@@ -143,6 +151,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for where, name, status, kl, bound, eta, gain in rows:
         print(f"| {where} | {name} | {status} | {kl:.3g} | {bound:.3g} | {eta:.3g} | {gain:+.2f} |")
+    print()
+    print("\n".join(growth))
 
 
 if __name__ == "__main__":
