@@ -12,6 +12,10 @@ qpos and qvel are current; at t = 0 they are exact (mj_forward).
 
 Controls are clipped by MuJoCo to the actuator range; the recorded actions are
 the unclipped commands, as the dynamics fit and the costs expect.
+
+A rollout never raises on a diverging episode: it records where the episode
+went bad (a bad action or state, or MuJoCo resetting the simulation) and holds
+it there (Simulator.rollout); the caller decides what a divergence means.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import mujoco
 import numpy as np
 
 ASSETS = resources.files("gps_core") / "assets"
-_DIVERGENCE_WARNINGS = (
-    mujoco.mjtWarning.mjWARN_BADQPOS,
-    mujoco.mjtWarning.mjWARN_BADQVEL,
-    mujoco.mjtWarning.mjWARN_BADQACC,
-    mujoco.mjtWarning.mjWARN_BADCTRL,
-)
+# The warnings MuJoCo counts when it resets a diverging simulation (or rejects its controls).
+_DIVERGENCE_WARNINGS = [
+    int(mujoco.mjtWarning.mjWARN_BADQPOS),
+    int(mujoco.mjtWarning.mjWARN_BADQVEL),
+    int(mujoco.mjtWarning.mjWARN_BADQACC),
+    int(mujoco.mjtWarning.mjWARN_BADCTRL),
+]
 
 
 # The blind peg task runs the peg model; only the global policy's observation differs.
@@ -40,24 +45,55 @@ def model_path(task: str) -> str:
     return str(ASSETS / f"{TASK_MODELS[task]}.xml")
 
 
-class SimulationDiverged(FloatingPointError):
-    """NaN, Inf or an unstable state in episode `episode` of the batch, at or before step t."""
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes of a model that the settings must agree with (see the state layout above)."""
 
-    def __init__(self, episode: int, condition: int, t: int, what: str):
-        super().__init__(
-            f"simulation diverged (NaN, Inf or unstable {what}) in episode {episode} of the batch "
-            f"(condition {condition}) at or before t={t}"
-        )
-        self.episode, self.condition, self.t, self.what = episode, condition, t, what
+    nq: int  # joint positions
+    nv: int  # joint velocities
+    nu: int  # actuators (the action size dU)
+    nsite: int  # sites, each 3 positions and 3 velocities in the state
+    nbody: int  # bodies, the world (body 0) included
+    timestep: float  # seconds per physics step
+
+    @property
+    def dX(self) -> int:
+        """State size: qpos, qvel, site positions, site velocities."""
+        return self.nq + self.nv + 6 * self.nsite
+
+    @property
+    def sites(self) -> tuple[int, int]:
+        """[start, stop) of the site positions in the state."""
+        return self.nq + self.nv, self.nq + self.nv + 3 * self.nsite
+
+
+def model_dims(xml_path: str) -> ModelDims:
+    """The dimensions of the model in xml_path (compiles it: about 1 ms for the task models)."""
+    model = mujoco.MjModel.from_xml_path(xml_path)
+    return ModelDims(nq=int(model.nq), nv=int(model.nv), nu=int(model.nu), nsite=int(model.nsite),
+                     nbody=int(model.nbody), timestep=float(model.opt.timestep))
+
+
+# Why an episode diverged (Rollouts.cause indexes this); each name completes "NaN, Inf or unstable ...".
+CAUSES = ("", "action", "state", "state (MuJoCo reset the simulation)")
+FINE, BAD_ACTION, BAD_STATE, MUJOCO_RESET = range(len(CAUSES))
 
 
 @dataclass
 class Rollouts:
-    """X: [B, T, dX], U: [B, T, dU], ee_jac: [B, T, 3·S, nq] (site Jacobians w.r.t. qpos)."""
+    """X: [B, T, dX], U: [B, T, dU], ee_jac: [B, T, 3·S, nq] (site Jacobians w.r.t. qpos),
+    diverged_at: [B] int, the first step whose action or state is bad (-1: the episode is fine),
+    cause: [B] int8, index into CAUSES (FINE for a fine episode).
+
+    From step diverged_at on, a diverged episode's rows hold its last good state and
+    Jacobian and a zero action. gps_core.sampling reshapes the leading [B] to [M, N].
+    """
 
     X: np.ndarray
     U: np.ndarray
     ee_jac: np.ndarray
+    diverged_at: np.ndarray
+    cause: np.ndarray
 
 
 class Simulator:
@@ -92,6 +128,15 @@ class Simulator:
             raise ValueError("only models with nq == nv (hinge and slide joints) are supported")
         if abs(base.opt.timestep * substeps - dt) > 1e-12:
             raise ValueError(f"dt={dt} must equal substeps ({substeps}) x model timestep ({base.opt.timestep})")
+        # A reset shows as a time short of (t + 1)·dt by at least one timestep (see _step).
+        self._time_tolerance = 0.5 * base.opt.timestep
+        # MuJoCo zeroes every control of a step (mjWARN_BADCTRL) when one is beyond mjMAXVAL after
+        # clamping to its range; _bad_actions flags such commands first. Ranges within mjMAXVAL need no check.
+        clamps = not base.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_CLAMPCTRL
+        clamped = base.actuator_ctrllimited.astype(bool) & clamps
+        lo = np.where(clamped, base.actuator_ctrlrange[:, 0], -np.inf)
+        hi = np.where(clamped, base.actuator_ctrlrange[:, 1], np.inf)
+        self._ctrl_range = (lo, hi) if np.any(np.maximum(-lo, hi) > mujoco.mjMAXVAL) else None
 
     @property
     def dX(self) -> int:
@@ -139,41 +184,91 @@ class Simulator:
 
         conditions: [B] condition index of each episode; act(t, x [B, dX]) -> u [B, dU].
         progress: optional progress(steps done, T), called after each time step.
+
+        An episode diverges at step t when its action u_t or its state x_t is bad (NaN, Inf,
+        or beyond what MuJoCo accepts), or when MuJoCo reset its simulation on the way to x_t
+        (MuJoCo resets a diverging simulation to the model's defaults instead of returning
+        NaN). It is not stepped after that; its rows from t on hold its last good state and a
+        zero action. act still sees it, at that state, so the batch keeps its shape; the other
+        episodes come out bit for bit as if it had gone on.
         """
         B = len(conditions)
         X = np.zeros((B, T, self.dX))
         U = np.zeros((B, T, self.dU))
         J = np.zeros((B, T, 3 * self.n_sites, self.nq))
+        diverged_at = np.full(B, -1, dtype=np.int64)
+        cause = np.zeros(B, dtype=np.int8)
         datas = [self._reset(m) for m in conditions]
         models = [self.models[m] for m in conditions]
         for b, (model, data) in enumerate(zip(models, datas)):
             X[b, 0], J[b, 0] = self._state(model, data, None)
+        live = list(range(B))  # the episodes still simulated
+        held = np.zeros(B, dtype=bool)  # the diverged ones, whose rows hold
         for t in range(T):
             U[:, t] = act(t, X[:, t])
-            if not np.all(np.isfinite(U[:, t])):
-                self._diverged(conditions, ~np.all(np.isfinite(U[:, t]), axis=-1), t, "action")
+            bad = self._bad_actions(U[:, t]) & ~held
+            if bad.any():
+                diverged_at[bad], cause[bad] = t, BAD_ACTION
+                held |= bad
+                live = [b for b in live if not bad[b]]
+            if len(live) < B:
+                U[held, t] = 0.0
             if t + 1 == T:
                 break
-            for b, (model, data) in enumerate(zip(models, datas)):
-                for _ in range(self.substeps):
-                    mujoco.mj_step1(model, data)
-                    data.ctrl[:] = U[b, t]
-                    mujoco.mj_step2(model, data)
-                X[b, t + 1], J[b, t + 1] = self._state(model, data, X[b, t])
-            if not np.all(np.isfinite(X[:, t + 1])):
-                self._diverged(conditions, ~np.all(np.isfinite(X[:, t + 1]), axis=-1), t + 1, "state")
+            reset = self._step(models, datas, live, X, J, U, t)
+            if len(live) < B:
+                X[held, t + 1], J[held, t + 1] = X[held, t], J[held, t]
+            # MuJoCo calls a value bad beyond mjMAXVAL; NaN fails the comparison too.
+            bad = ~np.all(np.abs(X[:, t + 1]) <= mujoco.mjMAXVAL, axis=-1) & ~held
+            if reset or bad.any():
+                cause[bad] = BAD_STATE
+                bad[reset] = True
+                cause[reset] = MUJOCO_RESET
+                diverged_at[bad] = t + 1
+                X[bad, t + 1], J[bad, t + 1] = X[bad, t], J[bad, t]
+                held |= bad
+                live = [b for b in live if not bad[b]]
             if progress is not None:
                 progress(t + 1, T)
-        # MuJoCo resets a diverging simulation instead of returning NaN and counts a
-        # warning; reading the counters is slow, so they are checked once per rollout.
-        unstable = np.array([any(d.warning[w].number for w in _DIVERGENCE_WARNINGS) for d in datas])
-        if unstable.any():
-            self._diverged(conditions, unstable, T - 1, "state (MuJoCo reset the simulation)")
+        self._confirm_with_warnings(datas, live, X, U, J, diverged_at, cause)
         if progress is not None:
             progress(T, T)
-        return Rollouts(X=X, U=U, ee_jac=J)
+        return Rollouts(X=X, U=U, ee_jac=J, diverged_at=diverged_at, cause=cause)
+
+    def _bad_actions(self, u: np.ndarray) -> np.ndarray:
+        """u: [B, dU] -> [B] True where an action is NaN or Inf, or one MuJoCo would reject."""
+        bad = ~np.all(np.isfinite(u), axis=-1)
+        if self._ctrl_range is not None:
+            bad |= np.any(np.abs(np.clip(u, *self._ctrl_range)) > mujoco.mjMAXVAL, axis=-1)
+        return bad
+
+    def _step(self, models, datas, live: list[int], X: np.ndarray, J: np.ndarray, U: np.ndarray, t: int) -> list[int]:
+        """Step the episodes `live` from t to t + 1 (rows t + 1 of X [B, T, dX], J [B, T, 3·S, nq]).
+
+        Returns the episodes MuJoCo reset on the way: a reset sets data.time back to 0, so the
+        time after the substeps falls short of (t + 1)·dt. Comparing it costs one attribute read
+        per episode, where the warning counters cost ten times more.
+        """
+        expected, reset = (t + 1) * self.dt, []
+        for b in live:
+            model, data = models[b], datas[b]
+            for _ in range(self.substeps):
+                mujoco.mj_step1(model, data)
+                data.ctrl[:] = U[b, t]
+                mujoco.mj_step2(model, data)
+            X[b, t + 1], J[b, t + 1] = self._state(model, data, X[b, t])
+            if abs(data.time - expected) > self._time_tolerance:
+                reset.append(b)
+        return reset
 
     @staticmethod
-    def _diverged(conditions: np.ndarray, bad: np.ndarray, t: int, what: str):
-        b = int(np.flatnonzero(bad)[0])
-        raise SimulationDiverged(b, int(conditions[b]), t, what)
+    def _confirm_with_warnings(datas, live, X, U, J, diverged_at, cause) -> None:
+        """Hold the episodes of `live` whose warning counters show a reset that the time missed.
+
+        A reset in the very first substep of the rollout leaves the time at dt as usual, so only
+        MuJoCo's counters see it; it spoiled x_1 on. The counters are read once per rollout.
+        """
+        for b in live:
+            if np.any(datas[b].warning.number[_DIVERGENCE_WARNINGS]):
+                diverged_at[b], cause[b] = 1, MUJOCO_RESET
+                X[b, 1:], J[b, 1:], U[b, 1:] = X[b, 0], J[b, 0], 0.0

@@ -17,9 +17,16 @@ def final_distance(X: np.ndarray, point_start: int, target: np.ndarray) -> np.nd
     return np.linalg.norm(X[:, -1, point_start : point_start + len(target)] - target, axis=-1)
 
 
-def success(distance: np.ndarray, threshold: float) -> np.ndarray:
-    """[M] 1.0 where the distance is strictly below the threshold, else 0.0."""
-    return (np.asarray(distance) < threshold).astype(float)
+def success(distance: np.ndarray, threshold: float, failed: np.ndarray | None = None) -> np.ndarray:
+    """[M] 1.0 where the distance is strictly below the threshold, else 0.0.
+
+    failed: optional [M] bool, rollouts that count as failures whatever their distance (a
+    diverged rollout's distance is that of its last good state, not of where it ended).
+    """
+    hits = np.asarray(distance) < threshold
+    if failed is not None:
+        hits &= ~np.asarray(failed, dtype=bool)
+    return hits.astype(float)
 
 
 def success_table(rates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -136,35 +136,39 @@ def sample(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """Draw N samples per condition and evaluate their costs and cost expansions."""
+    import zlib
+
     from gps_core.costs import build_cost, expand_cost
     from gps_core.noise import smoothed_noise
-    from gps_core.sampling import rollout_controllers, rollout_policy
+    from gps_core.sampling import controller_episodes, draw_samples, policy_episodes, redraw_summary
     from stages.artifacts import load_controllers, load_policy
 
     params = cfg.load_params(params_path)
     agent = cfg.get(params, "agent")
     sim = cfg.make_simulator(params)
     M, N, T = sim.M, int(agent["num_samples"]), int(agent["T"])
-    rng = cfg.stage_rng(params, iteration, "sample")
-    noise = smoothed_noise(
-        rng,
-        (M, N, T, sim.dU),
-        smooth=bool(agent["smooth_noise"]),
-        sigma=float(agent["smooth_noise_var"]),
-        renormalize=bool(agent["smooth_noise_renormalize"]),
-    )
+    noise_settings = dict(smooth=bool(agent["smooth_noise"]), sigma=float(agent["smooth_noise_var"]),
+                          renormalize=bool(agent["smooth_noise_renormalize"]))
+    noise = smoothed_noise(cfg.stage_rng(params, iteration, "sample"), (M, N, T, sim.dU), **noise_settings)
+    seed = int(cfg.get(params, "seed"))
+
+    def redraw_noise(m: int, n: int, a: int) -> np.ndarray:
+        """Noise [T, dU] of draw a >= 1 of sample (m, n), from its own generator: the same whatever else diverged."""
+        rng = np.random.default_rng([seed, iteration, zlib.crc32(b"sample"), m, n, a])
+        return smoothed_noise(rng, (T, sim.dU), **noise_settings)
+
     on_policy = bool(cfg.get(params, "algorithm.sample_on_policy")) and iteration > 0
     if on_policy:
         known = {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
-        net = load_policy(policy, known, hidden=cfg.get(params, "policy.hidden"))
-        with progress_bar(f"sample {iteration}: {M}x{N} policy rollouts, time step") as progress:
-            rollouts = rollout_policy(sim, net, noise, int(agent["obs_dim"]), progress)
+        run = policy_episodes(sim, load_policy(policy, known, hidden=cfg.get(params, "policy.hidden")), int(agent["obs_dim"]))
     else:
         known = {"M": (M, "conditions in params"), "T": (T, "agent.T in params"),
                  "dX": (sim.dX, "states of the model"), "dU": (sim.dU, "actions of the model")}
-        pols = load_controllers(controllers, known)
-        with progress_bar(f"sample {iteration}: {M}x{N} controller rollouts, time step") as progress:
-            rollouts = rollout_controllers(sim, pols, noise, progress)
+        run = controller_episodes(sim, load_controllers(controllers, known))
+    max_draws = int(agent["max_draws"]) if agent["on_divergence"] == "redraw" else None
+    with progress_bar(f"sample {iteration}: {M}x{N} {'policy' if on_policy else 'controller'} rollouts, time step") as progress:
+        drawn = draw_samples(run, noise, redraw_noise, max_draws, progress)
+    rollouts, noise = drawn.rollouts, drawn.noise
     X, U, J = rollouts.X, rollouts.U, rollouts.ee_jac
     cost = build_cost(cfg.get(params, "cost"))
     terms = cost.evaluate(X.reshape(M * N, T, -1), U.reshape(M * N, T, -1), J.reshape(M * N, T, *J.shape[3:]))
@@ -174,6 +178,7 @@ def sample(
         "U": U,
         "obs": X[..., : int(agent["obs_dim"])],
         "noise": noise,
+        "draws": drawn.draws,
         "ee_jac": J,
         "cost": terms.l.reshape(M, N, T),
         "Cm": expansion.Cm,
@@ -181,6 +186,9 @@ def sample(
         "cc": expansion.cc,
     }
     write_artifact(out, "sample", iteration, cfg.stage_params(params, "sample"), data, {"on_policy": on_policy})
+    redrawn = redraw_summary(drawn.draws)
+    if redrawn:
+        _log(f"iteration {iteration}: {redrawn}")
     _log(f"iteration {iteration}: mean sample cost {data['cost'].sum(-1).mean():.3f} ({'policy' if on_policy else 'controllers'})")
 
 
@@ -549,11 +557,15 @@ def evaluate(
     step_mult = load_step(step, {"M": known["M"]})
     net = load_policy(policy, {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": known["dU"]},
                       hidden=cfg.get(params, "policy.hidden"))
-    r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]))
-    X, U = r.X[:, 0], r.U[:, 0]
+    stop = agent["on_divergence"] == "stop"
+    r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]), stop=stop)
+    X, U, diverged_at = r.X[:, 0], r.U[:, 0], r.diverged_at[:, 0]
+    diverged = diverged_at >= 0
+    # A diverged rollout holds its last good state, so its distance is that state's; it fails regardless.
     dist = final_distance(X, int(ev["point_start"]), np.asarray(ev["target"], dtype=float))
     sample_cost = sdata["cost"].sum(-1).mean(-1)
-    write_artifact(out, "evaluate", iteration, cfg.stage_params(params, "evaluate"), {"X": X, "U": U, "final_distance": dist})
+    write_artifact(out, "evaluate", iteration, cfg.stage_params(params, "evaluate"),
+                   {"X": X, "U": U, "final_distance": dist, "diverged": diverged, "diverged_at": diverged_at})
     per_cond = lambda a: {f"c{m}": float(v) for m, v in enumerate(a)}  # noqa: E731
     result = {
         "iteration": iteration + 1,
@@ -569,13 +581,17 @@ def evaluate(
             "kl": per_cond(cdata["kl"]),
             "eta": per_cond(cdata["eta"]),
             "step_mult": per_cond(step_mult),
+            "diverged": {f"c{m}": bool(v) for m, v in enumerate(diverged)},
         },
     }
     for tau in ev.get("success_thresholds", []):
-        hits = success(dist, float(tau))
+        hits = success(dist, float(tau), failed=diverged)
         result[f"success_{tau:g}"] = float(hits.mean())
         result["per_condition"][f"success_{tau:g}"] = per_cond(hits)
     write_json(metrics, result)
+    if diverged.any():
+        _log(f"iteration {iteration}: the policy's rollout diverged (counted as failed) in "
+             + ", ".join(f"condition {m} at t={diverged_at[m]}" for m in np.flatnonzero(diverged)))
     _log(f"iteration {iteration}: final distance {np.array2string(dist, precision=3)} (mean {dist.mean():.3f})")
 
 

@@ -35,6 +35,7 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
     "noise": ("M,N,T,dU",),
     "ee_jac": ("M,N,T,3S,nq",),
     "cost": ("M,N,T",),
+    "draws": ("M,N",),
     "Cm": ("M,T,D,D",),
     "cv": ("M,T,D",),
     "cc": ("M,T",),
@@ -61,6 +62,7 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
     "kl": ("M", "J,M"),
     "converged": ("M", "J,M"),
     "dual_iterations": ("M", "J,M"),
+    "safeguard": ("M", "J,M"),
     # step
     "step_mult": ("M",),
     "J_prev": ("M",),
@@ -70,6 +72,8 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
     "actual_improvement": ("M",),
     # eval
     "final_distance": ("M",),
+    "diverged": ("M",),
+    "diverged_at": ("M",),
     # BADMM: duals.h5 and inner.h5 (J inner iterations)
     "lam_k": ("M,T,dU", "J,M,T,dU"),
     "lam_K": ("M,T,dU,dX",),

@@ -132,6 +132,8 @@ SCHEMA: dict[str, Any] = {
         "smooth_noise": Field("bool"),
         "smooth_noise_var": Field("float", gt=0),
         "smooth_noise_renormalize": Field("bool"),
+        "on_divergence": Field("choice", choices=("redraw", "stop")),
+        "max_draws": Field("int", lo=1),
         "obs_dim": Field("int", lo=1),
         "qpos0": Field("matrix"),
         "body_offsets": Field("matrix", optional=True),

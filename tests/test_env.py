@@ -4,7 +4,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from gps_core.env import Simulator, model_path
+from gps_core.env import BAD_ACTION, Simulator, model_path
 
 
 def sim_at(*starts):
@@ -76,5 +76,7 @@ def test_rollouts_are_deterministic_and_nan_is_reported():
     a = push(sim, [0.3, -0.2], T=30)
     b = push(sim, [0.3, -0.2], T=30)
     np.testing.assert_array_equal(a.X, b.X)
-    with pytest.raises(FloatingPointError, match="condition 0"):
-        sim.rollout(np.array([0]), lambda t, x: np.full((1, 2), np.nan), 5)
+    assert list(a.diverged_at) == [-1, -1]
+    # A NaN action is reported, not raised (tests/test_rollout_faults.py has the rest).
+    r = sim.rollout(np.array([0]), lambda t, x: np.full((1, 2), np.nan), 5)
+    assert list(r.diverged_at) == [0] and list(r.cause) == [BAD_ACTION] and not r.U.any()

@@ -78,7 +78,7 @@ def test_lists_every_dataset_of_every_kind(data, name, stage, iteration):
     lines = out.splitlines()
     for dataset, shape in shapes.items():  # recursively through groups (prior/..., policy/..., adam/...)
         row = next(line for line in lines if line.split()[:1] == [dataset])
-        assert str(shape) in row and ("float64" in row or "int64" in row or "bool" in row)
+        assert str(shape) in row and ("float64" in row or "int64" in row or "int8" in row or "bool" in row)
         assert row.rstrip().endswith(" 0"), f"no NaN/Inf expected: {row}"
 
 

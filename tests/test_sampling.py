@@ -53,3 +53,7 @@ def test_diverging_sample_is_named_by_condition_and_sample():
     bad = LinearGaussianPolicy(K=np.zeros((T, 2, 10)), k=bad_k, covar=good.covar)
     with pytest.raises(FloatingPointError, match=r"condition 1, sample 0, at or before t=5"):
         rollout_controllers(sim(), [good, bad], np.zeros((2, 3, T, 2)))
+    # stop=False: every sample of condition 1 is reported at t=5, held there with zero actions.
+    r = rollout_controllers(sim(), [good, bad], np.zeros((2, 3, T, 2)), stop=False)
+    np.testing.assert_array_equal(r.diverged_at, [[-1, -1, -1], [5, 5, 5]])
+    assert r.X.shape == (2, 3, T, 10) and np.isfinite(r.X).all() and not r.U[1, :, 5:].any()
