@@ -154,23 +154,35 @@ def gmms_to_datasets(prefix: str, gmms: list) -> dict[str, np.ndarray]:
     }
 
 
+def gmm_names(prefix: str) -> tuple[str, str, str, str]:
+    """The datasets of the per-condition GMMs stored under `prefix`: mu, sigma, logmass, n_init."""
+    return f"{prefix}/gmm_mu", f"{prefix}/gmm_sigma", f"{prefix}/gmm_logmass", f"{prefix}/gmm_n_init"
+
+
 def check_gmms(path: str, data: dict[str, Any], prefix: str, known: Known) -> None:
-    """The stored GMMs (if any): [M,K,E], [M,K,E,E] positive definite, [M,K], [M] integers >= 0."""
-    names = [f"{prefix}/gmm_{x}" for x in ("mu", "sigma", "logmass", "n_init")]
-    if not any(n in data for n in names):
-        return
-    mu, sigma, logmass, n_init = names
+    """The stored GMMs: [M,K,E], [M,K,E,E] positive definite, [M,K], [M] integers >= 0.
+
+    All four datasets are required: every stage that writes a prior writes its GMMs, and a file
+    given as a prior without them must not pass for "no prior yet" (that is what leaving out
+    --prev means).
+    """
+    mu, sigma, logmass, n_init = gmm_names(prefix)
     _check(path, data, {mu: "M,K,E", sigma: "M,K,E,E", logmass: "M,K", n_init: ("M", "int")}, known)
     check_covariance(np.asarray(data[sigma]), path, sigma)
     _positive(path, np.asarray(data[n_init]), n_init, strict=False)
 
 
-def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int) -> list:
-    """Per-condition GMMs (None where the file has none). Imports scipy via gps_core.gmm."""
+def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int, path: str = "") -> list:
+    """Per-condition GMMs of datasets that check_gmms has checked. Imports scipy via gps_core.gmm.
+
+    A missing dataset is an error, never "no GMM": the loaders (load_dynamics_prior,
+    load_policy_lin_prior) report it with the file's name first.
+    """
     from gps_core.gmm import GMM
 
-    if f"{prefix}/gmm_mu" not in data:
-        return [None] * M
+    for name in gmm_names(prefix):
+        if name not in data:
+            raise UserError(f"{path + ': ' if path else ''}dataset {name!r} is missing")
     return [
         GMM(
             mu=data[f"{prefix}/gmm_mu"][m],
@@ -261,6 +273,10 @@ def check_policy(
         raise UserError(f"{path}: attribute 'normalised' is missing")
     if f"policy/W{n}" in data:
         raise UserError(f"{path}: dataset 'policy/W{n}' is present but attribute 'n_layers' is {n}")
+    # Without adam_step the Adam state would be taken as absent (a fresh optimiser), so its datasets without it are an error.
+    adam = sorted(name for name in data if name.startswith("adam/"))
+    if adam and "adam_step" not in attrs:
+        raise UserError(f"{path}: dataset {adam[0]!r} is present but attribute 'adam_step' is missing")
     symbols = ["dO", *(f"h{i}" for i in range(1, n)), "dU"]
     spec: dict[str, str | tuple[str, str]] = {}
     for i in range(n):
@@ -345,7 +361,10 @@ def load_dynamics(path, known: Known | None = None) -> list[Dynamics]:
 
 
 def load_dynamics_prior(path, known: Known | None = None) -> dict[str, np.ndarray]:
-    """The prior part of a dynamics file: buffer prior/X [M,Nb,T,dX], prior/U [M,Nb,T,dU] and the GMM over [x; u; x']."""
+    """The prior part of a dynamics file: buffer prior/X [M,Nb,T,dX], prior/U [M,Nb,T,dU] and the GMM over [x; u; x'].
+
+    Every one of them is required (a file given as --prev is never "no prior").
+    """
     data = read_artifact(path)[0]
     sizes = _check(str(path), data, {"prior/X": "M,Nb,T,dX", "prior/U": "M,Nb,T,dU"}, known)
     width = 2 * sizes["dX"] + sizes["dU"]
@@ -355,7 +374,7 @@ def load_dynamics_prior(path, known: Known | None = None) -> dict[str, np.ndarra
 
 
 def load_policy_lin_prior(path, known: Known) -> dict[str, np.ndarray]:
-    """The GMM over [x; u] of a policy_lin file (known must give M, dX and dU)."""
+    """The GMM over [x; u] of a policy_lin file, required (known must give M, dX and dU)."""
     data = read_artifact(path)[0]
     check_gmms(str(path), data, "prior", {"M": known["M"], "E": (known["dX"][0] + known["dU"][0], "dX + dU, " + known["dX"][1])})
     return data

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from stages.h5io import UserError
+from stages.model_check import check_model_consistency
 from stages.schema import validate_params
 
 # The params each stage reads (top-level keys or dotted paths). dvc.yaml lists the
@@ -37,6 +38,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
+    """params.yaml, checked against the schema and then against the model of agent.task (one-line UserError)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: params file not found")
@@ -45,6 +47,8 @@ def load_params(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     validate_params(params, str(path))
+    # After the schema, so that the sizes compared are known to be integers and lists.
+    check_model_consistency(params, str(path))
     return params
 
 

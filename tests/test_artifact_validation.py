@@ -257,6 +257,8 @@ BAD_INPUTS = [
     ("policy", "adam_negative", set_dataset("adam/exp_avg_sq1", first(-1.0)),
      ["dataset 'adam/exp_avg_sq1' has an entry -1, expected every entry >= 0"]),
     ("policy", "adam_step", set_attr("adam_step", -3), ["attribute 'adam_step' is -3, expected an integer >= 0"]),
+    ("policy", "adam_without_step", del_attr("adam_step"),
+     ["dataset 'adam/exp_avg0' is present but attribute 'adam_step' is missing"]),
     ("policy", "other_dO", both(set_dataset("policy/W0", lambda a: a[:, :-1]), set_dataset("policy/obs_scale", lambda a: a[:-1]),
                                 set_dataset("policy/obs_bias", lambda a: a[:-1])),
      ["dataset 'policy/W0' has shape (40, 9), expected [h1,dO] with dO = 10 (as in", "x.h5)"]),
@@ -291,6 +293,10 @@ BAD_INPUTS = [
     ("dyn_prior", "prior_dX", set_dataset("prior/X", lambda a: a[..., :-1]),
      ["dataset 'prior/X' has shape (2, 3, 30, 9), expected [M,Nb,T,dX] with dX = 10 (as in"]),
     ("dyn_prior", "gmm_missing", delete("prior/gmm_logmass"), ["dataset 'prior/gmm_logmass' is missing"]),
+    # a --prev file without its GMM is an error, not "no prior yet" (that is leaving out --prev)
+    ("dyn_prior", "no_gmm", both(*(delete(f"prior/gmm_{x}") for x in ("mu", "sigma", "logmass", "n_init"))),
+     ["dataset 'prior/gmm_mu' is missing"]),
+    ("dyn_prior", "no_prior", delete("prior"), ["dataset 'prior/X' is missing"]),
     ("dyn_prior", "gmm_width", set_dataset("prior/gmm_mu", lambda a: a[..., :-1]),
      ["dataset 'prior/gmm_mu' has shape (2, 2, 21), expected [M,K,E] with E = 22 (2 dX + dU"]),
     ("dyn_prior", "gmm_n_init_float", set_dataset("prior/gmm_n_init", lambda a: a.astype(float)),
@@ -301,6 +307,8 @@ BAD_INPUTS = [
     ("lin_prior", "gmm_width", set_dataset("prior/gmm_sigma", lambda a: a[..., 1:, 1:]),
      ["dataset 'prior/gmm_sigma' has shape (2, 2, 11, 11), expected [M,K,E,E] with E = 12 (dX + dU, as in"]),
     ("lin_prior", "gmm_nan", set_dataset("prior/gmm_logmass", nan_first), ["dataset 'prior/gmm_logmass' contains NaN or Inf"]),
+    ("lin_prior", "no_prior", delete("prior"), ["dataset 'prior/gmm_mu' is missing"]),
+    ("lin_prior", "no_gmm_sigma", delete("prior/gmm_sigma"), ["dataset 'prior/gmm_sigma' is missing"]),
     # the C-step's policy_lin.h5 and previous controllers (eta)
     ("policy_lin", "other_M", both(*(set_dataset(n, lambda a: a[:1]) for n in ("K", "k", "pol_covar"))),
      ["dataset 'K' has shape (1, 30, 2, 10), expected [M,T,dU,dX] with M = 2 (as in"]),
@@ -469,3 +477,37 @@ def test_evaluate_checks_its_inputs_before_writing(run0, init_dir, tmp_path, kin
     assert message.startswith(f"gps evaluate: error: {bad}: ") and words in message, message
     assert not out.exists() and not metrics.exists()
 
+
+
+WRONG_FILES = [
+    # (reading command's input kind, the file of another stage given for it, the dataset it lacks)
+    ("dyn_prior", "x.h5", "prior/X"),  # samples instead of the previous dynamics
+    ("lin_prior", "new.h5", "prior/gmm_mu"),  # the C-step's controllers instead of the previous policy_lin.h5
+    ("prev_controllers", "lin.h5", "eta"),  # a linearisation has no eta to warm-start the dual search
+]
+
+
+@pytest.mark.parametrize("kind,source,dataset", WRONG_FILES, ids=[w[0] for w in WRONG_FILES])
+def test_a_given_file_without_the_datasets_read_is_an_error(run0, init_dir, tmp_path, kind, source, dataset):
+    """Another stage's file in place of a prior or an eta source: one line naming it and the dataset, exit 2."""
+    bad = run0 / source
+    out = tmp_path / "out" / "result.h5"
+    result = run_bad(kind, bad, run0, init_dir, out)
+    message = result.output.strip()
+    assert result.exit_code == 2 and "\n" not in message, message + repr(result.exception)
+    assert message.endswith(f": error: {bad}: dataset {dataset!r} is missing"), message
+    assert not out.exists()
+
+
+def test_badmm_inner_reads_the_policy_prior_only_from_a_file_that_has_it(run0):
+    """badmm-inner's --policy-lin GMMs (the refits' warm start) go through the same required loader."""
+    from stages.artifacts import gmms_from_datasets, known_from, load_policy_lin_prior, load_samples
+    from stages.h5io import UserError, read_artifact
+
+    _, sizes = load_samples(run0 / "x.h5")
+    known = known_from(sizes, run0 / "x.h5")
+    assert len(gmms_from_datasets("prior", load_policy_lin_prior(run0 / "lin.h5", known), sizes["M"])) == sizes["M"]
+    with pytest.raises(UserError, match=f"^{run0 / 'new.h5'}: dataset 'prior/gmm_mu' is missing$"):
+        load_policy_lin_prior(run0 / "new.h5", known)
+    with pytest.raises(UserError, match=f"^{run0 / 'new.h5'}: dataset 'prior/gmm_mu' is missing$"):
+        gmms_from_datasets("prior", read_artifact(run0 / "new.h5")[0], sizes["M"], str(run0 / "new.h5"))

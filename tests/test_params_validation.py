@@ -50,6 +50,17 @@ CASES = [
     (edit("traj_opt", DELETE), ["missing key", "traj_opt"]),
     (edit("seed", 1.5), ["seed", "1.5", "an integer"]),
     (edit("policy.lr", float("nan")), ["policy.lr", "nan"]),
+    (edit("agent.on_divergence", "retry"), ["agent.on_divergence", "retry", "redraw, stop"]),
+    (edit("agent.max_draws", 0), ["agent.max_draws", "0", ">= 1"]),
+    (edit("agent.max_draws", DELETE), ["missing key", "agent.max_draws"]),
+    # settings that pass the schema but not the task's model (stages/model_check.py; more in test_model_consistency.py)
+    (edit("agent.qpos0", [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]),
+     ["agent.qpos0[0] is [0.0, 1.0, 2.0] (3 entries)", "expected 2 entries", "(nq)", "obstacle.xml"]),
+    (edit("agent.obs_dim", 12), ["agent.obs_dim is 12", "expected at most 10", "(dX)"]),
+    (edit("cost.0.start", 10), ["cost[0].start is 10", "x[10:12]", "at most 8"]),
+    (edit("evaluation.target", [3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]), ["evaluation.point_start is 4 with 7 target entries"]),
+    (edit("agent.substeps", 10), ["agent.dt is 0.05", "expected 0.1 = agent.substeps (10)"]),
+    (edit("agent.task", "peg_blind"), ["agent.qpos0[0]", "expected 7 entries", "peg.xml (agent.task peg_blind)"]),
 ]
 
 
