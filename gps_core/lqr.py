@@ -579,9 +579,10 @@ def mdgps_backward_batched(
             delta[pending] *= 2.0
             hopeless = pending[eta[pending] >= eta_limit]
             if hopeless.size:
+                limit = f"{eta_limit:.0e}".replace("e+", "e")  # 1e16, as the reference says it
                 raise HopelessConditions(
                     int(conditions[hopeless[0]]),
-                    f"Q_uu stayed non-positive-definite while eta was raised to {eta_limit:g} "
+                    f"Q_uu stayed non-positive-definite while eta was raised to {limit} "
                     "(the fitted dynamics or the policy linearisation are numerically degenerate)",
                     hopeless,
                 )

@@ -226,3 +226,41 @@ assert "torch" not in sys.modules, "a stage other than the S-step imported torch
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def _unstable_dynamics(src: Path, dst: Path, factor: float) -> None:
+    """A copy of a real dynamics.h5 whose fitted state matrices are scaled by `factor` (growth factor^T)."""
+    import shutil
+
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        Fm = f["Fm"][()]
+        Fm[..., :dX] *= factor
+        f["Fm"][...] = Fm
+
+
+@pytest.mark.parametrize("on_fault", ["recover", "abort"])
+def test_c_step_on_an_unstable_fitted_model_recovers_or_aborts_as_set(run_dir, tmp_path, on_fault):
+    params = small_params()
+    params["traj_opt"]["on_fault"] = on_fault
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    itr, init = run_dir / "itr_00", run_dir / "init"
+    _unstable_dynamics(itr / "dynamics.h5", tmp_path / "dynamics.h5", 4.0)
+    out = tmp_path / "c.h5"
+    result = runner.invoke(app, [str(a) for a in [
+        "c-step", "-i", 0, "--params", tmp_path / "params.yaml", "--samples", itr / "samples.h5", "--dynamics",
+        tmp_path / "dynamics.h5", "--policy-lin", itr / "policy_lin.h5", "--step", init / "step.h5",
+        "--prev-controllers", init / "controllers.h5", "--out", out]])
+    if on_fault == "abort":
+        assert result.exit_code == 2 and not out.exists()
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("gps c-step: error: condition ")
+        assert "Q_uu stayed non-positive-definite while eta was raised to 1e16" in lines[0]
+        return
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as f:
+        safeguard, kl, bound = f["safeguard"][()], f["kl"][()], f["kl_step"][()]
+        assert json.loads(f.attrs["safeguard_names"]) == ["none", "relative_coordinates", "kl_reference"]
+    assert np.all(safeguard == 1) and np.all(np.abs(kl - bound) < 0.1 * bound)
+    logged = [line for line in result.stderr.splitlines() if "safeguard" in line]
+    assert len(logged) == 1 and all(f"condition {m}: solved relative to the KL reference" in logged[0] for m in range(M))
