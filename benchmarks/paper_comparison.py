@@ -144,29 +144,41 @@ def cmd_run(args) -> None:
                   f"in {res.get('seconds', '?')} s{extra}", flush=True)
 
 
-def _safeguards(run_dir: Path) -> dict[str, int]:
-    """What the safeguards did in one run, counted from its artifacts."""
+def safeguard_events(run_dir: Path) -> list[tuple[int, str, str]]:
+    """(iteration, stage, what) of every place a safeguard acted in one run, in order, from its artifacts:
+    a C-step condition solved relative to π̄ or kept at π̄, a sample drawn again, an evaluation that diverged.
+    Up to the first of them the run is the one the reference's rules give; there they stop it."""
     import h5py
     import numpy as np
 
+    events = []
+    for itr_dir in sorted((run_dir / "data").glob("itr_*")):
+        k = int(itr_dir.name[4:])
+        if (itr_dir / "samples.h5").exists():
+            with h5py.File(itr_dir / "samples.h5", "r") as f:
+                if "draws" in f:
+                    for m, n in np.argwhere(f["draws"][()] > 1):
+                        events.append((k, "sample", f"condition {m} sample {n}: {int(f['draws'][m, n])} draws"))
+        if (itr_dir / "controllers.h5").exists():
+            with h5py.File(itr_dir / "controllers.h5", "r") as f:
+                if "safeguard" in f:
+                    names = json.loads(f.attrs["safeguard_names"])
+                    for m in np.flatnonzero(f["safeguard"][()]):
+                        events.append((k, "c-step", f"condition {m}: {names[int(f['safeguard'][m])]}"))
+        if (itr_dir / "eval.h5").exists():
+            with h5py.File(itr_dir / "eval.h5", "r") as f:
+                if "diverged" in f:
+                    for m in np.flatnonzero(f["diverged"][()]):
+                        events.append((k, "evaluate", f"condition {m} diverged at t={int(f['diverged_at'][m])}"))
+    return events
+
+
+def _safeguards(run_dir: Path) -> dict[str, int]:
+    """What the safeguards did in one run, counted by kind."""
     counts: Counter = Counter()
-    for path in sorted((run_dir / "data").glob("itr_*/controllers.h5")):
-        with h5py.File(path, "r") as f:
-            if "safeguard" in f:
-                codes = f["safeguard"][()]
-                names = json.loads(f.attrs["safeguard_names"])
-                for c in codes[codes > 0]:
-                    counts[f"c-step: {names[int(c)]}"] += 1
-    for path in sorted((run_dir / "data").glob("itr_*/samples.h5")):
-        with h5py.File(path, "r") as f:
-            if "draws" in f:
-                extra = f["draws"][()] - 1
-                counts["samples redrawn"] += int(np.count_nonzero(extra))
-                counts["extra draws"] += int(extra.sum())
-    for path in sorted((run_dir / "data").glob("itr_*/eval.h5")):
-        with h5py.File(path, "r") as f:
-            if "diverged" in f:
-                counts["evaluations diverged"] += int(np.count_nonzero(f["diverged"][()]))
+    for _, stage, what in safeguard_events(run_dir):
+        kind = what.split(": ")[-1] if stage == "c-step" else ("sample redrawn" if stage == "sample" else "evaluation diverged")
+        counts[f"{stage}: {kind}" if stage == "c-step" else kind] += 1
     return dict(counts)
 
 
@@ -175,7 +187,8 @@ def cmd_summary(args) -> None:
     status: dict[tuple[str, str], Counter] = defaultdict(Counter)
     acted: dict[tuple[str, str], Counter] = defaultdict(Counter)
     runs_acted: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    stopped = []
+    touched: Counter = Counter()
+    stopped, firsts = [], []
     for d in sorted(p for p in out.iterdir() if (p / "params.yaml").exists()):
         task, rest = d.name.split("_", 1) if not d.name.startswith("peg_blind") else ("peg_blind", d.name[10:])
         method = rest.rsplit("_s", 1)[0]
@@ -186,13 +199,22 @@ def cmd_summary(args) -> None:
         for what, n in _safeguards(d).items():
             acted[task, method][what] += n
             runs_acted[task, method][what] += n > 0
+        events = safeguard_events(d)
+        if events:
+            touched[task, method] += 1
+            k, stage, what = events[0]
+            firsts.append(f"{d.name}: first at iteration {k + 1} ({stage}, {what}); {len(events)} in all")
     kinds = sorted({w for c in acted.values() for w in c})
-    print("| task | method | runs | finished | " + " | ".join(kinds) + " |")
-    print("|---|---|---|---|" + "---|" * len(kinds))
+    print("| task | method | runs | finished | runs where a safeguard acted | " + " | ".join(kinds) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(kinds))
     for key in sorted(status):
         n = sum(status[key].values())
-        cells = [f"{acted[key][w]} in {runs_acted[key][w]} runs" if acted[key][w] else "0" for w in kinds]
-        print(f"| {key[0]} | {key[1]} | {n} | {status[key]['finished']} | " + " | ".join(cells) + " |")
+        cells = [f"{acted[key][w]} in {runs_acted[key][w]} run{'s' if runs_acted[key][w] > 1 else ''}" if acted[key][w] else "0"
+                 for w in kinds]
+        print(f"| {key[0]} | {key[1]} | {n} | {status[key]['finished']} | {touched[key]} | " + " | ".join(cells) + " |")
+    print("\nwhere the reference's rules would have stopped each run (1-based iterations):")
+    for line in firsts:
+        print(line)
     for line in stopped:
         print(line)
 
