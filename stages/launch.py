@@ -72,11 +72,10 @@ def code_key(root: Path = ROOT) -> str:
             h.update(f"{entry}:{os.stat(entry).st_mtime_ns}\0".encode())
         except OSError:
             pass
-    for package in ("stages", "gps_core"):
-        for entry in sorted(os.scandir(root / package), key=lambda e: e.name):
-            if entry.name.endswith(".py"):
-                st = entry.stat()
-                h.update(f"{package}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+    for package in ("stages", "gps_core"):  # subpackages too (stages/steps)
+        for path in sorted((root / package).rglob("*.py")):
+            st = path.stat()
+            h.update(f"{path.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}\0".encode())
     return h.hexdigest()[:20]
 
 

@@ -199,7 +199,11 @@ def test_a_code_change_gives_another_worker(tmp_path):
     edited = launch.code_key(tmp_path)
     assert edited != before
     (tmp_path / "stages" / "b.py").write_text("")
-    assert launch.code_key(tmp_path) not in (before, edited)
+    added = launch.code_key(tmp_path)
+    assert added not in (before, edited)
+    (tmp_path / "stages" / "steps").mkdir()  # a module of a subpackage counts too
+    (tmp_path / "stages" / "steps" / "c.py").write_text("")
+    assert launch.code_key(tmp_path) not in (before, edited, added)
 
 
 def test_an_idle_worker_exits_and_removes_its_socket(ws, wdir):

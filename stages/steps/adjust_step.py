@@ -1,0 +1,66 @@
+"""`gps adjust-step`: new step multipliers from predicted against actual improvement (MDGPS rules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from stages import config as cfg
+from stages.cli import ItrOpt, ParamsOpt, log, stage_command
+from stages.h5io import write_artifact
+
+
+@stage_command("adjust-step")
+def adjust_step(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    prev_samples: Path = typer.Option(..., "--prev-samples"),
+    prev_dynamics: Path = typer.Option(..., "--prev-dynamics"),
+    prev_policy_lin: Path = typer.Option(..., "--prev-policy-lin"),
+    prev_controllers: Path = typer.Option(..., "--prev-controllers", help="previous C-step output"),
+    prev_step: Path = typer.Option(..., "--prev-step"),
+    samples: Path = typer.Option(..., "--samples"),
+    dynamics: Path = typer.Option(..., "--dynamics"),
+    policy_lin: Path = typer.Option(..., "--policy-lin"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """New step multipliers from predicted vs actual improvement (classic or global rule)."""
+    from gps_core.mdgps import step_estimates
+    from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
+
+    params = cfg.load_params(params_path)
+    alg = cfg.get(params, "algorithm")
+    sdata_prev, sizes = load_samples(prev_samples)
+    known = known_from(sizes, prev_samples)  # every other file must describe the same problem
+    cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
+    dyn_prev, dyn_cur = load_dynamics(prev_dynamics, known), load_dynamics(dynamics, known)
+    lin_prev, lin_cur = load_controllers(prev_policy_lin, known), load_controllers(policy_lin, known)
+    new_prev = load_controllers(prev_controllers, known)
+    step_prev = load_step(prev_step, known)
+    rows = step_rows([
+        step_estimates(alg["step_rule"], lin_prev[m], new_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m])
+        for m in range(len(new_prev))
+    ], step_prev, alg)
+    write_artifact(out, "adjust_step", iteration, cfg.stage_params(params, "adjust_step"), rows)
+    log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
+
+
+def step_rows(estimates: list, step_prev: np.ndarray, alg: dict) -> dict[str, np.ndarray]:
+    """The step file's datasets [M] from each condition's cost estimates (MDGPS or BADMM rule) and the last step_mult."""
+    from gps_core.mdgps import new_step_mult
+
+    rows = {
+        "J_prev": np.array([e.prev for e in estimates]),
+        "J_predicted": np.array([e.predicted for e in estimates]),
+        "J_actual": np.array([e.actual for e in estimates]),
+        "predicted_improvement": np.array([e.predicted_improvement for e in estimates]),
+        "actual_improvement": np.array([e.actual_improvement for e in estimates]),
+    }
+    rows["step_mult"] = np.array([
+        new_step_mult(e.predicted_improvement, e.actual_improvement, float(step_prev[m]),
+                      float(alg["min_step_mult"]), float(alg["max_step_mult"]))
+        for m, e in enumerate(estimates)
+    ])
+    return rows

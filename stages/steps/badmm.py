@@ -1,0 +1,114 @@
+"""The BADMM baseline's steps: `gps badmm-adjust-step` and `gps badmm-inner` (algorithm.name: badmm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from stages import config as cfg
+from stages.cli import ItrOpt, ParamsOpt, log, stage_command
+from stages.h5io import write_artifact
+from stages.steps.adjust_step import step_rows
+
+
+@stage_command("badmm-adjust-step")
+def badmm_adjust_step(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    prev_samples: Path = typer.Option(..., "--prev-samples"),
+    prev_dynamics: Path = typer.Option(..., "--prev-dynamics"),
+    prev_policy_lin: Path = typer.Option(..., "--prev-policy-lin", help="the previous iteration's last linearisation (policy_lin_final.h5)"),
+    prev_prev_controllers: Path = typer.Option(..., "--prev-prev-controllers", help="the controllers that drew the previous iteration's samples"),
+    prev_controllers: Path = typer.Option(..., "--prev-controllers", help="the previous iteration's final controllers (they drew this iteration's samples)"),
+    prev_step: Path = typer.Option(..., "--prev-step"),
+    prev_duals: Path = typer.Option(..., "--prev-duals", help="the dual variables the previous iteration ended with (its ν weights the KL terms)"),
+    samples: Path = typer.Option(..., "--samples"),
+    dynamics: Path = typer.Option(..., "--dynamics"),
+    policy_lin: Path = typer.Option(..., "--policy-lin"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """BADMM step multipliers: Laplace cost plus ν-weighted KL to the policy linearisation, predicted vs actual."""
+    from gps_core.badmm import badmm_step_estimates
+    from stages.artifacts import (
+        costs_from_datasets, known_from, load_controllers, load_cost_models, load_duals, load_dynamics, load_samples, load_step,
+    )
+
+    params = cfg.load_params(params_path)
+    alg = cfg.get(params, "algorithm")
+    sdata_prev, sizes = load_samples(prev_samples)
+    known = known_from(sizes, prev_samples)  # every other file must describe the same problem
+    cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
+    dyn_prev, dyn_cur = load_dynamics(prev_dynamics, known), load_dynamics(dynamics, known)
+    lin_prev, lin_cur = load_controllers(prev_policy_lin, known), load_controllers(policy_lin, known)
+    pbar_prev, pbar = load_controllers(prev_prev_controllers, known), load_controllers(prev_controllers, known)
+    step_prev = load_step(prev_step, known)
+    pol_wt = load_duals(prev_duals, known).pol_wt
+    rows = step_rows([
+        badmm_step_estimates(pbar_prev[m], pbar[m], lin_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m], pol_wt[m])
+        for m in range(len(pbar))
+    ], step_prev, alg)
+    write_artifact(out, "badmm_adjust_step", iteration, cfg.stage_params(params, "badmm_adjust_step"), rows)
+    log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
+
+
+@stage_command("badmm-inner")
+def badmm_inner_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples", help="this iteration's samples and cost expansion"),
+    dynamics: Path = typer.Option(..., "--dynamics"),
+    policy_lin: Path = typer.Option(..., "--policy-lin", help="this iteration's policy linearisation (its GMMs warm-start the refits)"),
+    policy: Path = typer.Option(..., "--policy", help="global policy (and Adam state) to continue from"),
+    prev_controllers: Path = typer.Option(..., "--prev-controllers", help="the controllers that drew the samples: KL reference, η warm start"),
+    step: Path = typer.Option(..., "--step", help="step multipliers"),
+    duals: Path = typer.Option(..., "--duals", help="dual variables at the start of the iteration"),
+    controllers_out: Path = typer.Option(..., "--controllers-out", help="the last C-step's controllers"),
+    policy_out: Path = typer.Option(..., "--policy-out", help="the network after the last S-step, with its Adam state"),
+    duals_out: Path = typer.Option(..., "--duals-out"),
+    policy_lin_out: Path = typer.Option(..., "--policy-lin-out", help="the last linearisation and its GMMs"),
+    inner_out: Path = typer.Option(..., "--inner-out", help="per inner iteration: KL, eta, duals, residuals, S-step losses"),
+) -> None:
+    """All inner C/S alternations of one BADMM iteration: S-step, refit, dual step, C-step (ALGORITHM §10.2)."""
+    from stages.artifacts import (
+        controllers_to_datasets, costs_from_datasets, duals_to_datasets, gmms_from_datasets, gmms_to_datasets, known_from,
+        load_controllers, load_duals, load_dynamics, load_eta, load_policy_and_adam, load_policy_lin_prior, load_samples,
+        load_step, policy_to_datasets,
+    )
+    import json
+
+    from gps_core.lqr import SAFEGUARDS
+    from stages.badmm_inner import InnerLoop
+
+    params = cfg.load_params(params_path)
+    sdata, sizes = load_samples(samples)
+    known = known_from(sizes, samples)  # every other file must describe the same problem
+    prevs = load_controllers(prev_controllers, known)
+    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=cfg.get(params, "policy.hidden"))
+    step_mult = load_step(step, known)
+    loop = InnerLoop(
+        iteration=iteration, params=params, X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
+        dyns=load_dynamics(dynamics, known), prevs=prevs, eta=np.asarray(load_eta(prev_controllers, known), dtype=float),
+        kl_bounds=float(cfg.get(params, "algorithm.kl_step")) * np.asarray(step_mult, dtype=float) * sizes["T"],
+        duals=load_duals(duals, known), net=net, adam=adam,
+        gmms=gmms_from_datasets("prior", load_policy_lin_prior(policy_lin, known), sizes["M"]), log=log,
+    ).run()
+    sp = cfg.stage_params(params, "badmm_inner")
+    res = loop.result
+    cdata = controllers_to_datasets(loop.new)
+    cdata.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations,
+                 safeguard=np.max(loop.diag["safeguard"], axis=0))  # what acted in any inner C-step (inner.h5 has each)
+    write_artifact(controllers_out, "badmm_inner", iteration, sp, cdata, {"safeguard_names": json.dumps(SAFEGUARDS)})
+    pdata, pattrs = policy_to_datasets(loop.net, loop.adam, loop.losses)
+    write_artifact(policy_out, "badmm_inner", iteration, sp, pdata, pattrs)
+    write_artifact(duals_out, "badmm_inner", iteration, sp, duals_to_datasets(loop.duals),
+                   {"pol_wt_updated": loop.pol_wt_updated, "ent_reg": loop.ent_reg, "lg_step": loop.lg_step})
+    K, k, covar = loop.lin
+    ldata = {"K": K, "k": k, "pol_covar": covar, "U_pol": loop.U_pol}
+    ldata.update(gmms_to_datasets("prior", loop.gmms))
+    write_artifact(policy_lin_out, "badmm_inner", iteration, sp, ldata)
+    write_artifact(inner_out, "badmm_inner", iteration, sp, loop.diag, {"ent_reg": loop.ent_reg, "lg_step": loop.lg_step})
+    nu = loop.duals.pol_wt
+    log(f"iteration {iteration}: nu mean per condition {np.array2string(nu.mean(-1), precision=4)} "
+         f"(range {nu.min():.3g} .. {nu.max():.3g}){'' if loop.pol_wt_updated else ', not updated in this iteration'}")

@@ -1,0 +1,78 @@
+"""`gps evaluate`: one noise-free rollout of the global policy per condition, and the iteration's metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from stages import config as cfg
+from stages.cli import ItrOpt, ParamsOpt, log, stage_command
+from stages.h5io import write_artifact, write_json
+
+
+@stage_command("evaluate")
+def evaluate(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    policy: Path = typer.Option(..., "--policy"),
+    samples: Path = typer.Option(..., "--samples"),
+    controllers: Path = typer.Option(..., "--controllers", help="this iteration's C-step output"),
+    step: Path = typer.Option(..., "--step", help="this iteration's step multipliers"),
+    out: Path = typer.Option(..., "--out"),
+    metrics: Path = typer.Option(..., "--metrics"),
+) -> None:
+    """One noise-free rollout of the global policy per condition; distance to the target."""
+    from gps_core.sampling import rollout_policy
+    from gps_core.scoring import final_distance, success
+    from stages.artifacts import check_controller_stats, load_policy, load_samples, load_step
+
+    params = cfg.load_params(params_path)
+    agent, ev = cfg.get(params, "agent"), cfg.get(params, "evaluation")
+    sim = cfg.make_simulator(params)
+    T = int(agent["T"])
+    # Every input is read and checked before anything is simulated or written.
+    known = {"M": (sim.M, "conditions in params"), "T": (T, "agent.T in params"),
+             "dX": (sim.dX, "state of the model"), "dU": (sim.dU, "actions of the model")}
+    sdata, _ = load_samples(samples, known)
+    cdata = check_controller_stats(controllers, {"M": known["M"]})
+    step_mult = load_step(step, {"M": known["M"]})
+    net = load_policy(policy, {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": known["dU"]},
+                      hidden=cfg.get(params, "policy.hidden"))
+    stop = agent["on_divergence"] == "stop"
+    r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]), stop=stop)
+    X, U, diverged_at = r.X[:, 0], r.U[:, 0], r.diverged_at[:, 0]
+    diverged = diverged_at >= 0
+    # A diverged rollout holds its last good state, so its distance is that state's; it fails regardless.
+    dist = final_distance(X, int(ev["point_start"]), np.asarray(ev["target"], dtype=float))
+    sample_cost = sdata["cost"].sum(-1).mean(-1)
+    write_artifact(out, "evaluate", iteration, cfg.stage_params(params, "evaluate"),
+                   {"X": X, "U": U, "final_distance": dist, "diverged": diverged, "diverged_at": diverged_at})
+    per_cond = lambda a: {f"c{m}": float(v) for m, v in enumerate(a)}  # noqa: E731
+    result = {
+        "iteration": iteration + 1,
+        "final_distance": float(dist.mean()),
+        "sample_cost": float(sample_cost.mean()),
+        "kl": float(cdata["kl"].mean()),
+        "kl_bound": float(cdata["kl_step"].mean()),
+        "eta": float(np.exp(np.log(cdata["eta"]).mean())),
+        "step_mult": float(step_mult.mean()),
+        "per_condition": {
+            "final_distance": per_cond(dist),
+            "sample_cost": per_cond(sample_cost),
+            "kl": per_cond(cdata["kl"]),
+            "eta": per_cond(cdata["eta"]),
+            "step_mult": per_cond(step_mult),
+            "diverged": {f"c{m}": bool(v) for m, v in enumerate(diverged)},
+        },
+    }
+    for tau in ev.get("success_thresholds", []):
+        hits = success(dist, float(tau), failed=diverged)
+        result[f"success_{tau:g}"] = float(hits.mean())
+        result["per_condition"][f"success_{tau:g}"] = per_cond(hits)
+    write_json(metrics, result)
+    if diverged.any():
+        log(f"iteration {iteration}: the policy's rollout diverged (counted as failed) in "
+             + ", ".join(f"condition {m} at t={diverged_at[m]}" for m in np.flatnonzero(diverged)))
+    log(f"iteration {iteration}: final distance {np.array2string(dist, precision=3)} (mean {dist.mean():.3f})")

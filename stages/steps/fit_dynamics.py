@@ -1,0 +1,48 @@
+"""`gps fit-dynamics`: per-step linear-Gaussian dynamics with the GMM prior."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from stages import config as cfg
+from stages.cli import ItrOpt, ParamsOpt, stage_command
+from stages.h5io import write_artifact
+from stages.progress import progress_bar
+
+
+@stage_command("fit-dynamics")
+def fit_dynamics_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples"),
+    prev: Optional[Path] = typer.Option(None, "--prev", help="previous iteration's dynamics.h5 (prior buffer and GMM)"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Per-time-step linear-Gaussian dynamics with the GMM prior, and the initial-state Gaussian."""
+    from gps_core.dynamics import DynamicsPrior, fit_all_dynamics
+    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, known_from, load_dynamics_prior, load_samples
+
+    params = cfg.load_params(params_path)
+    dyn_params = cfg.get(params, "dynamics")
+    prior_cfg = cfg.prior_config(dyn_params["prior"])
+    sdata, sizes = load_samples(samples)
+    X, U = sdata["X"], sdata["U"]
+    M = X.shape[0]
+    priors: list[DynamicsPrior | None] = [None] * M
+    if prev is not None:
+        pdata = load_dynamics_prior(prev, known_from(sizes, samples))
+        gmms = gmms_from_datasets("prior", pdata, M)
+        priors = [DynamicsPrior(X=pdata["prior/X"][m], U=pdata["prior/U"][m], gmm=gmms[m]) for m in range(M)]
+    rng = cfg.stage_rng(params, iteration, "fit_dynamics")
+    with progress_bar(f"fit-dynamics {iteration}: GMM prior, condition", M) as progress:
+        new_priors, data = fit_all_dynamics(  # all conditions at once; same results as a loop over conditions
+            priors, X, U, prior_cfg, float(dyn_params["regularization"]), dyn_params["regularization_shape"],
+            float(cfg.get(params, "algorithm.initial_state_var")), rng, progress,
+        )
+    data.update({"prior/X": np.stack([p.X for p in new_priors]), "prior/U": np.stack([p.U for p in new_priors])})
+    data.update(gmms_to_datasets("prior", [p.gmm for p in new_priors]))
+    write_artifact(out, "fit_dynamics", iteration, cfg.stage_params(params, "fit_dynamics"), data)

@@ -1,0 +1,55 @@
+"""`gps init`: the initial local controllers, the untrained network and step multipliers of 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from stages import config as cfg
+from stages.cli import ParamsOpt, stage_command
+from stages.h5io import write_artifact
+
+
+@stage_command("init")
+def init(
+    params_path: Path = ParamsOpt,
+    controllers_out: Path = typer.Option(..., "--controllers-out"),
+    policy_out: Path = typer.Option(..., "--policy-out"),
+    step_out: Path = typer.Option(..., "--step-out"),
+    duals_out: Optional[Path] = typer.Option(None, "--duals-out", help="BADMM: also write the dual variables (λ = 0, ν = badmm.init_pol_wt)"),
+) -> None:
+    """Initial local controllers (init_lqr), untrained network, step multipliers of 1 (and BADMM's duals)."""
+    from gps_core.init_lqr import init_lqr
+    from gps_core.policy_net import init_policy
+    from stages.artifacts import controllers_to_datasets, policy_to_datasets
+
+    params = cfg.load_params(params_path)
+    sp = cfg.stage_params(params, "init" if duals_out is None else "init_badmm")
+    sim = cfg.make_simulator(params)
+    T = int(cfg.get(params, "agent.T"))
+    x0 = sim.initial_states()
+    lqr_cfg = cfg.init_lqr_config(params)
+    pols = [init_lqr(x0[m], sim.dU, T, lqr_cfg) for m in range(sim.M)]
+    data = controllers_to_datasets(pols)
+    data["eta"] = np.ones(sim.M)
+    data["x0"] = x0
+    write_artifact(controllers_out, "init", 0, sp, data)
+    pol = init_policy(
+        int(cfg.get(params, "agent.obs_dim")),
+        sim.dU,
+        tuple(int(h) for h in cfg.get(params, "policy.hidden")),
+        float(cfg.get(params, "policy.init_var")),
+        int(cfg.get(params, "policy.init_seed")),
+    )
+    pdata, pattrs = policy_to_datasets(pol, None, None)
+    write_artifact(policy_out, "init", 0, sp, pdata, pattrs)
+    write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})
+    if duals_out is not None:
+        from gps_core.badmm import init_duals
+        from stages.artifacts import duals_to_datasets
+
+        duals = init_duals(sim.M, T, sim.dU, sim.dX, cfg.badmm_config(params).init_pol_wt)
+        write_artifact(duals_out, "init", 0, sp, duals_to_datasets(duals))

@@ -1,0 +1,48 @@
+"""`gps s-step`: train the network on the local controllers' actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from stages import config as cfg
+from stages.cli import ItrOpt, ParamsOpt, log, stage_command
+from stages.h5io import write_artifact
+from stages.progress import progress_bar
+
+
+@stage_command("s-step")
+def s_step_cmd(
+    iteration: int = ItrOpt,
+    params_path: Path = ParamsOpt,
+    samples: Path = typer.Option(..., "--samples"),
+    controllers: Path = typer.Option(..., "--controllers", help="local controllers whose actions are the targets"),
+    policy: Path = typer.Option(..., "--policy", help="global policy (and Adam state) to continue from"),
+    out: Path = typer.Option(..., "--out"),
+    stream: str = typer.Option("s_step", "--stream", help="name of the random stream (catch_up for the iteration-0 catch-up)"),
+) -> None:
+    """Train the network on the local controllers' actions at the sampled states."""
+    from gps_core.mdgps import s_step_dataset
+    from gps_core.s_step import SStepConfig, train_policy
+    from stages.artifacts import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
+
+    params = cfg.load_params(params_path)
+    pcfg = cfg.get(params, "policy")
+    sdata, sizes = load_samples(samples)
+    pols = load_controllers(controllers, known_from(sizes, samples))
+    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=pcfg["hidden"])
+    obs, target, precision, weight = s_step_dataset(pols, sdata["X"], sdata["obs"])
+    scfg = SStepConfig(
+        iterations=int(pcfg["iterations"]),
+        batch_size=int(pcfg["batch_size"]),
+        lr=float(pcfg["lr"]),
+        weight_decay=float(pcfg["weight_decay"]),
+        ent_reg=float(pcfg["ent_reg"]),
+    )
+    rng = cfg.stage_rng(params, iteration, stream)
+    with progress_bar(f"{stream.replace('_', '-')} {iteration}: gradient step", scfg.iterations) as progress:
+        net, adam, losses = train_policy(net, adam, obs, target, precision, weight, scfg, rng, progress)
+    data, attrs = policy_to_datasets(net, adam, losses)
+    write_artifact(out, stream, iteration, cfg.stage_params(params, "s_step"), data, attrs)
+    log(f"iteration {iteration}: S-step loss {losses[:50].mean():.4f} -> {losses[-50:].mean():.4f}")
