@@ -72,14 +72,20 @@ class Row:
     problems: list[str] = field(default_factory=list)
 
 
-def _read_h5(path: Path, datasets: tuple[str, ...], attrs: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Some datasets and root attributes of an artifact (a UserError naming the file if it cannot be read)."""
+def _read_h5(path: Path, datasets: tuple[str, ...], attrs: tuple[str, ...] = (),
+             optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Some datasets and root attributes of an artifact (a UserError naming the file if it cannot be read).
+
+    `optional` datasets (those that runs from before issue 15 lack) are read where present."""
     with open_artifact(path) as f:
         out: dict[str, Any] = {}
         for name in datasets:
             if name not in f:
                 raise UserError(f"{path}: dataset {name!r} is missing")
             out[name] = np.asarray(f[name][()])
+        for name in optional:
+            if name in f:
+                out[name] = np.asarray(f[name][()])
         for name in attrs:
             if name in f.attrs:
                 v = f.attrs[name]
@@ -146,7 +152,7 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
     thresholds = _thresholds(params, metrics_all)
     algorithm = run_algorithm(data, params)
     columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds),
-               "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "time"]
+               "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "safeguards", "time"]
     first = init_files(algorithm)
     init_times = [(data / "init" / f).stat().st_mtime for f in first if (data / "init" / f).exists()]
     prev_end = max(init_times) if len(init_times) == len(first) else None
@@ -165,37 +171,47 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
     present = {name: (d / name).exists() for _, name in files}
     missing = [stage for stage, name in files if not present[name]]
     state = "done" if not missing else ("pending" if not any(present.values()) else f"next: {missing[0]}")
-    cells = {c: PENDING for c in ("drawn by", "cost", "dist", "KL/bound", "eta", "step_mult", "time")}
+    cells = {c: PENDING for c in ("drawn by", "cost", "dist", "KL/bound", "eta", "step_mult", "safeguards", "time")}
+    acted: list[str] = []  # what the numerical safeguards did in this iteration (README item 13)
     cells.update({f"succ<{t:g}": PENDING for t in thresholds})
     if algorithm == "badmm":
         cells["nu"] = PENDING
     row = Row(k, state, cells)
 
-    def read(name: str, datasets: tuple[str, ...], attrs: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    def read(name: str, datasets: tuple[str, ...], attrs: tuple[str, ...] = (),
+             optional: tuple[str, ...] = ()) -> dict[str, Any] | None:
         if not present.get(name, (d / name).exists()):
             return None
         try:
-            return _read_h5(d / name, datasets, attrs)
+            return _read_h5(d / name, datasets, attrs, optional)
         except UserError as exc:
             row.problems.append(str(exc))
             return None
 
-    samples = read("samples.h5", ("cost",), ("on_policy",))
+    samples = read("samples.h5", ("cost",), ("on_policy",), ("draws",))
+    if samples is not None and "draws" in samples and np.any(samples["draws"] > 1):
+        acted.append(f"{int(np.count_nonzero(samples['draws'] > 1))} redrawn")
     if samples is not None:
         cells["drawn by"] = "policy" if samples.get("on_policy") else "controllers"
         cells["cost"] = _g(float(samples["cost"].sum(-1).mean()))
     elif metrics is not None:
         cells["cost"] = _g(float(metrics["sample_cost"]))
-    ev = read("eval.h5", ("final_distance",))
+    ev = read("eval.h5", ("final_distance",), optional=("diverged",))
     dist = ev["final_distance"] if ev is not None else None
+    failed = ev["diverged"] if ev is not None and "diverged" in ev else np.zeros(0 if dist is None else len(dist), bool)
     if dist is None and metrics is not None:  # eval.h5 removed but metrics kept
         per = metrics.get("per_condition", {}).get("final_distance")
         dist = np.array(list(per.values())) if per else None
     if dist is not None:
         cells["dist"] = _g(float(np.mean(dist)))
-        for t in thresholds:
-            cells[f"succ<{t:g}"] = f"{int(np.sum(dist < t))}/{len(dist)}"
-    ctrl = read("controllers.h5", ("kl", "kl_step", "eta", "converged"))
+        for t in thresholds:  # a diverged evaluation is a failed condition, whatever its distance
+            hits = (dist < t) & ~failed if len(failed) == len(dist) else dist < t
+            cells[f"succ<{t:g}"] = f"{int(np.sum(hits))}/{len(dist)}"
+    ctrl = read("controllers.h5", ("kl", "kl_step", "eta", "converged"), optional=("safeguard",))
+    if ctrl is not None and "safeguard" in ctrl:
+        acted[:0] = [f"c{m}:{'rel' if ctrl['safeguard'][m] == 1 else 'kept'}" for m in np.flatnonzero(ctrl["safeguard"])]
+    if np.any(failed):
+        acted.append(",".join(f"c{m}" for m in np.flatnonzero(failed)) + " diverged")
     if ctrl is not None:
         star = "" if np.all(ctrl["converged"]) else "*"
         cells["KL/bound"] = f"{_g(float(ctrl['kl'].mean()))}/{_g(float(ctrl['kl_step'].mean()))}{star}"
@@ -211,6 +227,8 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
             cells["step_mult"] = " ".join(f"{v:.2g}" for v in mult)
         except UserError as exc:
             row.problems.append(str(exc))
+    if samples is not None or ctrl is not None or ev is not None:
+        cells["safeguards"] = " ".join(acted) or "none"
     times = [(d / name).stat().st_mtime for _, name in files if present[name]]
     end = max(times) if times else None
     if end is not None and prev_end is not None and end >= prev_end:
@@ -248,6 +266,10 @@ def status_text(data: Path, params_path: Path | None = None) -> str:
         lines.append(f"{PENDING} pending: the file it comes from is not written yet")
     if any("*" in r.cells["KL/bound"] for r in rows):
         lines.append("* the dual search of at least one condition did not converge")
+    if any(r.cells["safeguards"] not in (PENDING, "none") for r in rows):
+        lines.append("safeguards (README, item 13): cM:rel = condition M's C-step solved relative to the policy "
+                     "linearisation, cM:kept = it kept the KL reference; n redrawn = samples drawn again; "
+                     "cM,... diverged = those conditions' evaluation rollouts diverged (failed conditions)")
     for r in rows:
         lines += [f"itr_{r.iteration:02d}: unreadable: {p}" for p in r.problems]
     if not rows:

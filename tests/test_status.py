@@ -129,3 +129,27 @@ def test_missing_data_folder_is_one_line_exit_2(tmp_path):
     (tmp_path / "data").mkdir()
     code, _, err = status("--data", tmp_path / "data", "--params", tmp_path / "nope.yaml")
     assert code == 2 and "nope.yaml: params file not found" in err
+
+
+def test_safeguards_column_names_what_acted(run, tmp_path):
+    """A run where a C-step safeguard, a redraw and a diverged evaluation acted: the column says which, and a
+    diverged condition counts as failed however close it ended."""
+    ws = tmp_path / "ws"
+    shutil.copytree(run / "data", ws / "data")
+    one = ws / "data" / "itr_01"
+    with h5py.File(one / "controllers.h5", "r+") as f:
+        f["safeguard"][...] = np.array([1, 0], dtype=np.int8)
+    with h5py.File(one / "samples.h5", "r+") as f:
+        draws = f["draws"][()]
+        draws[1, 2] = 3
+        f["draws"][...] = draws
+    with h5py.File(one / "eval.h5", "r+") as f:
+        f["diverged"][...] = np.array([False, True])
+        f["final_distance"][...] = np.array([0.1, 0.1])  # both below 0.5; condition 1 must not count
+    code, out, _ = status("--data", ws / "data", "--params", run / "params.yaml")
+    assert code == 0, out
+    rows = table(out)
+    assert rows["00"]["safeguards"] == "none"
+    assert rows["01"]["safeguards"] == "c0:rel 1 redrawn c1 diverged"
+    assert rows["01"]["succ<0.5"] == "1/2"
+    assert "safeguards (README, item 13)" in out
