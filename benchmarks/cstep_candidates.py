@@ -36,7 +36,7 @@ from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
 
 def load_c_step(run: Path, itr: int):
     from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step
-    from stages.config import traj_opt_config
+    from stages.settings import Settings
 
     d = run / "data" / f"itr_{itr:02d}"
     prev = run / "data" / (f"itr_{itr - 1:02d}" if itr else "init")
@@ -46,7 +46,7 @@ def load_c_step(run: Path, itr: int):
     step_file = d / "step.h5" if itr else run / "data" / "init" / "step.h5"
     costs, dyns, lins = costs_from_datasets(sdata, "samples"), load_dynamics(d / "dynamics.h5", known), load_controllers(d / "policy_lin.h5", known)
     bounds = float(params["algorithm"]["kl_step"]) * np.asarray(load_step(step_file, known), dtype=float) * lins[0].T
-    return costs, dyns, lins, bounds, np.asarray(load_eta(prev / "controllers.h5", known), dtype=float), traj_opt_config(params)
+    return costs, dyns, lins, bounds, np.asarray(load_eta(prev / "controllers.h5", known), dtype=float), Settings.from_params(params).traj_opt
 
 
 def log10_growth(A: np.ndarray) -> float:

@@ -26,7 +26,7 @@ import numpy as np
 from gps_core import badmm
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.lqr import BatchCStepResult, Dynamics, QuadraticCost
-from stages import config as cfg
+from stages.settings import Settings
 
 
 def s_step_stream(inner: int) -> str:
@@ -42,7 +42,7 @@ class InnerLoop:
     """State and operations of one iteration's inner loop (a gps_core.badmm.InnerOps)."""
 
     iteration: int
-    params: dict[str, Any]
+    settings: Settings
     X: np.ndarray  # [M, N, T, dX]
     O: np.ndarray  # [M, N, T, dO]
     costs: Sequence[QuadraticCost]
@@ -63,15 +63,15 @@ class InnerLoop:
     result: BatchCStepResult | None = None  # the last C-step's
 
     def __post_init__(self) -> None:
-        self.bcfg = cfg.badmm_config(self.params)
-        iterations = int(cfg.get(self.params, "iterations"))
+        self.bcfg = self.settings.badmm
+        iterations = self.settings.iterations
         self.ent_reg = badmm.ent_reg_at(self.bcfg, self.iteration, iterations)
         self.lg_step = badmm.lg_step_at(self.bcfg, self.iteration, iterations)
-        self.prior_cfg = cfg.prior_config(cfg.get(self.params, "policy_prior"))
-        self.topt = cfg.traj_opt_config(self.params)
+        self.prior_cfg = self.settings.policy_prior
+        self.topt = self.settings.traj_opt
         M, N, T, _ = self.X.shape
         J, dU = self.bcfg.inner_iterations, self.duals.lam_k.shape[-1]
-        n_grad = int(cfg.get(self.params, "policy.iterations"))
+        n_grad = self.settings.policy.iterations
         self.diag = {  # inner.h5, one row per inner iteration
             "s_step": np.zeros(J, dtype=bool), "s_step_loss": np.zeros((J, n_grad)),
             "dual_step": np.zeros(J, dtype=bool), "policy_kl": np.zeros((J, M, T)),
@@ -88,14 +88,14 @@ class InnerLoop:
         from gps_core.s_step import SStepConfig, train_policy
         from stages.progress import progress_bar
 
-        pcfg = cfg.get(self.params, "policy")
+        pcfg = self.settings.policy
         pols = badmm.controller_for(step.inner, self.prevs, self.new)
         obs, target, precision, weight = badmm.s_step_dataset(pols, self.X, self.O, self.duals, self.bcfg.target_shift)
         scfg = SStepConfig(
-            iterations=int(pcfg["iterations"]), batch_size=int(pcfg["batch_size"]), lr=float(pcfg["lr"]),
-            weight_decay=float(pcfg["weight_decay"]), ent_reg=self.ent_reg,
+            iterations=pcfg.iterations, batch_size=pcfg.batch_size, lr=pcfg.lr,
+            weight_decay=pcfg.weight_decay, ent_reg=self.ent_reg,
         )
-        rng = cfg.stage_rng(self.params, self.iteration, s_step_stream(step.inner))
+        rng = self.settings.rng(self.iteration, s_step_stream(step.inner))
         with progress_bar(f"badmm s-step {self.iteration}.{step.inner}: gradient step", scfg.iterations) as progress:
             self.net, self.adam, self.losses = train_policy(self.net, self.adam, obs, target, precision, weight, scfg, rng, progress)
         self.diag["s_step"][step.inner] = True
@@ -108,7 +108,7 @@ class InnerLoop:
         from gps_core.policy_net import policy_mean
 
         self.U_pol = policy_mean(self.net, self.O)
-        rng = cfg.stage_rng(self.params, self.iteration, refit_stream(step.inner))
+        rng = self.settings.rng(self.iteration, refit_stream(step.inner))
         K, k, covar, self.gmms = fit_policy_linearisations(self.X, self.U_pol, self.net.var, self.gmms, self.prior_cfg, rng)
         self.lin = (K, k, covar)
 

@@ -1,12 +1,12 @@
-"""params.yaml: loading, per-stage subsets, and conversion to gps_core configs."""
+"""params.yaml: loading (validated against the schema and the model) and the params each stage reads.
+
+stages.settings turns the loaded dict into typed settings; this module keeps the dict-level work."""
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from stages.h5io import UserError
@@ -52,10 +52,6 @@ def load_params(path: str | Path) -> dict[str, Any]:
     return params
 
 
-def algorithm_name(params: dict[str, Any]) -> str:
-    """mdgps or badmm (params written before algorithm.name existed are MDGPS runs)."""
-    return str(params["algorithm"].get("name", "mdgps"))
-
 
 def get(params: dict[str, Any], dotted: str) -> Any:
     node: Any = params
@@ -69,70 +65,3 @@ def get(params: dict[str, Any], dotted: str) -> Any:
 def stage_params(params: dict[str, Any], stage: str) -> dict[str, Any]:
     """The params a stage reads, recorded in its artifacts."""
     return {key: get(params, key) for key in STAGE_PARAMS[stage]}
-
-
-def stage_rng(params: dict[str, Any], iteration: int, stage: str) -> np.random.Generator:
-    """Independent, reproducible generator per (seed, iteration, stage)."""
-    return np.random.default_rng([int(get(params, "seed")), iteration, zlib.crc32(stage.encode())])
-
-
-def make_simulator(params: dict[str, Any]):
-    from gps_core.env import Simulator, model_path
-
-    agent = get(params, "agent")
-    offsets = agent.get("body_offsets")
-    return Simulator(
-        model_path(agent["task"]),
-        np.asarray(agent["qpos0"], dtype=float),
-        dt=float(agent["dt"]),
-        substeps=int(agent["substeps"]),
-        body_offsets=None if offsets is None else np.asarray(offsets, dtype=float),
-    )
-
-
-def prior_config(section: dict[str, Any]):
-    from gps_core.dynamics import PriorConfig
-
-    return PriorConfig(
-        max_clusters=int(section["max_clusters"]),
-        min_samples_per_cluster=int(section["min_samples_per_cluster"]),
-        max_samples=int(section["max_samples"]),
-        strength=float(section.get("strength", 1.0)),
-    )
-
-
-def traj_opt_config(params: dict[str, Any]):
-    from gps_core.lqr import TrajOptConfig
-
-    section = get(params, "traj_opt")
-    return TrajOptConfig(
-        min_eta=float(section["min_eta"]),
-        max_eta=float(section["max_eta"]),
-        del0=float(section["del0"]),
-        max_iterations=int(section["max_iterations"]),
-        tolerance=float(section["tolerance"]),
-        on_fault=str(section["on_fault"]),
-    )
-
-
-def init_lqr_config(params: dict[str, Any]):
-    from gps_core.init_lqr import InitLQRConfig
-
-    section = get(params, "init_lqr")
-    gains = section.get("init_gains")
-    return InitLQRConfig(
-        init_var=float(section["init_var"]),
-        stiffness=float(section["stiffness"]),
-        stiffness_vel=float(section["stiffness_vel"]),
-        final_weight=float(section["final_weight"]),
-        init_gains=None if gains is None else tuple(float(g) for g in gains),
-        dt=float(get(params, "agent.dt")),
-    )
-
-
-def badmm_config(params: dict[str, Any]):
-    """The `badmm` section as a gps_core.badmm.BadmmConfig (schedules as tuples)."""
-    from gps_core.badmm import BadmmConfig
-
-    section = get(params, "badmm")
-    return BadmmConfig(**{k: tuple(float(x) for x in v) if isinstance(v, list) else v for k, v in section.items()})

@@ -23,11 +23,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stages.h5io import UserError
+
+if TYPE_CHECKING:
+    from stages.settings import Settings
 
 BACKENDS = ("egl", "osmesa")
 INSTALL_HINT = ("install the system package for EGL (Debian: libegl1 libegl-mesa0) or OSMesa (libosmesa6), "
@@ -274,26 +277,25 @@ def _pad3(v: np.ndarray) -> np.ndarray:
     return np.concatenate([v, np.zeros(3 - v.shape[-1])]) if v.shape[-1] < 3 else v[..., :3]
 
 
-def policy_rollout(params: dict[str, Any], path: Path, condition: int):
+def policy_rollout(s: "Settings", path: Path, condition: int):
     """(simulator, Rollout) of the policy or controllers in `path`, noise-free, in one condition."""
     from gps_core.sampling import rollout_controllers, rollout_policy
-    from stages import config as cfg
     from stages.artifacts import load_controllers, load_policy
     from stages.inspect_h5 import read_any
 
     art = read_any(path)
-    sim = cfg.make_simulator(params)
-    agent, ev = cfg.get(params, "agent"), cfg.get(params, "evaluation")
-    T = int(agent["T"])
+    sim = s.simulator()
+    agent, ev = s.agent, s.evaluation
+    T = agent.T
     if not -sim.M <= condition < sim.M:
         raise UserError(f"--condition {condition} is out of range: params has {sim.M} conditions (0..{sim.M - 1})")
     condition %= sim.M
     stage, itr = art.attrs.get("stage", "?"), art.attrs.get("iteration", "?")
     noise = np.zeros((sim.M, 1, T, sim.dU))
     if "policy/W0" in art.datasets:
-        known = {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
-        net = load_policy(path, known, hidden=cfg.get(params, "policy.hidden"))
-        X = rollout_policy(sim, net, noise, int(agent["obs_dim"])).X[condition, 0]
+        known = {"dO": (agent.obs_dim, "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
+        net = load_policy(path, known, hidden=s.policy.hidden)
+        X = rollout_policy(sim, net, noise, agent.obs_dim).X[condition, 0]
         what = f"policy itr {itr}"
     elif "K" in art.datasets:
         known = {"M": (sim.M, "conditions in params"), "T": (T, "agent.T in params"),
@@ -303,8 +305,7 @@ def policy_rollout(params: dict[str, Any], path: Path, condition: int):
     else:
         raise UserError(f"{path}: neither a policy (policy/W0) nor controllers (K, k, pol_covar); "
                         f"it has {', '.join(art.datasets) or 'no datasets'}")
-    start = int(ev["point_start"])
-    target = np.asarray(ev["target"], dtype=float)
+    start, target = ev.point_start, ev.target
     point = X[:, start:start + len(target)]
     distance = np.linalg.norm(point - target, axis=-1)
     return sim, Rollout(X=X, what=what, scored_point=np.stack([_pad3(p) for p in point]), target=_pad3(target),
@@ -364,17 +365,17 @@ def write_frames(frames: list[np.ndarray], out: Path, fps: float) -> None:
 def render_rollout(params_path: Path, policy: Path, condition: int, out: Path, width: int = 320, height: int = 240,
                    every: int = 1, time: int | None = None, fps: float | None = None, shadows: bool = False) -> str:
     """Roll out, draw and write; returns a one-line description of what was written."""
-    from stages import config as cfg
+    from stages.settings import load_settings
 
     if every < 1:
         raise UserError(f"--every is {every}, expected an integer >= 1")
-    params = cfg.load_params(params_path)
+    settings = load_settings(params_path)
     if out.suffix.lower() not in (".gif", ".mp4", ".png"):
         raise UserError(f"{out}: unknown format {out.suffix or '(no suffix)'}; use .gif, .mp4 or .png")
     if out.suffix.lower() == ".mp4":
         _ffmpeg(out)
     gl_backend()  # fail early, before the rollout, when there is no way to draw
-    sim, r = policy_rollout(params, policy, condition)
+    sim, r = policy_rollout(settings, policy, condition)
     m = condition % sim.M
     T = len(r.X)
     if out.suffix.lower() == ".png":
@@ -390,13 +391,12 @@ def render_rollout(params_path: Path, policy: Path, condition: int, out: Path, w
             steps.append(T - 1)
     nq, nv = sim.nq, sim.nv
     frames = []
-    task = str(cfg.get(params, "agent.task"))
+    task = settings.agent.task
     with Scene(sim.models[m], view_for(task), width, height, shadows) as scene:
         for t in steps:
             scene.markers = markers_for(task, r.target, r.scored_point[t])
             scene.set_state(r.X[t, :nq], r.X[t, nq:nq + nv])
             frames.append(_caption(scene.render(), f"{r.what} | cond {m} | t={t} | dist {r.distance[t]:.3f}"))
-    dt = float(cfg.get(params, "agent.dt"))
-    write_frames(frames, out, fps if fps else 1.0 / (dt * every))
+    write_frames(frames, out, fps if fps else 1.0 / (settings.agent.dt * every))
     return (f"wrote {out}: {len(frames)} frame(s) {width}x{height} of the {r.what} in condition {m} "
             f"(final distance {r.distance[-1]:.3f}; backend {gl_backend()})")

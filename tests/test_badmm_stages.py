@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from gps_core import badmm
 from stages.artifacts import load_duals
 from stages.cli import app
-from stages.config import badmm_config
+from stages.settings import Settings
 from stages.h5io import UserError, write_artifact
 from stages.pipeline import build_pipeline, check_in_sync, iteration_stages, render_pipeline, write_pipeline
 
@@ -78,7 +78,7 @@ def test_nu_follows_the_weight_rule_and_schedules(run):
     """ν: unchanged (and kl recorded) at iteration 0, rule 3 of the recorded policy KL at iteration 1; only the
     last inner iteration updates it; the S-step's entropy regulariser follows ent_reg_schedule."""
     params = yaml.safe_load((run / "params.yaml").read_text())
-    bcfg = badmm_config(params)
+    bcfg = Settings.from_params(params).badmm
     d = run / "data"
     prev = read(d / "init" / "duals.h5")[0]
     prev_kl = None

@@ -47,9 +47,9 @@ def test_rollouts_report_each_time_step():
     from conftest import small_params
     from gps_core.policy_net import init_policy
     from gps_core.sampling import rollout_policy
-    from stages import config as cfg
+    from stages.settings import Settings
 
-    sim = cfg.make_simulator(small_params())
+    sim = Settings.from_params(small_params()).simulator()
     net = init_policy(10, sim.dU, (8,), 0.1, 1)
     T = 12
     noise = np.random.default_rng(0).normal(size=(sim.M, 2, T, sim.dU))
@@ -84,25 +84,25 @@ def test_dual_search_and_gmm_fits_report_progress_without_changing_the_result(tm
 
     from gps_core.dynamics import fit_all_dynamics
     from gps_core.lqr import c_step_batched
-    from stages import config as cfg
     from stages.artifacts import load_controllers, load_cost_models, load_dynamics, load_eta, load_step
+    from stages.settings import load_settings
 
     run = obstacle_run(tmp_path_factory)
     d = run / "data"
-    params = cfg.load_params(run / "params.yaml")
+    s = load_settings(run / "params.yaml")
     costs, dyns = load_cost_models(d / "itr_01/samples.h5"), load_dynamics(d / "itr_01/dynamics.h5")
     lins, eta = load_controllers(d / "itr_01/policy_lin.h5"), load_eta(d / "itr_00/controllers.h5")
     bounds = 2.0 * load_step(d / "itr_01/step.h5") * lins[0].T
     calls = []
-    a = c_step_batched(costs, lins, dyns, bounds, eta, cfg.traj_opt_config(params), progress=lambda c, m: calls.append((c, m)))
-    b = c_step_batched(costs, lins, dyns, bounds, eta, cfg.traj_opt_config(params))
+    a = c_step_batched(costs, lins, dyns, bounds, eta, s.traj_opt, progress=lambda c, m: calls.append((c, m)))
+    b = c_step_batched(costs, lins, dyns, bounds, eta, s.traj_opt)
     np.testing.assert_array_equal(a.K, b.K)
     M = len(costs)
     assert len(calls) == a.dual_iterations.max() and calls[-1] == (int(a.converged.sum()), M)
     assert [c for c, _ in calls] == sorted(c for c, _ in calls)
     with h5py.File(d / "itr_01/samples.h5") as f:
         X, U = f["X"][()], f["U"][()]
-    prior_cfg = cfg.prior_config(params["dynamics"]["prior"])
+    prior_cfg = s.dynamics_prior
     calls = []
     args = ([None] * M, X, U, prior_cfg, 1e-6, "all_entries", 1e-6)
     _, with_bar = fit_all_dynamics(*args, np.random.default_rng(3), lambda c, m: calls.append((c, m)))

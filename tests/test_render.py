@@ -36,9 +36,9 @@ def invoke(*args):
 
 
 def scene_for(params: dict, condition: int, width: int = 320, height: int = 240):
-    from stages import config as cfg
+    from stages.settings import Settings
 
-    sim = cfg.make_simulator(params)
+    sim = Settings.from_params(params).simulator()
     scene = render.Scene(sim.models[condition], render.view_for(params["agent"]["task"]), width, height)
     return sim, scene
 

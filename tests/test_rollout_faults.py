@@ -25,7 +25,7 @@ from gps_core import env
 from gps_core.env import BAD_ACTION, BAD_STATE, FINE, MUJOCO_RESET, Simulator, model_path
 from gps_core.noise import smooth_along_time, smoothed_noise
 from gps_core.sampling import controller_episodes
-from stages import config as cfg
+from stages.settings import Settings
 from stages.artifacts import load_controllers
 from stages.cli import app
 
@@ -172,7 +172,7 @@ def write_params(d: Path, **agent) -> tuple[Path, dict]:
 def first_noise(params: dict, iteration: int = 0) -> np.ndarray:
     """The sample stage's first draws: [M, N, T, dU]."""
     a = params["agent"]
-    return smoothed_noise(cfg.stage_rng(params, iteration, "sample"), (2, a["num_samples"], a["T"], 2),
+    return smoothed_noise(Settings.from_params(params).rng(iteration, "sample"), (2, a["num_samples"], a["T"], 2),
                           a["smooth_noise"], a["smooth_noise_var"], a["smooth_noise_renormalize"])
 
 
@@ -238,7 +238,7 @@ def test_a_sample_that_diverges_on_its_first_draw_is_drawn_again(tmp_path, tiny_
     others[1, n] = False
     np.testing.assert_array_equal(data["noise"][others], noise[others])
     # The kept sample is the second draw's rollout; the first draw was a real MuJoCo reset at t + 1.
-    sim = cfg.make_simulator(params)
+    sim = Settings.from_params(params).simulator()
     run = controller_episodes(sim, load_controllers(controllers))
     again, before = run(np.array([1]), second[None], None), run(np.array([1]), noise[1, n][None], None)
     assert again.diverged_at[0] == -1 and (before.diverged_at[0], before.cause[0]) == (t + 1, MUJOCO_RESET)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages import config as cfg
+from stages.settings import AlgorithmSettings, load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 
@@ -30,8 +30,8 @@ def adjust_step(
     from gps_core.mdgps import step_estimates
     from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
 
-    params = cfg.load_params(params_path)
-    alg = cfg.get(params, "algorithm")
+    s = load_settings(params_path)
+    alg = s.algorithm
     sdata_prev, sizes = load_samples(prev_samples)
     known = known_from(sizes, prev_samples)  # every other file must describe the same problem
     cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
@@ -40,14 +40,14 @@ def adjust_step(
     new_prev = load_controllers(prev_controllers, known)
     step_prev = load_step(prev_step, known)
     rows = step_rows([
-        step_estimates(alg["step_rule"], lin_prev[m], new_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m])
+        step_estimates(alg.step_rule, lin_prev[m], new_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m])
         for m in range(len(new_prev))
     ], step_prev, alg)
-    write_artifact(out, "adjust_step", iteration, cfg.stage_params(params, "adjust_step"), rows)
+    write_artifact(out, "adjust_step", iteration, s.recorded("adjust_step"), rows)
     log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
 
 
-def step_rows(estimates: list, step_prev: np.ndarray, alg: dict) -> dict[str, np.ndarray]:
+def step_rows(estimates: list, step_prev: np.ndarray, alg: AlgorithmSettings) -> dict[str, np.ndarray]:
     """The step file's datasets [M] from each condition's cost estimates (MDGPS or BADMM rule) and the last step_mult."""
     from gps_core.mdgps import new_step_mult
 
@@ -60,7 +60,7 @@ def step_rows(estimates: list, step_prev: np.ndarray, alg: dict) -> dict[str, np
     }
     rows["step_mult"] = np.array([
         new_step_mult(e.predicted_improvement, e.actual_improvement, float(step_prev[m]),
-                      float(alg["min_step_mult"]), float(alg["max_step_mult"]))
+                      alg.min_step_mult, alg.max_step_mult)
         for m, e in enumerate(estimates)
     ])
     return rows

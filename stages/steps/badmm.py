@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 from stages.steps.adjust_step import step_rows
@@ -35,8 +35,8 @@ def badmm_adjust_step(
         costs_from_datasets, known_from, load_controllers, load_cost_models, load_duals, load_dynamics, load_samples, load_step,
     )
 
-    params = cfg.load_params(params_path)
-    alg = cfg.get(params, "algorithm")
+    s = load_settings(params_path)
+    alg = s.algorithm
     sdata_prev, sizes = load_samples(prev_samples)
     known = known_from(sizes, prev_samples)  # every other file must describe the same problem
     cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
@@ -49,7 +49,7 @@ def badmm_adjust_step(
         badmm_step_estimates(pbar_prev[m], pbar[m], lin_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m], pol_wt[m])
         for m in range(len(pbar))
     ], step_prev, alg)
-    write_artifact(out, "badmm_adjust_step", iteration, cfg.stage_params(params, "badmm_adjust_step"), rows)
+    write_artifact(out, "badmm_adjust_step", iteration, s.recorded("badmm_adjust_step"), rows)
     log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
 
 
@@ -81,20 +81,20 @@ def badmm_inner_cmd(
     from gps_core.lqr import SAFEGUARDS
     from stages.badmm_inner import InnerLoop
 
-    params = cfg.load_params(params_path)
+    s = load_settings(params_path)
     sdata, sizes = load_samples(samples)
     known = known_from(sizes, samples)  # every other file must describe the same problem
     prevs = load_controllers(prev_controllers, known)
-    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=cfg.get(params, "policy.hidden"))
+    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=s.policy.hidden)
     step_mult = load_step(step, known)
     loop = InnerLoop(
-        iteration=iteration, params=params, X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
+        iteration=iteration, settings=s, X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
         dyns=load_dynamics(dynamics, known), prevs=prevs, eta=np.asarray(load_eta(prev_controllers, known), dtype=float),
-        kl_bounds=float(cfg.get(params, "algorithm.kl_step")) * np.asarray(step_mult, dtype=float) * sizes["T"],
+        kl_bounds=s.algorithm.kl_step * np.asarray(step_mult, dtype=float) * sizes["T"],
         duals=load_duals(duals, known), net=net, adam=adam,
         gmms=gmms_from_datasets("prior", load_policy_lin_prior(policy_lin, known), sizes["M"]), log=log,
     ).run()
-    sp = cfg.stage_params(params, "badmm_inner")
+    sp = s.recorded("badmm_inner")
     res = loop.result
     cdata = controllers_to_datasets(loop.new)
     cdata.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
@@ -32,15 +32,15 @@ def c_step_cmd(
         costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step,
     )
 
-    params = cfg.load_params(params_path)
+    s = load_settings(params_path)
     sdata, sizes = load_samples(samples)
     known = known_from(sizes, samples)  # every other file must describe the same problem
     costs, dyns, lins = costs_from_datasets(sdata, str(samples)), load_dynamics(dynamics, known), load_controllers(policy_lin, known)
     step_mult = load_step(step, known)
     eta_prev = load_eta(prev_controllers, known)
-    topt = cfg.traj_opt_config(params)
+    topt = s.traj_opt
     T = lins[0].T
-    kl_step = float(cfg.get(params, "algorithm.kl_step"))
+    kl_step = s.algorithm.kl_step
     # All conditions at once; errors (a FloatingPointError) name the condition.
     with progress_bar(f"c-step {iteration}: dual search, conditions converged", len(costs)) as progress:
         res = c_step_batched(costs, lins, dyns, kl_step * np.asarray(step_mult, dtype=float) * T,
@@ -54,7 +54,7 @@ def c_step_cmd(
     data = {"K": res.K, "k": res.k, "pol_covar": res.covar}
     data.update(eta=res.eta, kl_step=res.kl_bound, kl=res.kl, converged=res.converged, dual_iterations=res.dual_iterations,
                 safeguard=res.safeguard)
-    write_artifact(out, "c_step", iteration, cfg.stage_params(params, "c_step"), data,
+    write_artifact(out, "c_step", iteration, s.recorded("c_step"), data,
                    {"safeguard_names": json.dumps(SAFEGUARDS)})
     log(f"iteration {iteration}: KL {np.array2string(data['kl'], precision=2)} / bound {np.array2string(data['kl_step'], precision=2)}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact, write_json
 
@@ -28,26 +28,26 @@ def evaluate(
     from gps_core.scoring import final_distance, success
     from stages.artifacts import check_controller_stats, load_policy, load_samples, load_step
 
-    params = cfg.load_params(params_path)
-    agent, ev = cfg.get(params, "agent"), cfg.get(params, "evaluation")
-    sim = cfg.make_simulator(params)
-    T = int(agent["T"])
+    s = load_settings(params_path)
+    agent, ev = s.agent, s.evaluation
+    sim = s.simulator()
+    T = agent.T
     # Every input is read and checked before anything is simulated or written.
     known = {"M": (sim.M, "conditions in params"), "T": (T, "agent.T in params"),
              "dX": (sim.dX, "state of the model"), "dU": (sim.dU, "actions of the model")}
     sdata, _ = load_samples(samples, known)
     cdata = check_controller_stats(controllers, {"M": known["M"]})
     step_mult = load_step(step, {"M": known["M"]})
-    net = load_policy(policy, {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": known["dU"]},
-                      hidden=cfg.get(params, "policy.hidden"))
-    stop = agent["on_divergence"] == "stop"
-    r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), int(agent["obs_dim"]), stop=stop)
+    net = load_policy(policy, {"dO": (agent.obs_dim, "agent.obs_dim in params"), "dU": known["dU"]},
+                      hidden=s.policy.hidden)
+    stop = agent.on_divergence == "stop"
+    r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), agent.obs_dim, stop=stop)
     X, U, diverged_at = r.X[:, 0], r.U[:, 0], r.diverged_at[:, 0]
     diverged = diverged_at >= 0
     # A diverged rollout holds its last good state, so its distance is that state's; it fails regardless.
-    dist = final_distance(X, int(ev["point_start"]), np.asarray(ev["target"], dtype=float))
+    dist = final_distance(X, ev.point_start, ev.target)
     sample_cost = sdata["cost"].sum(-1).mean(-1)
-    write_artifact(out, "evaluate", iteration, cfg.stage_params(params, "evaluate"),
+    write_artifact(out, "evaluate", iteration, s.recorded("evaluate"),
                    {"X": X, "U": U, "final_distance": dist, "diverged": diverged, "diverged_at": diverged_at})
     per_cond = lambda a: {f"c{m}": float(v) for m, v in enumerate(a)}  # noqa: E731
     result = {
@@ -67,7 +67,7 @@ def evaluate(
             "diverged": {f"c{m}": bool(v) for m, v in enumerate(diverged)},
         },
     }
-    for tau in ev.get("success_thresholds", []):
+    for tau in ev.success_thresholds:
         hits = success(dist, float(tau), failed=diverged)
         result[f"success_{tau:g}"] = float(hits.mean())
         result["per_condition"][f"success_{tau:g}"] = per_cond(hits)

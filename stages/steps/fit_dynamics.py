@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
@@ -26,9 +26,7 @@ def fit_dynamics_cmd(
     from gps_core.dynamics import DynamicsPrior, fit_all_dynamics
     from stages.artifacts import gmms_from_datasets, gmms_to_datasets, known_from, load_dynamics_prior, load_samples
 
-    params = cfg.load_params(params_path)
-    dyn_params = cfg.get(params, "dynamics")
-    prior_cfg = cfg.prior_config(dyn_params["prior"])
+    s = load_settings(params_path)
     sdata, sizes = load_samples(samples)
     X, U = sdata["X"], sdata["U"]
     M = X.shape[0]
@@ -37,12 +35,12 @@ def fit_dynamics_cmd(
         pdata = load_dynamics_prior(prev, known_from(sizes, samples))
         gmms = gmms_from_datasets("prior", pdata, M)
         priors = [DynamicsPrior(X=pdata["prior/X"][m], U=pdata["prior/U"][m], gmm=gmms[m]) for m in range(M)]
-    rng = cfg.stage_rng(params, iteration, "fit_dynamics")
+    rng = s.rng(iteration, "fit_dynamics")
     with progress_bar(f"fit-dynamics {iteration}: GMM prior, condition", M) as progress:
         new_priors, data = fit_all_dynamics(  # all conditions at once; same results as a loop over conditions
-            priors, X, U, prior_cfg, float(dyn_params["regularization"]), dyn_params["regularization_shape"],
-            float(cfg.get(params, "algorithm.initial_state_var")), rng, progress,
+            priors, X, U, s.dynamics_prior, s.dynamics.regularization, s.dynamics.regularization_shape,
+            s.algorithm.initial_state_var, rng, progress,
         )
     data.update({"prior/X": np.stack([p.X for p in new_priors]), "prior/U": np.stack([p.U for p in new_priors])})
     data.update(gmms_to_datasets("prior", [p.gmm for p in new_priors]))
-    write_artifact(out, "fit_dynamics", iteration, cfg.stage_params(params, "fit_dynamics"), data)
+    write_artifact(out, "fit_dynamics", iteration, s.recorded("fit_dynamics"), data)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
@@ -27,17 +27,16 @@ def fit_policy_cmd(
     from gps_core.policy_net import policy_mean
     from stages.artifacts import gmms_from_datasets, gmms_to_datasets, known_from, load_policy, load_policy_lin_prior, load_samples
 
-    params = cfg.load_params(params_path)
-    prior_cfg = cfg.prior_config(cfg.get(params, "policy_prior"))
+    s = load_settings(params_path)
     sdata, sizes = load_samples(samples)
-    pol = load_policy(policy, known_from(sizes, samples, ("dO", "dU")), hidden=cfg.get(params, "policy.hidden"))
+    pol = load_policy(policy, known_from(sizes, samples, ("dO", "dU")), hidden=s.policy.hidden)
     X, O = sdata["X"], sdata["obs"]
     M = X.shape[0]
     gmms_prev = gmms_from_datasets("prior", load_policy_lin_prior(prev, known_from(sizes, samples)), M) if prev is not None else [None] * M
-    rng = cfg.stage_rng(params, iteration, "fit_policy")
+    rng = s.rng(iteration, "fit_policy")
     U_pol = policy_mean(pol, O)
     with progress_bar(f"fit-policy {iteration}: GMM prior, condition", M) as progress:
-        K, k, pol_covar, gmms = fit_policy_linearisations(X, U_pol, pol.var, gmms_prev, prior_cfg, rng, progress)  # all conditions at once
+        K, k, pol_covar, gmms = fit_policy_linearisations(X, U_pol, pol.var, gmms_prev, s.policy_prior, rng, progress)  # all conditions at once
     data = {"K": K, "k": k, "pol_covar": pol_covar, "U_pol": U_pol}
     data.update(gmms_to_datasets("prior", gmms))
-    write_artifact(out, "fit_policy", iteration, cfg.stage_params(params, "fit_policy"), data)
+    write_artifact(out, "fit_policy", iteration, s.recorded("fit_policy"), data)

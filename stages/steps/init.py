@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ParamsOpt, stage_command
 from stages.h5io import write_artifact
 
@@ -26,24 +26,17 @@ def init(
     from gps_core.policy_net import init_policy
     from stages.artifacts import controllers_to_datasets, policy_to_datasets
 
-    params = cfg.load_params(params_path)
-    sp = cfg.stage_params(params, "init" if duals_out is None else "init_badmm")
-    sim = cfg.make_simulator(params)
-    T = int(cfg.get(params, "agent.T"))
+    s = load_settings(params_path)
+    sp = s.recorded("init" if duals_out is None else "init_badmm")
+    sim = s.simulator()
+    T = s.agent.T
     x0 = sim.initial_states()
-    lqr_cfg = cfg.init_lqr_config(params)
-    pols = [init_lqr(x0[m], sim.dU, T, lqr_cfg) for m in range(sim.M)]
+    pols = [init_lqr(x0[m], sim.dU, T, s.init_lqr) for m in range(sim.M)]
     data = controllers_to_datasets(pols)
     data["eta"] = np.ones(sim.M)
     data["x0"] = x0
     write_artifact(controllers_out, "init", 0, sp, data)
-    pol = init_policy(
-        int(cfg.get(params, "agent.obs_dim")),
-        sim.dU,
-        tuple(int(h) for h in cfg.get(params, "policy.hidden")),
-        float(cfg.get(params, "policy.init_var")),
-        int(cfg.get(params, "policy.init_seed")),
-    )
+    pol = init_policy(s.agent.obs_dim, sim.dU, s.policy.hidden, s.policy.init_var, s.policy.init_seed)
     pdata, pattrs = policy_to_datasets(pol, None, None)
     write_artifact(policy_out, "init", 0, sp, pdata, pattrs)
     write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})
@@ -51,5 +44,5 @@ def init(
         from gps_core.badmm import init_duals
         from stages.artifacts import duals_to_datasets
 
-        duals = init_duals(sim.M, T, sim.dU, sim.dX, cfg.badmm_config(params).init_pol_wt)
+        duals = init_duals(sim.M, T, sim.dU, sim.dX, s.badmm.init_pol_wt)
         write_artifact(duals_out, "init", 0, sp, duals_to_datasets(duals))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
@@ -27,22 +27,22 @@ def s_step_cmd(
     from gps_core.s_step import SStepConfig, train_policy
     from stages.artifacts import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
 
-    params = cfg.load_params(params_path)
-    pcfg = cfg.get(params, "policy")
+    s = load_settings(params_path)
+    pcfg = s.policy
     sdata, sizes = load_samples(samples)
     pols = load_controllers(controllers, known_from(sizes, samples))
-    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=pcfg["hidden"])
+    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=pcfg.hidden)
     obs, target, precision, weight = s_step_dataset(pols, sdata["X"], sdata["obs"])
     scfg = SStepConfig(
-        iterations=int(pcfg["iterations"]),
-        batch_size=int(pcfg["batch_size"]),
-        lr=float(pcfg["lr"]),
-        weight_decay=float(pcfg["weight_decay"]),
-        ent_reg=float(pcfg["ent_reg"]),
+        iterations=pcfg.iterations,
+        batch_size=pcfg.batch_size,
+        lr=pcfg.lr,
+        weight_decay=pcfg.weight_decay,
+        ent_reg=pcfg.ent_reg,
     )
-    rng = cfg.stage_rng(params, iteration, stream)
+    rng = s.rng(iteration, stream)
     with progress_bar(f"{stream.replace('_', '-')} {iteration}: gradient step", scfg.iterations) as progress:
         net, adam, losses = train_policy(net, adam, obs, target, precision, weight, scfg, rng, progress)
     data, attrs = policy_to_datasets(net, adam, losses)
-    write_artifact(out, stream, iteration, cfg.stage_params(params, "s_step"), data, attrs)
+    write_artifact(out, stream, iteration, s.recorded("s_step"), data, attrs)
     log(f"iteration {iteration}: S-step loss {losses[:50].mean():.4f} -> {losses[-50:].mean():.4f}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages import config as cfg
+from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
@@ -29,40 +29,39 @@ def sample(
     from gps_core.sampling import controller_episodes, draw_samples, policy_episodes, redraw_summary
     from stages.artifacts import load_controllers, load_policy
 
-    params = cfg.load_params(params_path)
-    agent = cfg.get(params, "agent")
-    sim = cfg.make_simulator(params)
-    M, N, T = sim.M, int(agent["num_samples"]), int(agent["T"])
-    noise_settings = dict(smooth=bool(agent["smooth_noise"]), sigma=float(agent["smooth_noise_var"]),
-                          renormalize=bool(agent["smooth_noise_renormalize"]))
-    noise = smoothed_noise(cfg.stage_rng(params, iteration, "sample"), (M, N, T, sim.dU), **noise_settings)
-    seed = int(cfg.get(params, "seed"))
+    s = load_settings(params_path)
+    agent = s.agent
+    sim = s.simulator()
+    M, N, T = sim.M, agent.num_samples, agent.T
+    noise_settings = vars(agent.noise)
+    noise = smoothed_noise(s.rng(iteration, "sample"), (M, N, T, sim.dU), **noise_settings)
+    seed = s.seed
 
     def redraw_noise(m: int, n: int, a: int) -> np.ndarray:
         """Noise [T, dU] of draw a >= 1 of sample (m, n), from its own generator: the same whatever else diverged."""
         rng = np.random.default_rng([seed, iteration, zlib.crc32(b"sample"), m, n, a])
         return smoothed_noise(rng, (T, sim.dU), **noise_settings)
 
-    on_policy = bool(cfg.get(params, "algorithm.sample_on_policy")) and iteration > 0
+    on_policy = s.algorithm.sample_on_policy and iteration > 0
     if on_policy:
-        known = {"dO": (int(agent["obs_dim"]), "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
-        run = policy_episodes(sim, load_policy(policy, known, hidden=cfg.get(params, "policy.hidden")), int(agent["obs_dim"]))
+        known = {"dO": (agent.obs_dim, "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
+        run = policy_episodes(sim, load_policy(policy, known, hidden=s.policy.hidden), agent.obs_dim)
     else:
         known = {"M": (M, "conditions in params"), "T": (T, "agent.T in params"),
                  "dX": (sim.dX, "states of the model"), "dU": (sim.dU, "actions of the model")}
         run = controller_episodes(sim, load_controllers(controllers, known))
-    max_draws = int(agent["max_draws"]) if agent["on_divergence"] == "redraw" else None
+    max_draws = agent.redraw_limit
     with progress_bar(f"sample {iteration}: {M}x{N} {'policy' if on_policy else 'controller'} rollouts, time step") as progress:
         drawn = draw_samples(run, noise, redraw_noise, max_draws, progress)
     rollouts, noise = drawn.rollouts, drawn.noise
     X, U, J = rollouts.X, rollouts.U, rollouts.ee_jac
-    cost = build_cost(cfg.get(params, "cost"))
+    cost = build_cost(s.cost_terms)
     terms = cost.evaluate(X.reshape(M * N, T, -1), U.reshape(M * N, T, -1), J.reshape(M * N, T, *J.shape[3:]))
     expansion = expand_cost(terms.reshape(M, N), X, U)
     data = {
         "X": X,
         "U": U,
-        "obs": X[..., : int(agent["obs_dim"])],
+        "obs": X[..., : agent.obs_dim],
         "noise": noise,
         "draws": drawn.draws,
         "ee_jac": J,
@@ -71,7 +70,7 @@ def sample(
         "cv": expansion.cv,
         "cc": expansion.cc,
     }
-    write_artifact(out, "sample", iteration, cfg.stage_params(params, "sample"), data, {"on_policy": on_policy})
+    write_artifact(out, "sample", iteration, s.recorded("sample"), data, {"on_policy": on_policy})
     redrawn = redraw_summary(drawn.draws)
     if redrawn:
         log(f"iteration {iteration}: {redrawn}")
