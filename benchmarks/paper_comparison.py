@@ -20,7 +20,6 @@ from a clone of the commit to be measured if you go on editing.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shlex
@@ -38,30 +37,19 @@ def run_name(task: str, method: str, seed: int) -> str:
     return f"{task}_{method}_s{seed}"
 
 
-def _parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def make_params(task: str, method: str, seed: int, overrides: list[str]) -> dict:
     """configs/<task>.yaml with the method's settings, the seed and the `key=value` overrides."""
     import yaml
 
-    from stages.sweep import METHODS
+    from stages.sweep import METHODS, set_dotted
 
     params = yaml.safe_load((ROOT / "configs" / f"{task}.yaml").read_text())
-    params["seed"] = seed
-    settings = dict(METHODS[method])
+    settings = {**METHODS[method], "seed": seed}
     for item in overrides:
         key, _, value = item.partition("=")
-        settings[key] = _parse_value(value)
+        settings[key] = yaml.safe_load(value)
     for dotted, value in settings.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(params, dotted, value)
     return params
 
 
@@ -89,17 +77,17 @@ def run_one(run_dir: Path) -> dict:
     write_pipeline(params, Path("params.yaml"), Path("."))
     start = time.perf_counter()
     result = {"status": "finished", "stage": None, "error": None}
-    log = open("run.log", "w")
-    for name, argv in stage_commands(params):
-        buf = io.StringIO()
-        with redirect_stderr(buf):
-            res = CliRunner().invoke(app, argv)
-        log.write(res.output + buf.getvalue())
-        log.flush()
-        if res.exit_code != 0:
-            lines = [ln for ln in (res.output + buf.getvalue()).splitlines() if "error" in ln] or [repr(res.exception)]
-            result = {"status": "stopped", "stage": name, "error": lines[-1]}
-            break
+    with open("run.log", "w") as log:
+        for name, argv in stage_commands(params):
+            buf = io.StringIO()
+            with redirect_stderr(buf):
+                res = CliRunner().invoke(app, argv)
+            log.write(res.output + buf.getvalue())
+            log.flush()
+            if res.exit_code != 0:
+                lines = [ln for ln in (res.output + buf.getvalue()).splitlines() if "error" in ln] or [repr(res.exception)]
+                result = {"status": "stopped", "stage": name, "error": lines[-1]}
+                break
     result["seconds"] = round(time.perf_counter() - start, 1)
     Path("run.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -189,9 +177,13 @@ def cmd_summary(args) -> None:
     runs_acted: dict[tuple[str, str], Counter] = defaultdict(Counter)
     touched: Counter = Counter()
     stopped, firsts = [], []
+    import yaml
+
+    from stages.report import method_name
+
     for d in sorted(p for p in out.iterdir() if (p / "params.yaml").exists()):
-        task, rest = d.name.split("_", 1) if not d.name.startswith("peg_blind") else ("peg_blind", d.name[10:])
-        method = rest.rsplit("_s", 1)[0]
+        params = yaml.safe_load((d / "params.yaml").read_text())
+        task, method = params["agent"]["task"], method_name(params)
         res = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {"status": "not run"}
         status[task, method][res["status"]] += 1
         if res["status"] != "finished":

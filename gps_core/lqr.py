@@ -675,15 +675,17 @@ def _dual_search(
     # Relative to the reference, η above max_eta is meaningful (and needed: a fitted model that grows
     # by 1e16 over the horizon makes any departure from π̄ predict enormous cost changes).
     eta_hi = np.full(M, RELATIVE_ETA_LIMIT if relative else float(cfg.max_eta))
-    Fm, fv, eta_limit = pb.Fm, pb.fv, 1e16
+    Fm, fv, eta_limit, backward_cost = pb.Fm, pb.fv, 1e16, surrogate
     if relative:
         Cm_r, cv_r, Fm, fv = relative_problem(pb.Cm, pb.cv, pb.Fm, pb.fv, pb.Kq, pb.kq)
         M_rel = np.zeros_like(pb.Cm)
         M_rel[..., dX:, dX:] = pb.q_terms[0][..., dX:, dX:]  # P̄ = Σ̄⁻¹: the KL term is ½ δuᵀ P̄ δu
         eta_limit = RELATIVE_ETA_LIMIT
 
-        def surrogate(e, conds):  # noqa: F811 (the relative surrogate replaces the MDGPS one)
+        def relative_cost(e, conds):
             return Cm_r[conds] / e[:, None, None, None] + M_rel[conds], cv_r[conds] / e[:, None, None], None
+
+        backward_cost = relative_cost
 
     hopeless: list[int] = []
     active = np.asarray(which, dtype=np.int64)
@@ -695,7 +697,7 @@ def _dual_search(
         try:
             Ka, ka, Sa, eta_a = mdgps_backward_batched(
                 eta[a], pb.Cm[a], pb.cv[a], q_a[0], q_a[1], Fm[a], fv[a], dX, cfg, conditions=active,
-                surrogate=surrogate, eta_limit=eta_limit,
+                surrogate=backward_cost, eta_limit=eta_limit,
             )
         except HopelessConditions as exc:
             if cfg.on_fault == "abort" and not relative:
@@ -720,12 +722,11 @@ def _dual_search(
         con = kl_a - pb.kl_bounds[a]
         done = np.abs(con) < cfg.tolerance * pb.kl_bounds[a]
         small = con < 0  # KL too small: η too large
-        lo, hi = eta_lo[a], eta_hi[a]
+        hi = np.where(small, eta_a, eta_hi[a])
+        lo = np.where(small, eta_lo[a], eta_a)
         if relative:
             nxt = _relative_eta_step(eta_a, small, lo, hi, jump, a, cfg)
-        hi = np.where(small, eta_a, hi)
-        lo = np.where(small, lo, eta_a)
-        if not relative:
+        else:
             geo = np.sqrt(lo * hi)
             nxt = np.where(small, np.maximum(geo, 0.1 * hi), np.minimum(geo, 10.0 * lo))
         eta[active] = np.where(done, eta_a, nxt)
@@ -742,8 +743,9 @@ def _dual_search(
 def _relative_eta_step(
     eta: np.ndarray, small: np.ndarray, lo: np.ndarray, hi: np.ndarray, jump: np.ndarray, a, cfg: TrajOptConfig
 ) -> np.ndarray:
-    """The next η of the relative dual search [B]: geometric bisection once [lo, hi] brackets the
-    solution, else a step out of the open side by a factor that squares every round (10, 1e2, 1e4, ...).
+    """The next η of the relative dual search [B]: geometric bisection once the bracket [lo, hi]
+    (already updated with this round's η) is closed, else a step out of its open side by a factor
+    that squares every round (10, 1e2, 1e4, ...).
 
     The reference's rule moves η by at most 10× per round, too slow for models that need η ~ 1e50;
     this reaches any η in [min_eta, RELATIVE_ETA_LIMIT] within about ten rounds. jump [M] is updated
@@ -751,11 +753,9 @@ def _relative_eta_step(
     """
     open_up = ~small & (hi >= RELATIVE_ETA_LIMIT)  # KL too large and no η yet found large enough
     open_down = small & (lo <= cfg.min_eta)
-    new_lo = np.where(small, lo, eta)
-    new_hi = np.where(small, eta, hi)
     j = jump[a]
     with np.errstate(over="ignore"):  # η·jump past the limit is clipped below
-        nxt = np.where(open_up, eta * j, np.where(open_down, eta / j, np.sqrt(new_lo) * np.sqrt(new_hi)))
+        nxt = np.where(open_up, eta * j, np.where(open_down, eta / j, np.sqrt(lo) * np.sqrt(hi)))
     jump[a] = np.where(open_up | open_down, np.minimum(j * j, 1e150), j)
     return np.clip(nxt, cfg.min_eta, RELATIVE_ETA_LIMIT)
 

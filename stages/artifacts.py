@@ -180,18 +180,12 @@ def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int, path: s
     """
     from gps_core.gmm import GMM
 
-    for name in gmm_names(prefix):
+    names = gmm_names(prefix)
+    for name in names:
         if name not in data:
             raise UserError(f"{path + ': ' if path else ''}dataset {name!r} is missing")
-    return [
-        GMM(
-            mu=data[f"{prefix}/gmm_mu"][m],
-            sigma=data[f"{prefix}/gmm_sigma"][m],
-            logmass=data[f"{prefix}/gmm_logmass"][m],
-            n_init=int(data[f"{prefix}/gmm_n_init"][m]),
-        )
-        for m in range(M)
-    ]
+    mu, sigma, logmass, n_init = (data[name] for name in names)
+    return [GMM(mu=mu[m], sigma=sigma[m], logmass=logmass[m], n_init=int(n_init[m])) for m in range(M)]
 
 
 # ---------------------------------------------------------------- dynamics, costs, samples

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from gps_core.scoring import success
 from stages.h5io import UserError, open_artifact
 
 PENDING = "-"  # a cell whose file is not written yet
@@ -198,19 +199,18 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
         cells["cost"] = _g(float(metrics["sample_cost"]))
     ev = read("eval.h5", ("final_distance",), optional=("diverged",))
     dist = ev["final_distance"] if ev is not None else None
-    failed = ev["diverged"] if ev is not None and "diverged" in ev else np.zeros(0 if dist is None else len(dist), bool)
+    failed = ev.get("diverged") if ev is not None else None
     if dist is None and metrics is not None:  # eval.h5 removed but metrics kept
         per = metrics.get("per_condition", {}).get("final_distance")
         dist = np.array(list(per.values())) if per else None
     if dist is not None:
         cells["dist"] = _g(float(np.mean(dist)))
         for t in thresholds:  # a diverged evaluation is a failed condition, whatever its distance
-            hits = (dist < t) & ~failed if len(failed) == len(dist) else dist < t
-            cells[f"succ<{t:g}"] = f"{int(np.sum(hits))}/{len(dist)}"
+            cells[f"succ<{t:g}"] = f"{int(success(dist, t, failed).sum())}/{len(dist)}"
     ctrl = read("controllers.h5", ("kl", "kl_step", "eta", "converged"), optional=("safeguard",))
     if ctrl is not None and "safeguard" in ctrl:
         acted[:0] = [f"c{m}:{'rel' if ctrl['safeguard'][m] == 1 else 'kept'}" for m in np.flatnonzero(ctrl["safeguard"])]
-    if np.any(failed):
+    if failed is not None and np.any(failed):
         acted.append(",".join(f"c{m}" for m in np.flatnonzero(failed)) + " diverged")
     if ctrl is not None:
         star = "" if np.all(ctrl["converged"]) else "*"

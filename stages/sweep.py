@@ -58,7 +58,8 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(seeds)
 
 
-def _set(params: dict, dotted: str, value: Any) -> None:
+def set_dotted(params: dict, dotted: str, value: Any) -> None:
+    """params[a][b][c] = value for dotted "a.b.c" (the sections exist)."""
     node = params
     *parents, last = dotted.split(".")
     for part in parents:
@@ -85,7 +86,7 @@ def plan(tasks: list[str], methods: list[str], seeds: list[int], root: Path) -> 
         for method in methods:
             params = copy.deepcopy(base)
             for key, value in METHODS[method].items():
-                _set(params, key, value)
+                set_dotted(params, key, value)
             sets = [f"{k}={_yaml_value(v)}" for k, v in METHODS[method].items()]
             commands = [["dvc", "exp", "run", "--queue", "-n", experiment_name(task, method, s),
                          *sum((["-S", x] for x in [*sets, f"seed={s}"]), [])] for s in seeds]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.settings import AlgorithmSettings, load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
+from stages.settings import AlgorithmSettings, load_settings
 
 
 @stage_command("adjust-step")

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
+from stages.settings import load_settings
 from stages.steps.adjust_step import step_rows
 
 
@@ -71,14 +71,14 @@ def badmm_inner_cmd(
     inner_out: Path = typer.Option(..., "--inner-out", help="per inner iteration: KL, eta, duals, residuals, S-step losses"),
 ) -> None:
     """All inner C/S alternations of one BADMM iteration: S-step, refit, dual step, C-step (ALGORITHM §10.2)."""
+    import json
+
+    from gps_core.lqr import SAFEGUARDS
     from stages.artifacts import (
         controllers_to_datasets, costs_from_datasets, duals_to_datasets, gmms_from_datasets, gmms_to_datasets, known_from,
         load_controllers, load_duals, load_dynamics, load_eta, load_policy_and_adam, load_policy_lin_prior, load_samples,
         load_step, policy_to_datasets,
     )
-    import json
-
-    from gps_core.lqr import SAFEGUARDS
     from stages.badmm_inner import InnerLoop
 
     s = load_settings(params_path)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
+from stages.settings import load_settings
 
 
 @stage_command("c-step")

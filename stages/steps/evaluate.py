@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact, write_json
+from stages.settings import load_settings
 
 
 @stage_command("evaluate")

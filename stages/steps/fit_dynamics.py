@@ -8,10 +8,10 @@ from typing import Optional
 import numpy as np
 import typer
 
-from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
+from stages.settings import load_settings
 
 
 @stage_command("fit-dynamics")

@@ -8,9 +8,9 @@ from typing import Optional
 import numpy as np
 import typer
 
-from stages.settings import load_settings
 from stages.cli import ParamsOpt, stage_command
 from stages.h5io import write_artifact
+from stages.settings import load_settings
 
 
 @stage_command("init")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from stages.settings import load_settings
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 from stages.progress import progress_bar
+from stages.settings import load_settings
 
 
 @stage_command("s-step")
