@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +30,49 @@ def adjust_step(
 ) -> None:
     """New step multipliers from predicted vs actual improvement (classic or global rule)."""
     from gps_core.mdgps import step_estimates
-    from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
+    from stages.artifacts import load_controllers
 
     s = load_settings(params_path)
     alg = s.algorithm
-    sdata_prev, sizes = load_samples(prev_samples)
-    known = known_from(sizes, prev_samples)  # every other file must describe the same problem
-    cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
-    dyn_prev, dyn_cur = load_dynamics(prev_dynamics, known), load_dynamics(dynamics, known)
-    lin_prev, lin_cur = load_controllers(prev_policy_lin, known), load_controllers(policy_lin, known)
+    two, known = load_two_iterations(prev_samples, samples, prev_dynamics, dynamics, prev_policy_lin, policy_lin, prev_step)
     new_prev = load_controllers(prev_controllers, known)
-    step_prev = load_step(prev_step, known)
     rows = step_rows([
-        step_estimates(alg.step_rule, lin_prev[m], new_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m])
+        step_estimates(alg.step_rule, two.lin_prev[m], new_prev[m], two.lin_cur[m], two.dyn_prev[m], two.cost_prev[m],
+                       two.dyn_cur[m], two.cost_cur[m])
         for m in range(len(new_prev))
-    ], step_prev, alg)
+    ], two.step_prev, alg)
     write_artifact(out, "adjust_step", iteration, s.recorded("adjust_step"), rows)
     log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
+
+
+@dataclass(frozen=True)
+class TwoIterations:
+    """What a step rule compares, per condition: the previous and this iteration's cost models, dynamics
+    fits and policy linearisations, and the previous step multipliers [M]."""
+
+    cost_prev: list
+    cost_cur: list
+    dyn_prev: list
+    dyn_cur: list
+    lin_prev: list
+    lin_cur: list
+    step_prev: np.ndarray
+
+
+def load_two_iterations(prev_samples: Path, samples: Path, prev_dynamics: Path, dynamics: Path,
+                        prev_policy_lin: Path, policy_lin: Path, prev_step: Path):
+    """TwoIterations of the files (MDGPS's and BADMM's step rules), and the sizes every other file must have."""
+    from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
+
+    sdata_prev, sizes = load_samples(prev_samples)
+    known = known_from(sizes, prev_samples)  # every other file must describe the same problem
+    two = TwoIterations(
+        cost_prev=costs_from_datasets(sdata_prev, str(prev_samples)), cost_cur=load_cost_models(samples, known),
+        dyn_prev=load_dynamics(prev_dynamics, known), dyn_cur=load_dynamics(dynamics, known),
+        lin_prev=load_controllers(prev_policy_lin, known), lin_cur=load_controllers(policy_lin, known),
+        step_prev=load_step(prev_step, known),
+    )
+    return two, known
 
 
 def step_rows(estimates: list, step_prev: np.ndarray, alg: AlgorithmSettings) -> dict[str, np.ndarray]:

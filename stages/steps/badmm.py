@@ -10,7 +10,7 @@ import typer
 from stages.cli import ItrOpt, ParamsOpt, log, stage_command
 from stages.h5io import write_artifact
 from stages.settings import load_settings
-from stages.steps.adjust_step import step_rows
+from stages.steps.adjust_step import load_two_iterations, step_rows
 
 
 @stage_command("badmm-adjust-step")
@@ -31,24 +31,18 @@ def badmm_adjust_step(
 ) -> None:
     """BADMM step multipliers: Laplace cost plus ν-weighted KL to the policy linearisation, predicted vs actual."""
     from gps_core.badmm import badmm_step_estimates
-    from stages.artifacts import (
-        costs_from_datasets, known_from, load_controllers, load_cost_models, load_duals, load_dynamics, load_samples, load_step,
-    )
+    from stages.artifacts import load_controllers, load_duals
 
     s = load_settings(params_path)
     alg = s.algorithm
-    sdata_prev, sizes = load_samples(prev_samples)
-    known = known_from(sizes, prev_samples)  # every other file must describe the same problem
-    cost_prev, cost_cur = costs_from_datasets(sdata_prev, str(prev_samples)), load_cost_models(samples, known)
-    dyn_prev, dyn_cur = load_dynamics(prev_dynamics, known), load_dynamics(dynamics, known)
-    lin_prev, lin_cur = load_controllers(prev_policy_lin, known), load_controllers(policy_lin, known)
+    two, known = load_two_iterations(prev_samples, samples, prev_dynamics, dynamics, prev_policy_lin, policy_lin, prev_step)
     pbar_prev, pbar = load_controllers(prev_prev_controllers, known), load_controllers(prev_controllers, known)
-    step_prev = load_step(prev_step, known)
     pol_wt = load_duals(prev_duals, known).pol_wt
     rows = step_rows([
-        badmm_step_estimates(pbar_prev[m], pbar[m], lin_prev[m], lin_cur[m], dyn_prev[m], cost_prev[m], dyn_cur[m], cost_cur[m], pol_wt[m])
+        badmm_step_estimates(pbar_prev[m], pbar[m], two.lin_prev[m], two.lin_cur[m], two.dyn_prev[m], two.cost_prev[m],
+                             two.dyn_cur[m], two.cost_cur[m], pol_wt[m])
         for m in range(len(pbar))
-    ], step_prev, alg)
+    ], two.step_prev, alg)
     write_artifact(out, "badmm_adjust_step", iteration, s.recorded("badmm_adjust_step"), rows)
     log(f"iteration {iteration}: step_mult {np.array2string(rows['step_mult'], precision=3)}")
 
