@@ -183,7 +183,7 @@ def cmd_summary(args) -> None:
 
     for d in sorted(p for p in out.iterdir() if (p / "params.yaml").exists()):
         params = yaml.safe_load((d / "params.yaml").read_text())
-        task, method = params["agent"]["task"], method_name(params)
+        task, method = params["task"]["name"], method_name(params)
         res = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {"status": "not run"}
         status[task, method][res["status"]] += 1
         if res["status"] != "finished":

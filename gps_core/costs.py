@@ -25,11 +25,14 @@ then averaged over samples (re-centring after averaging would be wrong):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from gps_core.lqr import QuadraticCost
+
+if TYPE_CHECKING:
+    from gps_core.task import Task
 
 RAMPS = ("constant", "linear", "quadratic", "final_only")
 
@@ -136,9 +139,12 @@ class ActionCost:
         )
 
 
+PENALTIES = ("sqrt", "log")
+
+
 @dataclass(frozen=True)
 class StateCost:
-    """sqrt penalty on x[start:stop] − target."""
+    """Penalty (sqrt unless told) on x[start:stop] − target."""
 
     start: int
     target: np.ndarray  # [D]
@@ -148,12 +154,13 @@ class StateCost:
     alpha: float = 1e-2
     ramp: str = "constant"
     wp_final_multiplier: float = 1.0
+    penalty: str = "sqrt"
 
     def evaluate(self, X: np.ndarray, U: np.ndarray, J: np.ndarray | None) -> CostTerms:
         N, T, dX = X.shape
         sl = slice(self.start, self.start + len(self.target))
         w = ramp(self.ramp, T, self.wp_final_multiplier)[:, None] * self.wp
-        l, grad, hess = penalty(X[..., sl] - self.target, w, self.l1, self.l2, self.alpha, "sqrt")
+        l, grad, hess = penalty(X[..., sl] - self.target, w, self.l1, self.l2, self.alpha, self.penalty)
         terms = CostTerms.zeros(N, T, dX, U.shape[-1])
         terms.lx[..., sl] = grad
         terms.lxx[..., sl, sl] = hess
@@ -162,10 +169,11 @@ class StateCost:
 
 @dataclass(frozen=True)
 class FKCost:
-    """log penalty on end-effector points x[ee_start:ee_start+D] − target.
+    """Penalty (log unless told) on a point-like block x[ee_start:ee_start+D] − target.
 
-    Derivatives go to the joint-angle slots x[0:nq] through the recorded site
-    Jacobian J: [N, T, D, nq]; the EE slots themselves get none.
+    Derivatives go to the configuration slots x[0:dU] (the joints the actuators
+    drive, gps_core.task) through rows jac_start:jac_start+D of the recorded
+    Jacobian J: [N, T, n_jac, dU]; the block's own slots get none.
     """
 
     ee_start: int
@@ -176,15 +184,19 @@ class FKCost:
     alpha: float = 1e-5
     ramp: str = "constant"
     wp_final_multiplier: float = 1.0
+    penalty: str = "log"
+    jac_start: int = 0
 
     def evaluate(self, X: np.ndarray, U: np.ndarray, J: np.ndarray | None) -> CostTerms:
         if J is None:
             raise ValueError("FKCost needs the end-effector Jacobians")
         N, T, dX = X.shape
         nq = J.shape[-1]
-        sl = slice(self.ee_start, self.ee_start + len(self.target))
+        D = len(self.target)
+        sl = slice(self.ee_start, self.ee_start + D)
+        J = J[..., self.jac_start : self.jac_start + D, :]
         w = ramp(self.ramp, T, self.wp_final_multiplier)[:, None] * self.wp
-        l, grad, hess = penalty(X[..., sl] - self.target, w, self.l1, self.l2, self.alpha, "log")
+        l, grad, hess = penalty(X[..., sl] - self.target, w, self.l1, self.l2, self.alpha, self.penalty)
         terms = CostTerms.zeros(N, T, dX, U.shape[-1])
         terms.lx[..., :nq] = np.einsum("ntdq,ntd->ntq", J, grad)
         terms.lxx[..., :nq, :nq] = np.einsum("ntdq,ntde,nter->ntqr", J, hess, J)
@@ -202,13 +214,19 @@ class SumCost:
         return total
 
 
-def build_cost(specs: Sequence[dict[str, Any]]) -> SumCost:
-    """Cost from the `cost` list of params.yaml: each entry has `type` and `weight`."""
+def build_cost(specs: Sequence[dict[str, Any]], task: "Task") -> SumCost:
+    """Cost from the `cost` list of params.yaml: each entry has `type` and `weight`; state and fk
+    terms name a block of the task's state (`block`), checked before (stages.model_check)."""
     terms = []
     for spec in specs:
         spec = dict(spec)
         kind = spec.pop("type")
         weight = float(spec.pop("weight", 1.0))
+        if kind == "state":
+            spec["start"] = task.x_slices[spec.pop("block")].start
+        elif kind == "fk":
+            block = spec.pop("block")
+            spec["ee_start"], spec["jac_start"] = task.x_slices[block].start, task.jac_rows[block].start
         arrays = {k: np.asarray(v, dtype=float) for k, v in spec.items() if k in ("wu", "target", "wp")}
         rest = {k: v for k, v in spec.items() if k not in arrays}
         cls = {"action": ActionCost, "state": StateCost, "fk": FKCost}[kind]

@@ -1,7 +1,7 @@
 """Drawing samples: local controllers or the global policy acting in the simulator.
 
 Each episode gets its own smoothed noise ε [T, dU]. A local controller acts as
-u = K_t x + k_t + chol(Σ_t)ᵀ ε_t, the global policy as u = μ_θ(x[:dO]) + √var ∘ ε_t.
+u = K_t x + k_t + chol(Σ_t)ᵀ ε_t, the global policy as u = μ_θ(o) + √var ∘ ε_t (o: the task's observation).
 Evaluation rollouts use ε = 0. All episodes of a stage run in one lockstep loop
 with the actions computed for the whole batch at once.
 
@@ -37,7 +37,7 @@ def controller_episodes(sim: Simulator, pols: Sequence[LinearGaussianPolicy]) ->
     def run(cond: np.ndarray, eps: np.ndarray, progress: Progress | None = None) -> Rollouts:
         K, k, chol = K_all[cond], k_all[cond], chol_all[cond]
 
-        def act(t, x):
+        def act(t, x, o):
             return np.einsum("bux,bx->bu", K[:, t], x) + k[:, t] + np.einsum("bv,bvu->bu", eps[:, t], chol[:, t])
 
         return sim.rollout(cond, act, eps.shape[1], progress)
@@ -45,14 +45,14 @@ def controller_episodes(sim: Simulator, pols: Sequence[LinearGaussianPolicy]) ->
     return run
 
 
-def policy_episodes(sim: Simulator, params: PolicyParams, obs_dim: int) -> EpisodeRun:
-    """Episodes in which the global policy acts, whatever the condition."""
+def policy_episodes(sim: Simulator, params: PolicyParams) -> EpisodeRun:
+    """Episodes in which the global policy acts on the task's observation, whatever the condition."""
 
     def run(cond: np.ndarray, eps: np.ndarray, progress: Progress | None = None) -> Rollouts:
         scaled = eps * np.sqrt(params.var)
 
-        def act(t, x):
-            return policy_mean(params, x[:, :obs_dim]) + scaled[:, t]
+        def act(t, x, o):
+            return policy_mean(params, o) + scaled[:, t]
 
         return sim.rollout(cond, act, eps.shape[1], progress)
 
@@ -101,7 +101,7 @@ def rollout_controllers(
 
 
 def rollout_policy(
-    sim: Simulator, params: PolicyParams, noise: np.ndarray, obs_dim: int, progress: Progress | None = None,
+    sim: Simulator, params: PolicyParams, noise: np.ndarray, progress: Progress | None = None,
     stop: bool = True,
 ) -> Rollouts:
     """The global policy acts in every condition. noise: [M, N, T, dU] -> arrays [M, N, T, ...], diverged_at [M, N].
@@ -110,7 +110,7 @@ def rollout_policy(
     stop: raise FloatingPointError (one line, naming condition, sample and step) if any sample diverged.
     """
     M, N = noise.shape[:2]
-    return _checked(_grid(_batch(policy_episodes(sim, params, obs_dim), noise, progress), M, N), stop)
+    return _checked(_grid(_batch(policy_episodes(sim, params), noise, progress), M, N), stop)
 
 
 @dataclass

@@ -220,8 +220,6 @@ def dynamics_from_datasets(data: dict[str, np.ndarray], path: str = "", known: K
 def check_samples(data: dict[str, Any], path: str = "", known: Known | None = None) -> dict[str, int]:
     """X, U, obs, cost and the cost expansion Cm, cv, cc of a samples file; returns the sizes."""
     sizes = _check(path, data, SAMPLES_SPEC, known)
-    if sizes["dO"] > sizes["dX"]:
-        raise UserError(f"{path}: dataset 'obs' has shape {data['obs'].shape}, expected [M,N,T,dO] with dO <= dX = {sizes['dX']}")
     inner = {"M": (sizes["M"], "as in dataset 'X'"), "T": (sizes["T"], "as in dataset 'X'"),
              "D": (sizes["dX"] + sizes["dU"], "dX + dU of datasets 'X' and 'U'")}
     _check(path, data, COST_SPEC, inner)

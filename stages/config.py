@@ -16,19 +16,19 @@ from stages.schema import validate_params
 # The params each stage reads (top-level keys or dotted paths). dvc.yaml lists the
 # same keys, so changing a param re-runs only the stages that read it.
 STAGE_PARAMS: dict[str, list[str]] = {
-    "init": ["agent", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed"],
-    "sample": ["seed", "agent", "algorithm.sample_on_policy", "cost"],
+    "init": ["task", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed"],
+    "sample": ["seed", "task", "agent", "algorithm.sample_on_policy", "cost"],
     "fit_dynamics": ["seed", "dynamics", "algorithm.initial_state_var"],
     "fit_policy": ["seed", "policy_prior"],
     "adjust_step": ["algorithm.step_rule", "algorithm.min_step_mult", "algorithm.max_step_mult"],
     "c_step": ["algorithm.kl_step", "traj_opt"],
     "s_step": ["seed", "policy.iterations", "policy.batch_size", "policy.lr", "policy.weight_decay", "policy.ent_reg"],
-    "evaluate": ["agent", "evaluation"],
+    "evaluate": ["task", "agent.on_divergence", "evaluation"],
     # algorithm.name: so that switching algorithms reaches the summary's check that the pipeline was regenerated
     "summary": ["iterations", "algorithm.name"],
     "plot": [],
     # BADMM (algorithm.name: badmm): init also writes the duals; its own step rule; the whole inner loop
-    "init_badmm": ["agent", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed", "badmm.init_pol_wt"],
+    "init_badmm": ["task", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed", "badmm.init_pol_wt"],
     "badmm_adjust_step": ["algorithm.min_step_mult", "algorithm.max_step_mult"],
     "badmm_inner": [
         "seed", "iterations", "algorithm.kl_step", "traj_opt", "policy_prior",
@@ -38,7 +38,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
-    """params.yaml, checked against the schema and then against the model of agent.task (one-line UserError)."""
+    """params.yaml, checked against the schema and then against the task's model (one-line UserError)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: params file not found")

@@ -138,10 +138,13 @@ VIEWS = {
 }
 
 
-def view_for(task: str) -> View:
-    from gps_core.env import TASK_MODELS
-
-    return VIEWS[TASK_MODELS.get(task, task)]
+def view_for(model_path: str, model) -> View:
+    """The paper models' own views (by file name); for any other model MuJoCo's free camera of its extent."""
+    name = Path(model_path).stem
+    if name in VIEWS:
+        return VIEWS[name]
+    return View(lookat=tuple(float(v) for v in model.stat.center), distance=2.0 * float(model.stat.extent),
+                azimuth=90.0, elevation=-60.0)
 
 
 @dataclass
@@ -154,17 +157,15 @@ class Marker:
     to: np.ndarray | None = None
 
 
-def markers_for(task: str, target: np.ndarray, point: np.ndarray) -> list[Marker]:
-    """The target (green) and the scored point (yellow).
+def markers_for(model_path: str, target: np.ndarray, point: np.ndarray) -> list[Marker]:
+    """The target (green) and the scored point (yellow), for the peg model.
 
-    The obstacle model has its own green target and the particle is the scored
-    point, so nothing is added there. The peg's target, the hole's floor, sits
-    below the table top, so it gets a green pole rising out of the hole; the peg
-    bottom gets a yellow ball a little wider than the peg.
+    The peg's target, the hole's floor, sits below the table top, so it gets a
+    green pole rising out of the hole; the peg bottom gets a yellow ball a little
+    wider than the peg. Other models (the obstacle, Gymnasium's) show their own
+    targets, so nothing is added there.
     """
-    from gps_core.env import TASK_MODELS
-
-    if TASK_MODELS.get(task, task) == "obstacle":
+    if Path(model_path).stem != "peg":
         return []
     return [Marker(target, 0.008, (0.1, 0.9, 0.1, 1.0), to=target + np.array([0.0, 0.0, 0.25])),
             Marker(target, 0.02, (0.1, 0.9, 0.1, 1.0)),
@@ -285,20 +286,20 @@ def policy_rollout(s: "Settings", path: Path, condition: int):
 
     art = read_any(path)
     sim = s.simulator()
-    agent, ev = s.agent, s.evaluation
-    T = agent.T
+    ev = s.evaluation
+    T = s.task.T
     if not -sim.M <= condition < sim.M:
         raise UserError(f"--condition {condition} is out of range: params has {sim.M} conditions (0..{sim.M - 1})")
     condition %= sim.M
     stage, itr = art.attrs.get("stage", "?"), art.attrs.get("iteration", "?")
     noise = np.zeros((sim.M, 1, T, sim.dU))
     if "policy/W0" in art.datasets:
-        known = {"dO": (agent.obs_dim, "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
+        known = {"dO": (sim.dO, "the observation of task.observation"), "dU": (sim.dU, "actions of the model")}
         net = load_policy(path, known, hidden=s.policy.hidden)
-        X = rollout_policy(sim, net, noise, agent.obs_dim).X[condition, 0]
+        X = rollout_policy(sim, net, noise).X[condition, 0]
         what = f"policy itr {itr}"
     elif "K" in art.datasets:
-        known = {"M": (sim.M, "conditions in params"), "T": (T, "agent.T in params"),
+        known = {"M": (sim.M, "conditions in params"), "T": (T, "task.T in params"),
                  "dX": (sim.dX, "states of the model"), "dU": (sim.dU, "actions of the model")}
         X = rollout_controllers(sim, load_controllers(path, known), noise).X[condition, 0]
         what = f"controller itr {itr} ({stage})"
@@ -389,14 +390,18 @@ def render_rollout(params_path: Path, policy: Path, condition: int, out: Path, w
         steps = list(range(0, T, every))
         if steps[-1] != T - 1:
             steps.append(T - 1)
-    nq, nv = sim.nq, sim.nv
+    task = settings.task
+    # The state holds the configuration joints first (gps_core.task); the other joints keep the condition's values.
+    config = task.block(task.state[0])
+    dU = len(config.qadr)
     frames = []
-    task = settings.agent.task
-    with Scene(sim.models[m], view_for(task), width, height, shadows) as scene:
+    with Scene(sim.models[m], view_for(task.model_path, sim.models[m]), width, height, shadows) as scene:
         for t in steps:
-            scene.markers = markers_for(task, r.target, r.scored_point[t])
-            scene.set_state(r.X[t, :nq], r.X[t, nq:nq + nv])
+            scene.markers = markers_for(task.model_path, r.target, r.scored_point[t])
+            qpos, qvel = sim.qpos0[m].copy(), np.zeros(sim.nv)
+            qpos[config.qadr], qvel[config.dadr] = r.X[t, :dU], r.X[t, dU:2 * dU]
+            scene.set_state(qpos, qvel)
             frames.append(_caption(scene.render(), f"{r.what} | cond {m} | t={t} | dist {r.distance[t]:.3f}"))
-    write_frames(frames, out, fps if fps else 1.0 / (settings.agent.dt * every))
+    write_frames(frames, out, fps if fps else 1.0 / (settings.task.dt * every))
     return (f"wrote {out}: {len(frames)} frame(s) {width}x{height} of the {r.what} in condition {m} "
             f"(final distance {r.distance[-1]:.3f}; backend {gl_backend()})")

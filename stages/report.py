@@ -82,7 +82,7 @@ def load_run(path: Path) -> Run:
         raise UserError(f"{curve_file}: not a learning curve ({exc})") from None
     if not np.array_equal(curve["iteration"], np.arange(1, len(rows) + 1)):
         raise UserError(f"{curve_file}: iterations are not 1, 2, ..., {len(rows)}")
-    return Run(path, params["agent"]["task"], method_name(params), int(params["seed"]), curve)
+    return Run(path, params["task"]["name"], method_name(params), int(params["seed"]), curve)
 
 
 def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
@@ -112,7 +112,7 @@ def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
                 if not np.array_equal(curve["iteration"], np.arange(1, len(per_itr) + 1)):
                     failed.append(name)  # an unfinished run: iterations missing
                     continue
-                runs.append(Run(Path(name), params["agent"]["task"], method_name(params), int(params["seed"]), curve))
+                runs.append(Run(Path(name), params["task"]["name"], method_name(params), int(params["seed"]), curve))
     return runs, failed
 
 

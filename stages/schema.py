@@ -16,7 +16,7 @@ from stages.h5io import UserError
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # int | float | bool | str | choice | floats | ints | matrix
+    kind: str  # int | float | bool | str | choice | floats | ints | matrix | names | any
     lo: float | None = None  # inclusive lower bound
     gt: float | None = None  # exclusive lower bound
     hi: float | None = None  # inclusive upper bound
@@ -33,6 +33,7 @@ class Field:
         what = {
             "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
             "floats": "a list of numbers", "ints": "a list of integers", "matrix": "a list of lists of numbers",
+            "names": "a non-empty list of names", "any": "a value",
         }[self.kind]
         bounds = []
         if self.gt is not None:
@@ -75,6 +76,10 @@ def _valid(f: Field, v: Any) -> bool:
         if _num(v):
             return _in_bounds(f, v)
         return isinstance(v, list) and len(v) > 0 and all(_num(x) and x > 0 for x in v)
+    if f.kind == "names":
+        return isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x for x in v)
+    if f.kind == "any":  # checked against the model by gps_core.task.compile_task
+        return v is not None
     if f.kind == "matrix":
         return (
             isinstance(v, list) and len(v) > 0 and all(isinstance(r, list) and r and all(_num(x) for x in r) for r in v)
@@ -123,20 +128,28 @@ SCHEMA: dict[str, Any] = {
         "max_step_mult": Field("float", gt=0),
         "initial_state_var": Field("float", gt=0),
     },
-    "agent": {
-        "task": Field("choice", choices=("obstacle", "peg", "peg_blind")),
+    # The task (gps_core.task): the names in it are checked against its model by stages.model_check.
+    "task": {
+        "name": Field("str"),
+        "model": Field("str"),
         "T": Field("int", lo=2),
         "dt": Field("float", gt=0),
         "substeps": Field("int", lo=1),
+        "stepping": Field("choice", choices=("split", "mj_step")),
+        "blocks": Field("any"),
+        "state": Field("names"),
+        "observation": Field("names"),
+        "offset_body": Field("str", optional=True),
+        "conditions": Field("any"),
+        "test_conditions": Field("any", optional=True),
+    },
+    "agent": {
         "num_samples": Field("int", lo=2),
         "smooth_noise": Field("bool"),
         "smooth_noise_var": Field("float", gt=0),
         "smooth_noise_renormalize": Field("bool"),
         "on_divergence": Field("choice", choices=("redraw", "stop")),
         "max_draws": Field("int", lo=1),
-        "obs_dim": Field("int", lo=1),
-        "qpos0": Field("matrix"),
-        "body_offsets": Field("matrix", optional=True),
     },
     "init_lqr": {
         "init_var": Field("float", gt=0),
@@ -171,7 +184,7 @@ SCHEMA: dict[str, Any] = {
         "ent_reg": Field("float", lo=0),
     },
     "evaluation": {
-        "point_start": Field("int", lo=0),
+        "point": Field("str"),
         "target": Field("floats"),
         "success_thresholds": Field("floats", gt=0),
     },
@@ -179,16 +192,19 @@ SCHEMA: dict[str, Any] = {
 }
 
 RAMPS = ("constant", "linear", "quadratic", "final_only")
+PENALTIES = ("sqrt", "log")
 COST_TERMS: dict[str, dict[str, Field]] = {
     "action": {"wu": Field("floats", lo=0)},
     "state": {
-        "start": Field("int", lo=0), "target": Field("floats"), "wp": Field("floats", lo=0),
+        "block": Field("str"), "target": Field("floats"), "wp": Field("floats", lo=0),
+        "penalty": Field("choice", choices=PENALTIES, optional=True),
         "l1": Field("float", lo=0, optional=True), "l2": Field("float", lo=0, optional=True),
         "alpha": Field("float", gt=0, optional=True), "ramp": Field("choice", choices=RAMPS, optional=True),
         "wp_final_multiplier": Field("float", lo=0, optional=True),
     },
     "fk": {
-        "ee_start": Field("int", lo=0), "target": Field("floats"), "wp": Field("floats", lo=0),
+        "block": Field("str"), "target": Field("floats"), "wp": Field("floats", lo=0),
+        "penalty": Field("choice", choices=PENALTIES, optional=True),
         "l1": Field("float", lo=0, optional=True), "l2": Field("float", lo=0, optional=True),
         "alpha": Field("float", gt=0, optional=True), "ramp": Field("choice", choices=RAMPS, optional=True),
         "wp_final_multiplier": Field("float", lo=0, optional=True),
@@ -259,9 +275,7 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     traj = params["traj_opt"]
     if traj["min_eta"] >= traj["max_eta"]:
         raise UserError(f"{source}: traj_opt.min_eta ({traj['min_eta']}) must be below traj_opt.max_eta ({traj['max_eta']})")
-    agent = params["agent"]
-    offsets = agent.get("body_offsets")
-    if offsets is not None and (len(offsets) != len(agent["qpos0"]) or len(offsets[0]) != 3):
-        _fail(source, "agent.body_offsets", offsets, f"{len(agent['qpos0'])} rows (one per condition) of 3 numbers")
-    if params["policy"]["batch_size"] > agent["T"] * agent["num_samples"] * len(agent["qpos0"]):
+    task = params["task"]
+    conditions = task["conditions"] if isinstance(task["conditions"], list) else []
+    if params["policy"]["batch_size"] > task["T"] * params["agent"]["num_samples"] * max(len(conditions), 1):
         _fail(source, "policy.batch_size", params["policy"]["batch_size"], "at most the number of S-step rows (conditions x samples x T)")

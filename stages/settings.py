@@ -13,9 +13,12 @@ import functools
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gps_core.task import Task
 
 
 @dataclass(frozen=True)
@@ -40,19 +43,12 @@ class NoiseSettings:
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """The task and how it is run. qpos0: [M, nq]; body_offsets: [M, 3] or None."""
+    """How the samples are drawn (the task itself is Settings.task, a gps_core.task.Task)."""
 
-    task: str
-    T: int
-    dt: float
-    substeps: int
     num_samples: int
     noise: NoiseSettings
     on_divergence: str  # redraw | stop
     max_draws: int
-    obs_dim: int
-    qpos0: np.ndarray
-    body_offsets: np.ndarray | None
 
     @property
     def redraw_limit(self) -> int | None:
@@ -83,8 +79,10 @@ class PolicySettings:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """The scored point x[T-1, point_start:point_start+len(target)] and the success thresholds."""
+    """The scored point (a point or point-like block of the state, x[T-1, point_start:point_start+len(target)]),
+    its target and the success thresholds."""
 
+    point: str
     point_start: int
     target: np.ndarray
     success_thresholds: tuple[float, ...]
@@ -108,6 +106,7 @@ class Settings:
     params: dict[str, Any]
     seed: int
     iterations: int
+    task: "Task"
     algorithm: AlgorithmSettings
     agent: AgentSettings
     dynamics: DynamicsSettings
@@ -115,14 +114,14 @@ class Settings:
     evaluation: EvaluationSettings
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "Settings":
-        """Settings of a params dict that has passed stages.schema.validate_params."""
+    def from_params(cls, params: dict[str, Any], task: "Task") -> "Settings":
+        """Settings of a params dict that has passed stages.config.load_params, with its compiled task."""
         alg, agent, dyn, pol, ev = (params[k] for k in ("algorithm", "agent", "dynamics", "policy", "evaluation"))
-        offsets = agent.get("body_offsets")
         return cls(
             params=params,
             seed=int(params["seed"]),
             iterations=int(params["iterations"]),
+            task=task,
             algorithm=AlgorithmSettings(
                 name=str(alg.get("name", "mdgps")), sample_on_policy=bool(alg["sample_on_policy"]),
                 step_rule=str(alg["step_rule"]), kl_step=float(alg["kl_step"]),
@@ -130,13 +129,10 @@ class Settings:
                 initial_state_var=float(alg["initial_state_var"]),
             ),
             agent=AgentSettings(
-                task=str(agent["task"]), T=int(agent["T"]), dt=float(agent["dt"]), substeps=int(agent["substeps"]),
                 num_samples=int(agent["num_samples"]),
                 noise=NoiseSettings(smooth=bool(agent["smooth_noise"]), sigma=float(agent["smooth_noise_var"]),
                                     renormalize=bool(agent["smooth_noise_renormalize"])),
                 on_divergence=str(agent["on_divergence"]), max_draws=int(agent["max_draws"]),
-                obs_dim=int(agent["obs_dim"]), qpos0=np.asarray(agent["qpos0"], dtype=float),
-                body_offsets=None if offsets is None else np.asarray(offsets, dtype=float),
             ),
             dynamics=DynamicsSettings(regularization=float(dyn["regularization"]),
                                       regularization_shape=str(dyn["regularization_shape"]), prior=dyn["prior"]),
@@ -146,7 +142,8 @@ class Settings:
                 lr=float(pol["lr"]), weight_decay=float(pol["weight_decay"]), ent_reg=float(pol["ent_reg"]),
             ),
             evaluation=EvaluationSettings(
-                point_start=int(ev["point_start"]), target=np.asarray(ev["target"], dtype=float),
+                point=str(ev["point"]), point_start=task.point_slice(str(ev["point"]))[0].start,
+                target=np.asarray(ev["target"], dtype=float),
                 success_thresholds=tuple(float(t) for t in ev.get("success_thresholds", [])),
             ),
         )
@@ -183,7 +180,7 @@ class Settings:
         return InitLQRConfig(
             init_var=float(s["init_var"]), stiffness=float(s["stiffness"]), stiffness_vel=float(s["stiffness_vel"]),
             final_weight=float(s["final_weight"]), init_gains=None if gains is None else tuple(float(g) for g in gains),
-            dt=self.agent.dt,
+            dt=self.task.dt,
         )
 
     @functools.cached_property
@@ -209,16 +206,17 @@ class Settings:
 
         return stage_params(self.params, stage)
 
-    def simulator(self):
-        """The MuJoCo simulator of the task, one model per condition."""
-        from gps_core.env import Simulator, model_path
+    def simulator(self, held_out: bool = False):
+        """The MuJoCo simulator of the task, one model per training condition (held_out: per test condition)."""
+        from gps_core.env import Simulator
 
-        a = self.agent
-        return Simulator(model_path(a.task), a.qpos0, dt=a.dt, substeps=a.substeps, body_offsets=a.body_offsets)
+        return Simulator(self.task, self.task.test if held_out else self.task.train)
 
 
 def load_settings(path: str | Path) -> Settings:
     """params.yaml, validated (one-line UserError) and typed."""
     from stages.config import load_params
+    from stages.model_check import compile_settings_task
 
-    return Settings.from_params(load_params(path))
+    params = load_params(path)
+    return Settings.from_params(params, compile_settings_task(params, str(path)))

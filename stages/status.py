@@ -256,7 +256,10 @@ def status_text(data: Path, params_path: Path | None = None) -> str:
         from stages.report import method_name
 
         try:
-            head += f" (task {params['agent']['task']}, {method_name(params)}, {len(params['agent']['qpos0'])} conditions)"
+            task = params["task"]
+            held = len(task.get("test_conditions") or [])
+            head += (f" (task {task['name']}, {method_name(params)}, {len(task['conditions'])} conditions"
+                     + (f" + {held} held out" if held else "") + ")")
         except (KeyError, TypeError):
             pass
     summary = Path(data) / "learning_curve.csv"

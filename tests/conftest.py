@@ -37,9 +37,9 @@ def small_params(iterations: int = 2) -> dict:
     """The obstacle task shrunk: 2 conditions, 3 samples, T = 30, short S-steps."""
     params = copy.deepcopy(task_params("obstacle"))
     params["iterations"] = iterations
-    params["agent"]["T"] = 30
+    params["task"]["T"] = 30
     params["agent"]["num_samples"] = 3
-    params["agent"]["qpos0"] = [[0.0, -0.75], [0.0, 0.75]]
+    params["task"]["conditions"] = [{"qpos": [0.0, -0.75]}, {"qpos": [0.0, 0.75]}]
     params["policy"]["iterations"] = 60
     return params
 
@@ -48,10 +48,9 @@ def small_peg_params(task: str = "peg", iterations: int = 1) -> dict:
     """A peg task shrunk: its first 2 conditions, 3 samples, T = 20, short S-steps."""
     params = copy.deepcopy(task_params(task))
     params["iterations"] = iterations
-    params["agent"]["T"] = 20
+    params["task"]["T"] = 20
     params["agent"]["num_samples"] = 3
-    params["agent"]["qpos0"] = params["agent"]["qpos0"][:2]
-    params["agent"]["body_offsets"] = params["agent"]["body_offsets"][:2]
+    params["task"]["conditions"] = params["task"]["conditions"][:2]
     params["policy"]["iterations"] = 60
     return params
 

@@ -1,4 +1,7 @@
-"""`gps evaluate`: one noise-free rollout of the global policy per condition, and the iteration's metrics."""
+"""`gps evaluate`: one noise-free rollout of the global policy per condition, and the iteration's metrics.
+
+The task's held-out conditions (task.test_conditions), never sampled for training, are rolled out
+too, in their own batch, into eval.h5's group `test` and the metrics' `test_*` entries."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def evaluate(
     out: Path = typer.Option(..., "--out"),
     metrics: Path = typer.Option(..., "--metrics"),
 ) -> None:
-    """One noise-free rollout of the global policy per condition; distance to the target."""
+    """One noise-free rollout of the global policy per condition (training and held-out); distance to the target."""
     from gps_core.sampling import rollout_policy
     from gps_core.scoring import final_distance, success
     from stages.artifacts import check_controller_stats, load_policy, load_samples, load_step
@@ -31,24 +34,32 @@ def evaluate(
     s = load_settings(params_path)
     agent, ev = s.agent, s.evaluation
     sim = s.simulator()
-    T = agent.T
+    T = s.task.T
     # Every input is read and checked before anything is simulated or written.
-    known = {"M": (sim.M, "conditions in params"), "T": (T, "agent.T in params"),
+    known = {"M": (sim.M, "conditions in params"), "T": (T, "task.T in params"),
              "dX": (sim.dX, "state of the model"), "dU": (sim.dU, "actions of the model")}
     sdata, _ = load_samples(samples, known)
     cdata = check_controller_stats(controllers, {"M": known["M"]})
     step_mult = load_step(step, {"M": known["M"]})
-    net = load_policy(policy, {"dO": (agent.obs_dim, "agent.obs_dim in params"), "dU": known["dU"]},
+    net = load_policy(policy, {"dO": (sim.dO, "the observation of task.observation"), "dU": known["dU"]},
                       hidden=s.policy.hidden)
     stop = agent.on_divergence == "stop"
-    r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), agent.obs_dim, stop=stop)
-    X, U, diverged_at = r.X[:, 0], r.U[:, 0], r.diverged_at[:, 0]
-    diverged = diverged_at >= 0
-    # A diverged rollout holds its last good state, so its distance is that state's; it fails regardless.
-    dist = final_distance(X, ev.point_start, ev.target)
+
+    def run(sim) -> dict[str, np.ndarray]:
+        r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), stop=stop)
+        X, diverged_at = r.X[:, 0], r.diverged_at[:, 0]
+        # A diverged rollout holds its last good state, so its distance is that state's; it fails regardless.
+        return {"X": X, "U": r.U[:, 0], "final_distance": final_distance(X, ev.point_start, ev.target),
+                "diverged": diverged_at >= 0, "diverged_at": diverged_at}
+
+    train = run(sim)
+    test = run(s.simulator(held_out=True)) if len(s.task.test) else None
+    dist, diverged, diverged_at = train["final_distance"], train["diverged"], train["diverged_at"]
     sample_cost = sdata["cost"].sum(-1).mean(-1)
-    write_artifact(out, "evaluate", iteration, s.recorded("evaluate"),
-                   {"X": X, "U": U, "final_distance": dist, "diverged": diverged, "diverged_at": diverged_at})
+    datasets = dict(train)
+    if test is not None:
+        datasets.update({f"test/{k}": v for k, v in test.items()})
+    write_artifact(out, "evaluate", iteration, s.recorded("evaluate"), datasets)
     per_cond = lambda a: {f"c{m}": float(v) for m, v in enumerate(a)}  # noqa: E731
     result = {
         "iteration": iteration + 1,
@@ -71,8 +82,19 @@ def evaluate(
         hits = success(dist, float(tau), failed=diverged)
         result[f"success_{tau:g}"] = float(hits.mean())
         result["per_condition"][f"success_{tau:g}"] = per_cond(hits)
+    if test is not None:
+        result["test_final_distance"] = float(test["final_distance"].mean())
+        result["per_condition"]["test_final_distance"] = per_cond(test["final_distance"])
+        for tau in ev.success_thresholds:
+            hits = success(test["final_distance"], float(tau), failed=test["diverged"])
+            result[f"test_success_{tau:g}"] = float(hits.mean())
+            result["per_condition"][f"test_success_{tau:g}"] = per_cond(hits)
     write_json(metrics, result)
     if diverged.any():
         log(f"iteration {iteration}: the policy's rollout diverged (counted as failed) in "
              + ", ".join(f"condition {m} at t={diverged_at[m]}" for m in np.flatnonzero(diverged)))
     log(f"iteration {iteration}: final distance {np.array2string(dist, precision=3)} (mean {dist.mean():.3f})")
+    if test is not None:
+        held = test["final_distance"]
+        log(f"iteration {iteration}: held-out conditions: final distance {np.array2string(held, precision=3)} "
+            f"(mean {held.mean():.3f}){' (diverged: counted as failed)' if test['diverged'].any() else ''}")

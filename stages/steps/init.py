@@ -29,14 +29,14 @@ def init(
     s = load_settings(params_path)
     sp = s.recorded("init" if duals_out is None else "init_badmm")
     sim = s.simulator()
-    T = s.agent.T
+    T = s.task.T
     x0 = sim.initial_states()
     pols = [init_lqr(x0[m], sim.dU, T, s.init_lqr) for m in range(sim.M)]
     data = controllers_to_datasets(pols)
     data["eta"] = np.ones(sim.M)
     data["x0"] = x0
     write_artifact(controllers_out, "init", 0, sp, data)
-    pol = init_policy(s.agent.obs_dim, sim.dU, s.policy.hidden, s.policy.init_var, s.policy.init_seed)
+    pol = init_policy(sim.dO, sim.dU, s.policy.hidden, s.policy.init_var, s.policy.init_seed)
     pdata, pattrs = policy_to_datasets(pol, None, None)
     write_artifact(policy_out, "init", 0, sp, pdata, pattrs)
     write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})

@@ -32,7 +32,7 @@ def sample(
     s = load_settings(params_path)
     agent = s.agent
     sim = s.simulator()
-    M, N, T = sim.M, agent.num_samples, agent.T
+    M, N, T = sim.M, agent.num_samples, s.task.T
     noise_settings = vars(agent.noise)
     noise = smoothed_noise(s.rng(iteration, "sample"), (M, N, T, sim.dU), **noise_settings)
     seed = s.seed
@@ -44,10 +44,10 @@ def sample(
 
     on_policy = s.algorithm.sample_on_policy and iteration > 0
     if on_policy:
-        known = {"dO": (agent.obs_dim, "agent.obs_dim in params"), "dU": (sim.dU, "actions of the model")}
-        run = policy_episodes(sim, load_policy(policy, known, hidden=s.policy.hidden), agent.obs_dim)
+        known = {"dO": (sim.dO, "the observation of task.observation"), "dU": (sim.dU, "actions of the model")}
+        run = policy_episodes(sim, load_policy(policy, known, hidden=s.policy.hidden))
     else:
-        known = {"M": (M, "conditions in params"), "T": (T, "agent.T in params"),
+        known = {"M": (M, "conditions in params"), "T": (T, "task.T in params"),
                  "dX": (sim.dX, "states of the model"), "dU": (sim.dU, "actions of the model")}
         run = controller_episodes(sim, load_controllers(controllers, known))
     max_draws = agent.redraw_limit
@@ -55,13 +55,13 @@ def sample(
         drawn = draw_samples(run, noise, redraw_noise, max_draws, progress)
     rollouts, noise = drawn.rollouts, drawn.noise
     X, U, J = rollouts.X, rollouts.U, rollouts.ee_jac
-    cost = build_cost(s.cost_terms)
+    cost = build_cost(s.cost_terms, s.task)
     terms = cost.evaluate(X.reshape(M * N, T, -1), U.reshape(M * N, T, -1), J.reshape(M * N, T, *J.shape[3:]))
     expansion = expand_cost(terms.reshape(M, N), X, U)
     data = {
         "X": X,
         "U": U,
-        "obs": X[..., : agent.obs_dim],
+        "obs": rollouts.O,
         "noise": noise,
         "draws": drawn.draws,
         "ee_jac": J,

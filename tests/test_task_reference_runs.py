@@ -1,0 +1,71 @@
+"""The paper's tasks written in the task format run exactly as the code that wired them by name.
+
+tests/data/task_runs_<run>.npz hold every dataset of short runs (2 iterations of every stage)
+made at commit dba323d, before the task format, by tests/data/make_task_reference_runs.py.
+The same small settings, written as `task` sections, must give the same arrays: bit for bit
+on the processor the arrays were made on. On another processor the floating-point kernels
+(BLAS, MuJoCo's and PyTorch's vectorised code) may differ in the last bits
+(docs/results.md, "The same code on another machine"); there the arrays must agree to 1e-8,
+the tolerance the project keeps for its replay of the reference implementation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, run_badmm_stages_by_hand, run_stages_by_hand, small_badmm_params, small_params, small_peg_params
+
+DATA = ROOT / "tests" / "data"
+RUNS = {
+    "obstacle": (lambda: small_params(2), run_stages_by_hand),
+    "peg": (lambda: small_peg_params("peg", 2), run_stages_by_hand),
+    "peg_blind": (lambda: small_peg_params("peg_blind", 2), run_stages_by_hand),
+    "obstacle_badmm": (lambda: small_badmm_params(2), run_badmm_stages_by_hand),
+}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def datasets(run: Path) -> dict[str, np.ndarray]:
+    import h5py
+
+    arrays: dict[str, np.ndarray] = {}
+    for path in sorted(run.rglob("*.h5")):
+        rel = path.relative_to(run).as_posix()
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: arrays.__setitem__(f"{rel}/{name}", obj[()])
+                         if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_paper_task_runs_are_unchanged(name, tmp_path):
+    make, run = RUNS[name]
+    stored = np.load(DATA / f"task_runs_{name}.npz")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(make()))
+    run(tmp_path / "data", tmp_path / "params.yaml", 2)
+    now = datasets(tmp_path / "data")
+    expected = {k: stored[k] for k in stored.files if k != "cpu"}
+    assert sorted(now) == sorted(expected), "the runs write other datasets than before"
+    exact = str(stored["cpu"]) == cpu_model()
+    differ = []
+    for key, want in expected.items():
+        got = now[key]
+        assert got.shape == want.shape and got.dtype == want.dtype, key
+        if exact:
+            if got.tobytes() != want.tobytes():
+                differ.append(key)
+        elif np.issubdtype(want.dtype, np.floating):
+            np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10, err_msg=key)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=key)
+    assert not differ, f"{len(differ)} datasets differ in bytes on the processor they were made on: {differ[:5]}"
