@@ -57,7 +57,8 @@ def stage_commands(params: dict) -> list[tuple[str, list[str]]]:
     """(stage name, argv without the leading `gps`) of every stage, in execution order."""
     from stages.pipeline import build_pipeline
 
-    doc = build_pipeline(int(params["iterations"]), "params.yaml", params["algorithm"].get("name", "mdgps"))
+    doc = build_pipeline(int(params["iterations"]), "params.yaml", params["algorithm"].get("name", "mdgps"),
+                         gym=params.get("gym_evaluation") is not None)
     return [(name, shlex.split(st["cmd"])[1:]) for name, st in doc["stages"].items() if name != "plot"]
 
 
@@ -96,11 +97,11 @@ def run_one(run_dir: Path) -> dict:
 def cmd_run(args) -> None:
     import yaml
 
-    from stages.sweep import parse_list, parse_seeds, METHODS, TASKS
+    from stages.sweep import parse_list, parse_seeds, METHODS, known_tasks
 
     out = Path(args.out).resolve()
     runs = []
-    for task in parse_list(args.tasks, TASKS, "tasks"):
+    for task in parse_list(args.tasks, known_tasks(ROOT), "tasks"):
         for method in parse_list(args.methods, tuple(METHODS), "methods"):
             for seed in parse_seeds(args.seeds):
                 d = out / run_name(task, method, seed)

@@ -27,6 +27,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     # algorithm.name: so that switching algorithms reaches the summary's check that the pipeline was regenerated
     "summary": ["iterations", "algorithm.name"],
     "plot": [],
+    "evaluate_gym": ["task", "agent.num_samples", "iterations", "policy.hidden", "gym_evaluation"],
     # BADMM (algorithm.name: badmm): init also writes the duals; its own step rule; the whole inner loop
     "init_badmm": ["task", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed", "badmm.init_pol_wt"],
     "badmm_adjust_step": ["algorithm.min_step_mult", "algorithm.max_step_mult"],

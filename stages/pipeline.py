@@ -40,7 +40,7 @@ HEADER = (
 )
 CODE_DEPS = ["gps_core", "stages"]
 ROOT_FILE = "dvc.yaml"
-ROOT_STAGES = ("init", "summary", "plot")
+ROOT_STAGES = ("init", "summary", "plot", "evaluate_gym")
 
 
 def stage_file(name: str) -> str:
@@ -76,9 +76,11 @@ def _stage(cmd: list[str], deps: list[str], step: str, outs: list[str], params_f
     return stage
 
 
-def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm: str = "mdgps") -> dict[str, Any]:
+def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm: str = "mdgps",
+                   gym: bool = False) -> dict[str, Any]:
     """Every stage of `iterations` MDGPS (or BADMM) iterations, in execution order, as one flat dvc.yaml document.
 
+    gym: also score the last policy in Gymnasium (the evaluate_gym stage; params has gym_evaluation).
     `split_pipeline` cuts it into the files `gps pipeline` writes.
     """
     if iterations < 1:
@@ -97,7 +99,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             )
         }
         metrics_files = [_badmm_iteration(stages, k, p, params_file) for k in range(iterations)]
-        return _finish(stages, metrics_files, iterations, p, params_file)
+        return _finish(stages, metrics_files, iterations, p, params_file, gym)
     stages = {
         "init": _stage(
             ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s],
@@ -161,7 +163,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             [policy, samples, controllers, step], "evaluate", [f"{d}/eval.h5"], params_file,
             metrics=[metrics],
         )
-    return _finish(stages, metrics_files, iterations, p, params_file)
+    return _finish(stages, metrics_files, iterations, p, params_file, gym)
 
 
 def _sample_and_fit_dynamics(stages: dict[str, Any], k: int, p: list[str], params_file: str,
@@ -238,7 +240,8 @@ def _badmm_iteration(stages: dict[str, Any], k: int, p: list[str], params_file: 
     return metrics
 
 
-def _finish(stages: dict[str, Any], metrics_files: list[str], iterations: int, p: list[str], params_file: str) -> dict[str, Any]:
+def _finish(stages: dict[str, Any], metrics_files: list[str], iterations: int, p: list[str], params_file: str,
+            gym: bool = False) -> dict[str, Any]:
     """Add the summary and plot stages; the whole document with its plots.
 
     No plot definition depends on params other than `iterations` and `algorithm.name`
@@ -258,6 +261,12 @@ def _finish(stages: dict[str, Any], metrics_files: list[str], iterations: int, p
         plot_deps, "plot", ["data/plots/per_iteration.csv"], params_file,
         plots=[f"data/plots/{name}.png" for name in PNG_PLOTS],
     )
+    if gym:
+        final_policy = f"{_itr(iterations - 1)}/policy.h5"
+        stages["evaluate_gym"] = _stage(
+            ["gps", "evaluate-gym", *p, "--policy", final_policy, "--out", "data/gym_eval.json"],
+            [final_policy], "evaluate_gym", [], params_file, metrics=["data/gym_eval.json"],
+        )
     curve = "data/learning_curve.csv"
     plots = [
         {"final_distance": {"template": "linear", "x": "iteration", "y": {curve: ["final_distance"]}}},
@@ -288,7 +297,7 @@ def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml") ->
     if not isinstance(iterations, int) or isinstance(iterations, bool):
         raise UserError(f"params: iterations is {iterations!r}, expected an integer >= 1")
     algorithm = params["algorithm"].get("name", "mdgps") if isinstance(params.get("algorithm"), dict) else "mdgps"
-    doc = build_pipeline(iterations, params_file, algorithm)
+    doc = build_pipeline(iterations, params_file, algorithm, gym=params.get("gym_evaluation") is not None)
     return {path: HEADER + yaml.safe_dump(d, sort_keys=False, width=1000) for path, d in split_pipeline(doc).items()}
 
 

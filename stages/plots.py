@@ -72,6 +72,7 @@ def policy_cost(eval_path: Path, samples_path: Path) -> np.ndarray | None:
     import h5py
 
     from gps_core.costs import build_cost
+    from gps_core.task import TaskError, compile_task
 
     if not (eval_path.exists() and samples_path.exists()):
         return None
@@ -79,12 +80,13 @@ def policy_cost(eval_path: Path, samples_path: Path) -> np.ndarray | None:
         with h5py.File(eval_path, "r") as f:
             X, U = f["X"][()], f["U"][()]
         with h5py.File(samples_path, "r") as f:
-            spec = json.loads(f.attrs["params"])["cost"]
+            recorded = json.loads(f.attrs["params"])
             jac_shape = f["ee_jac"].shape[-2:]
-    except (OSError, KeyError, ValueError) as exc:
+        spec, task = recorded["cost"], compile_task(recorded["task"])
+    except (OSError, KeyError, ValueError, TaskError) as exc:
         raise UserError(f"{eval_path}: cannot compute the policy's cost ({exc})") from None
     J = np.zeros((*X.shape[:2], *jac_shape))
-    return build_cost(spec).evaluate(X, U, J).l.sum(-1)
+    return build_cost(spec, task).evaluate(X, U, J).l.sum(-1)
 
 
 def _on_policy(samples_path: Path) -> str | None:

@@ -114,7 +114,7 @@ BADMM = {
 }
 
 # Sections that may be left out (params files written before they existed); see validate_params.
-OPTIONAL_SECTIONS = ("badmm",)
+OPTIONAL_SECTIONS = ("badmm", "gym_evaluation")
 
 SCHEMA: dict[str, Any] = {
     "seed": Field("int", lo=0),
@@ -189,6 +189,12 @@ SCHEMA: dict[str, Any] = {
         "success_thresholds": Field("floats", gt=0),
     },
     "badmm": BADMM,
+    # The trained policy scored in a Gymnasium environment (stages/steps/evaluate_gym.py); optional.
+    "gym_evaluation": {
+        "env": Field("str"),
+        "episodes": Field("int", lo=1),
+        "seed": Field("int", lo=0, optional=True),  # episodes reset with seeds seed, seed + 1, ... (default 0)
+    },
 }
 
 RAMPS = ("constant", "linear", "quadratic", "final_only")

@@ -30,7 +30,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "on_classic": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": True, "algorithm.step_rule": "classic"},
     "on_global": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": True, "algorithm.step_rule": "global"},
 }
-TASKS = ("obstacle", "peg", "peg_blind")
+PAPER_TASKS = ("obstacle", "peg", "peg_blind")
+
+
+def known_tasks(root: Path) -> tuple[str, ...]:
+    """The tasks with shipped settings: configs/<task>.yaml under the project root."""
+    return tuple(sorted(p.stem for p in (root / "configs").glob("*.yaml")))
 GENERATED = ["params.yaml", "dvc.yaml", "pipelines"]
 
 

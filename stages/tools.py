@@ -154,10 +154,10 @@ def sweep_cmd(
     import subprocess
 
     from stages.clitools import user_errors
-    from stages.sweep import METHODS, TASKS, parse_list, parse_seeds, queue_sweep
+    from stages.sweep import METHODS, known_tasks, parse_list, parse_seeds, queue_sweep
 
     with user_errors("sweep", debugging()):
-        n = queue_sweep(parse_list(tasks, TASKS, "tasks"), parse_list(methods, tuple(METHODS), "methods"),
+        n = queue_sweep(parse_list(tasks, known_tasks(Path(".")), "tasks"), parse_list(methods, tuple(METHODS), "methods"),
                         parse_seeds(seeds), Path("."), dry_run, echo=typer.echo, dvc=dvc_executable())
     if dry_run:
         return
@@ -171,7 +171,7 @@ RootOpt = typer.Option(Path("."), "--root", help="project root: dvc.yaml goes he
 
 @app.command("configure")
 def configure(
-    task: str = typer.Argument(..., help="obstacle | peg | peg_blind: the shipped settings in configs/<task>.yaml"),
+    task: str = typer.Argument(..., help="a task of configs/ (obstacle, peg, peg_blind, reacher, pusher): configs/<task>.yaml"),
     params_path: Path = ParamsOpt,
     root: Path = RootOpt,
 ) -> None:

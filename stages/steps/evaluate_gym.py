@@ -1,0 +1,131 @@
+"""`gps evaluate-gym`: the trained global policy in a Gymnasium environment, scored by Gymnasium's reward.
+
+The network acts on the environment's own observation, so the task's observation
+(task.observation) must be that observation: at every step of every episode the task's
+blocks are read from the environment's MjData (gps_core.env reads them the same way in
+training) and compared with what the environment returned; a difference beyond round-off
+stops the command. Actions are the network's mean, clipped to the environment's action
+space (as Stable-Baselines3 does with its policies). Episodes are reset with seeds
+`seed`, `seed + 1`, ... so that every run, and any other method, meets the same episodes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from stages.cli import ParamsOpt, log, stage_command
+from stages.h5io import UserError, write_json
+from stages.settings import load_settings
+
+# The task's observation read from MjData and the environment's agree to round-off: the same floats,
+# concatenated in another order of operations at most.
+OBSERVATION_TOLERANCE = 1e-9
+
+
+def episode_returns(env, act, observe, seeds: list[int], progress=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Run one episode per seed. act(obs [dO]) -> action; observe(env) -> the task's observation [dO].
+
+    Returns (returns [E], lengths [E], the largest |task observation - environment observation|).
+    """
+    returns, lengths, worst = [], [], 0.0
+    for i, seed in enumerate(seeds):
+        obs, _ = env.reset(seed=int(seed))
+        total, steps, done = 0.0, 0, False
+        while not done:
+            worst = max(worst, float(np.max(np.abs(observe(env) - obs))))
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+        worst = max(worst, float(np.max(np.abs(observe(env) - obs))))
+        returns.append(total)
+        lengths.append(steps)
+        if progress is not None:
+            progress(i + 1, len(seeds))
+    return np.array(returns), np.array(lengths), worst
+
+
+def task_observer(task):
+    """observe(env) -> the task's observation read from the environment's MjData (no velocity blocks)."""
+    from gps_core.env import _Reader
+
+    if any(task.block(n).kind == "velocity" for n in task.observation):
+        raise UserError("task.observation has a velocity block (a finite difference over the control period): "
+                        "no Gymnasium environment observes that, so the policy cannot be scored there")
+    reader = _Reader(task)
+
+    def observe(env) -> np.ndarray:
+        values = reader.values(env.unwrapped.data, None)
+        return np.concatenate([values[n] for n in task.observation])
+
+    return observe
+
+
+@stage_command("evaluate-gym")
+def evaluate_gym(
+    params_path: Path = ParamsOpt,
+    policy: Path = typer.Option(..., "--policy", help="the trained global policy (policy.h5 of the last iteration)"),
+    out: Path = typer.Option(..., "--out", help="metrics JSON: mean and spread of Gymnasium's return"),
+    episodes: int = typer.Option(0, "--episodes", min=0, help="episodes to run (0: gym_evaluation.episodes)"),
+) -> None:
+    """Run the trained policy in gymnasium.make(gym_evaluation.env) and score it with Gymnasium's reward."""
+    from stages.artifacts import load_policy
+    from stages.progress import progress_bar
+
+    s = load_settings(params_path)
+    spec = s.params.get("gym_evaluation")
+    if spec is None:
+        raise UserError(f"{params_path}: no gym_evaluation section: name the Gymnasium environment to score the policy in")
+    import gymnasium
+    from gymnasium.error import Error as GymError
+
+    from gps_core.policy_net import policy_mean
+
+    task = s.task
+    net = load_policy(policy, {"dO": (task.dO, "the observation of task.observation"),
+                               "dU": (task.dU, "actions of the model")}, hidden=s.policy.hidden)
+    try:
+        env = gymnasium.make(spec["env"])
+    except GymError as exc:
+        raise UserError(f"{params_path}: gym_evaluation.env is {spec['env']!r}: {exc}") from None
+    space = env.action_space
+    if env.observation_space.shape != (task.dO,) or space.shape != (task.dU,):
+        raise UserError(f"{params_path}: gym_evaluation.env {spec['env']} observes {env.observation_space.shape} and "
+                        f"acts {space.shape}, but the task's observation has {task.dO} entries and its model {task.dU} "
+                        "actuators")
+    low, high = np.asarray(space.low, dtype=float), np.asarray(space.high, dtype=float)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return np.clip(policy_mean(net, obs), low, high).astype(space.dtype)
+
+    n = episodes or int(spec["episodes"])
+    seeds = [int(spec.get("seed", 0)) + i for i in range(n)]
+    with progress_bar(f"evaluate-gym: {spec['env']}, episode", n) as progress:
+        returns, lengths, worst = episode_returns(env, act, task_observer(task), seeds, progress)
+    env.close()
+    if worst > OBSERVATION_TOLERANCE:
+        raise UserError(f"{params_path}: task.observation is not {spec['env']}'s observation (they differ by up to "
+                        f"{worst:.3g}): the policy was trained on other inputs than the environment gives it")
+    threshold = env.spec.reward_threshold
+    M, N = len(task.train), s.agent.num_samples
+    result = {
+        "env": spec["env"],
+        "gymnasium_version": gymnasium.__version__,
+        "episodes": n,
+        "first_seed": seeds[0],
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+        "episode_length": float(lengths.mean()),
+        "reward_threshold": None if threshold is None else float(threshold),
+        "observation_max_difference": worst,
+        # Environment steps of training: iterations x conditions x samples x T (redrawn samples not counted).
+        "training_env_steps": s.iterations * M * N * task.T,
+    }
+    write_json(out, result)
+    bar = "" if threshold is None else f" (Gymnasium's reward_threshold {threshold:g})"
+    log(f"{spec['env']}: return {returns.mean():.3f} +- {returns.std():.3f} over {n} episodes{bar}")
