@@ -17,7 +17,7 @@ Blocks, read from MjData after each control step (kinds and their entries):
 
 x = concat(state blocks), o = concat(observation blocks). A point is a site or a
 body of the model (its frame origin: MjData.site_xpos or MjData.xpos); a name
-that is both needs `site:` or `body:` before it.
+that is both needs `site:` or `body:` before it (`site:#3`, `body:#2`: by index, for unnamed ones).
 
 The state's first two blocks are the configuration: a qpos block of the joints
 the actuators drive, in actuator order, then a qvel block of the same joints
@@ -200,6 +200,11 @@ def _point(model, name: str, key: str) -> Point:
     bodies = _names(model, mujoco.mjtObj.mjOBJ_BODY, model.nbody)
     if kind and kind not in ("site", "body"):
         raise TaskError(key, f"{name!r}: a point is NAME, site:NAME or body:NAME")
+    if kind and bare.startswith("#") and bare[1:].isdigit():  # site:#3, body:#2: by index, for unnamed ones
+        i, n = int(bare[1:]), len(sites if kind == "site" else bodies)
+        if not (kind == "site" and i < n or kind == "body" and 0 < i < n):
+            raise TaskError(key, f"{name!r}: the model has {n} {kind}s" + (" (body 0 is the world)" if kind == "body" else ""))
+        return Point(name, kind, i)
     in_sites, in_bodies = bare in sites and kind != "body", bare in bodies and kind != "site"
     if in_sites and in_bodies:
         raise TaskError(key, f"{bare!r} is both a site and a body of the model: write site:{bare} or body:{bare}")
@@ -209,7 +214,8 @@ def _point(model, name: str, key: str) -> Point:
         if bodies.index(bare) == 0:
             raise TaskError(key, "the world body does not move: name a site or a body of the model")
         return Point(bare, "body", bodies.index(bare))
-    listed = ", ".join([f"site {s}" for s in sites if s] + [f"body {b}" for b in bodies[1:] if b]) or "none"
+    listed = ", ".join(([f"site {s}" for s in sites if s] if kind != "body" else [])
+                       + ([f"body {b}" for b in bodies[1:] if b] if kind != "site" else [])) or "none"
     raise TaskError(key, f"the model has no {'site' if kind == 'site' else 'body' if kind == 'body' else 'site or body'} "
                          f"{bare!r}; it has: {listed}")
 
@@ -219,18 +225,20 @@ def _joints(model, names: Any, key: str) -> tuple[np.ndarray, np.ndarray, tuple[
     import mujoco
 
     all_names = _names(model, mujoco.mjtObj.mjOBJ_JOINT, model.njnt)
-    if names is None:
-        names = all_names
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    if names is None:  # every joint, by index (a model's joints need no names)
+        ids = list(range(model.njnt))
+        names = [all_names[j] or f"#{j}" for j in ids]
+    elif not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise TaskError(key, f"{names!r}: expected a non-empty list of joint names")
-    ids = []
-    for name in names:
-        if name not in all_names:
-            raise TaskError(key, f"the model has no joint {name!r}; its joints: {', '.join(all_names)}")
-        j = all_names.index(name)
+    else:
+        ids = []
+        for name in names:
+            if not name or name not in all_names:
+                raise TaskError(key, f"the model has no joint {name!r}; its joints: {', '.join(n for n in all_names if n)}")
+            ids.append(all_names.index(name))
+    for j, name in zip(ids, names):
         if not _one_dof(model, j):
             raise TaskError(key, f"joint {name!r} is not a hinge or slide joint (one position, one velocity)")
-        ids.append(j)
     return (np.array([model.jnt_qposadr[j] for j in ids], dtype=np.int64),
             np.array([model.jnt_dofadr[j] for j in ids], dtype=np.int64), tuple(names))
 
@@ -278,8 +286,8 @@ def _block(model, name: str, spec: Any, key: str, defined: Mapping[str, Block]) 
     of = spec.get("of")
     if of not in defined or defined[of].kind not in POINT_KINDS:
         choices = [n for n, b in defined.items() if b.kind in POINT_KINDS]
-        raise TaskError(f"{key}.of", f"{of!r}: expected a position or relative block defined before it "
-                        f"({', '.join(choices) or 'none is'})")
+        raise TaskError(f"{key}.of", f"{of!r}: expected a position or relative block of task.blocks "
+                        f"({', '.join(choices) or 'there is none'})")
     return Block(name, kind, defined[of].size, empty, empty, of=of)
 
 
@@ -299,7 +307,8 @@ def _condition_rows(model, rows: Any, key: str, offset_body: int | None) -> Cond
         given = row.get("qpos", {})
         if isinstance(given, list):
             if len(given) != model.nq or not all(_is_number(v) for v in given):
-                raise TaskError(f"{k}.qpos", f"{given!r} ({len(given)} entries): expected {model.nq} numbers, one per "
+                raise TaskError(f"{k}.qpos", f"{given!r} ({len(given)} entr{'y' if len(given) == 1 else 'ies'}): "
+                                f"expected {model.nq} numbers, one per "
                                 "joint position (nq) of the model, or a mapping from joint names to values")
             q[:] = given
         elif isinstance(given, dict):
@@ -380,9 +389,15 @@ def compile_task(task: Mapping[str, Any], base: Path | None = None) -> Task:
     specs = task["blocks"]
     if not isinstance(specs, dict) or not specs:
         raise TaskError("task.blocks", f"{specs!r}: expected a mapping from block names to blocks")
+    # Velocity blocks after the others, so that the order of the mapping does not matter (YAML
+    # writers may sort it); the mapping's order is kept for everything else.
     defined: dict[str, Block] = {}
+    later = [n for n, spec in specs.items() if isinstance(spec, dict) and spec.get("kind") == "velocity"]
     for name, spec in specs.items():
-        defined[str(name)] = _block(model, str(name), spec, f"task.blocks.{name}", defined)
+        if name not in later:
+            defined[str(name)] = _block(model, str(name), spec, f"task.blocks.{name}", defined)
+    for name in later:
+        defined[str(name)] = _block(model, str(name), specs[name], f"task.blocks.{name}", defined)
 
     lists = {}
     for field in ("state", "observation"):
@@ -440,7 +455,7 @@ def plain_layout(xml_path: str) -> dict[str, Any]:
     model = mujoco.MjModel.from_xml_path(xml_path)
     blocks: dict[str, Any] = {"joint_positions": {"kind": "qpos"}, "joint_velocities": {"kind": "qvel"}}
     if model.nsite:
-        sites = [f"site:{mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_SITE, i)}" for i in range(model.nsite)]
+        sites = [f"site:{mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_SITE, i) or f'#{i}'}" for i in range(model.nsite)]
         blocks["sites"] = {"kind": "position", "points": sites}
         blocks["site_velocities"] = {"kind": "velocity", "of": "sites"}
     return {"blocks": blocks, "state": list(blocks), "observation": list(blocks)}

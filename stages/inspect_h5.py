@@ -33,7 +33,7 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
     "U": ("M,N,T,dU", "M,T,dU"),
     "obs": ("M,N,T,dO",),
     "noise": ("M,N,T,dU",),
-    "ee_jac": ("M,N,T,3S,nq",),
+    "ee_jac": ("M,N,T,J,dU",),  # J: rows of the state's position and relative blocks
     "cost": ("M,N,T",),
     "draws": ("M,N",),
     "Cm": ("M,T,D,D",),
@@ -74,6 +74,12 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
     "final_distance": ("M",),
     "diverged": ("M",),
     "diverged_at": ("M",),
+    # eval: the held-out conditions (Mt of them)
+    "test/X": ("Mt,T,dX",),
+    "test/U": ("Mt,T,dU",),
+    "test/final_distance": ("Mt",),
+    "test/diverged": ("Mt",),
+    "test/diverged_at": ("Mt",),
     # BADMM: duals.h5 and inner.h5 (J inner iterations)
     "lam_k": ("M,T,dU", "J,M,T,dU"),
     "lam_K": ("M,T,dU,dX",),

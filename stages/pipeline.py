@@ -291,6 +291,20 @@ def split_pipeline(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {ROOT_FILE: files.pop(ROOT_FILE), **files}
 
 
+def project_model_file(params: dict[str, Any]) -> str | None:
+    """task.model when it is a file of the project (a relative path that names no installed package and lies
+    outside gps_core/, which the stages depend on already); None for package files and absolute paths."""
+    import importlib.util
+
+    model = params.get("task", {}).get("model") if isinstance(params.get("task"), dict) else None
+    if not isinstance(model, str) or Path(model).is_absolute():
+        return None
+    head = Path(model).parts[0] if Path(model).parts else ""
+    if head in CODE_DEPS or (head.isidentifier() and importlib.util.find_spec(head) is not None):
+        return None
+    return model
+
+
 def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml") -> dict[str, str]:
     """{path relative to the project root: text} of every dvc.yaml of the run."""
     iterations = get(params, "iterations")
@@ -298,6 +312,13 @@ def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml") ->
         raise UserError(f"params: iterations is {iterations!r}, expected an integer >= 1")
     algorithm = params["algorithm"].get("name", "mdgps") if isinstance(params.get("algorithm"), dict) else "mdgps"
     doc = build_pipeline(iterations, params_file, algorithm, gym=params.get("gym_evaluation") is not None)
+    model = project_model_file(params)
+    if model is not None:  # the stages that simulate depend on the model file too
+        for stage in doc["stages"].values():
+            keys = stage.get("params", [])
+            keys = keys[0][params_file] if keys and isinstance(keys[0], dict) else keys
+            if "task" in keys:
+                stage["deps"] = stage["deps"] + [model]
     return {path: HEADER + yaml.safe_dump(d, sort_keys=False, width=1000) for path, d in split_pipeline(doc).items()}
 
 

@@ -135,6 +135,9 @@ class View:
 VIEWS = {
     "obstacle": View(lookat=(1.5, 0.0, 0.0), distance=6.0, azimuth=90.0, elevation=-89.9),  # from above, x to the right
     "peg": View(lookat=(0.15, 0.15, -0.35), distance=1.4, azimuth=-90.0, elevation=-35.0),  # facing the arm, hole in front
+    # Gymnasium's models (by file name): the arena from above; the pusher's table from the side of the arm
+    "reacher": View(lookat=(0.0, 0.0, 0.0), distance=0.75, azimuth=90.0, elevation=-89.9),
+    "pusher_v5": View(lookat=(0.3, -0.25, -0.3), distance=1.5, azimuth=-135.0, elevation=-40.0),
 }
 
 

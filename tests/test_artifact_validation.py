@@ -224,7 +224,6 @@ BAD_INPUTS = [
     ("samples", "rank_cost", set_dataset("cost", lambda a: a[..., None]), ["dataset 'cost' has shape (2, 3, 30, 1), expected [M,N,T]"]),
     ("samples", "obs_N", set_dataset("obs", lambda a: a[:, :2]), ["dataset 'obs' has shape (2, 2, 30, 10)", "with N = 3"]),
     ("samples", "empty", set_dataset("X", lambda a: a[:0]), ["dataset 'X' has shape (0, 3, 30, 10)", "M >= 1"]),
-    ("samples", "wide_obs", set_dataset("obs", lambda a: np.concatenate([a, a[..., :1]], -1)), ["dataset 'obs'", "dO <= dX = 10"]),
     ("samples", "Cm_D", set_dataset("Cm", lambda a: a[..., :-1, :-1]),
      ["dataset 'Cm' has shape (2, 30, 11, 11), expected [M,T,D,D] with D = 12 (dX + dU"]),
     ("samples", "cv_T", set_dataset("cv", lambda a: a[:, 1:]), ["dataset 'cv' has shape (2, 29, 12)", "T = 30"]),
@@ -442,7 +441,7 @@ def test_sample_checks_controllers_and_policy_against_the_model(run0, init_dir, 
     result = runner.invoke(app, ["sample", "-i", "0", "--controllers", str(short), "--policy", str(run0 / "pol.h5"), "--out", str(out), *p])
     assert result.exit_code == 2 and not out.exists()
     assert result.output.strip() == (f"gps sample: error: {short}: dataset 'K' has shape (2, 29, 2, 10), "
-                                     "expected [M,T,dU,dX] with T = 30 (agent.T in params)"), result.output
+                                     "expected [M,T,dU,dX] with T = 30 (task.T in params)"), result.output
     wide = tmp_path / "wide.h5"
     copy_and(both(set_dataset("policy/W2", lambda a: np.concatenate([a, a[:1]])), set_dataset("policy/b2", lambda a: np.append(a, 0.0)),
                   set_dataset("policy/var", lambda a: np.append(a, 1.0)), delete("adam/exp_avg4")))(run0 / "pol.h5", wide)

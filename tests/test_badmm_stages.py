@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gps_core import badmm
+from gps_core.task import compile_task
 from stages.artifacts import load_duals
 from stages.cli import app
 from stages.settings import Settings
@@ -78,7 +79,7 @@ def test_nu_follows_the_weight_rule_and_schedules(run):
     """ν: unchanged (and kl recorded) at iteration 0, rule 3 of the recorded policy KL at iteration 1; only the
     last inner iteration updates it; the S-step's entropy regulariser follows ent_reg_schedule."""
     params = yaml.safe_load((run / "params.yaml").read_text())
-    bcfg = Settings.from_params(params).badmm
+    bcfg = Settings.from_params(params, compile_task(params["task"])).badmm
     d = run / "data"
     prev = read(d / "init" / "duals.h5")[0]
     prev_kl = None

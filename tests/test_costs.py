@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from gps_core.costs import ActionCost, FKCost, StateCost, build_cost, expand_cost, penalty, ramp
+from gps_core.env import model_path
+from gps_core.task import plain_task
 
 rng = np.random.default_rng(0)
+
+# The obstacle model in the paper's layout: x = [joint_positions (x[0:2]), joint_velocities (x[2:4]),
+# sites (x[4:7], the particle), site_velocities (x[7:10])], u: 2 motors. Cost terms name these blocks.
+OBSTACLE = plain_task(model_path("obstacle"), np.zeros((1, 2)), dt=0.05, substeps=5)
 
 
 def fd_grad(f, x, eps=1e-6):
@@ -52,8 +58,9 @@ def test_ramps():
 
 
 def test_obstacle_cost_as_run_is_half_squared_distance():
-    cost = build_cost([{"type": "state", "start": 0, "target": [3.0, 0.0], "wp": [1.0, 1.0], "l1": 0.0, "l2": 1.0,
-                        "alpha": 1e-2, "ramp": "constant", "wp_final_multiplier": 1.0, "weight": 1.0}])
+    cost = build_cost([{"type": "state", "block": "joint_positions", "target": [3.0, 0.0], "wp": [1.0, 1.0], "l1": 0.0,
+                        "l2": 1.0, "alpha": 1e-2, "ramp": "constant", "wp_final_multiplier": 1.0, "weight": 1.0}],
+                      OBSTACLE)
     X = rng.standard_normal((2, 5, 10))
     U = rng.standard_normal((2, 5, 2))
     terms = cost.evaluate(X, U, None)
@@ -65,11 +72,12 @@ def test_obstacle_cost_as_run_is_half_squared_distance():
 
 def test_state_and_action_cost_derivatives_by_finite_differences():
     cost = build_cost([
-        {"type": "state", "start": 1, "target": [0.5, -0.2, 0.1], "wp": [1.0, 2.0, 0.5], "l1": 0.3, "l2": 2.0,
+        {"type": "state", "block": "sites", "target": [0.5, -0.2, 0.1], "wp": [1.0, 2.0, 0.5], "l1": 0.3, "l2": 2.0,
          "alpha": 1e-2, "ramp": "linear", "wp_final_multiplier": 5.0, "weight": 0.7},
         {"type": "action", "wu": [0.1, 0.3], "weight": 2.0},
-    ])
-    N, T, dX, dU = 1, 4, 5, 2
+    ], OBSTACLE)
+    assert cost.terms[0][1].start == 4  # the block "sites" is x[4:7]
+    N, T, dX, dU = 1, 4, 10, 2
     X = rng.standard_normal((N, T, dX))
     U = rng.standard_normal((N, T, dU))
     terms = cost.evaluate(X, U, None)
@@ -121,6 +129,28 @@ def test_fk_cost_chain_rule_through_jacobian():
     assert np.all(terms.lxx[0, :, nq:, :] == 0)
 
 
+def test_fk_term_reads_its_blocks_entries_and_jacobian_rows():
+    """build_cost resolves an fk term's block to its entries of x and its rows of the recorded Jacobian."""
+    from gps_core.task import compile_task
+
+    task = compile_task({
+        "name": "two_point_blocks", "model": model_path("obstacle"), "T": 3, "dt": 0.05, "substeps": 5,
+        "stepping": "split",
+        "blocks": {"q": {"kind": "qpos"}, "v": {"kind": "qvel"}, "particle": {"kind": "position", "points": ["particle_site"]},
+                   "to_target": {"kind": "relative", "point": "particle_site", "to": "target", "axes": "xy"}},
+        "state": ["q", "v", "particle", "to_target"], "observation": ["q", "v"], "conditions": [{"qpos": [0.0, 0.0]}],
+    })
+    cost = build_cost([{"type": "fk", "block": "to_target", "target": [0.0, 0.0], "wp": [1.0, 1.0]}], task)
+    fk = cost.terms[0][1]
+    assert (fk.ee_start, fk.jac_start, fk.penalty) == (7, 3, "log")  # x[7:9]; Jacobian rows 3:5 (after particle's 3)
+    X = rng.standard_normal((1, 2, task.dX))
+    J = rng.standard_normal((1, 2, task.n_jac, task.dU))
+    alone = FKCost(ee_start=0, target=np.zeros(2), wp=np.ones(2)).evaluate(X[..., 7:9], np.zeros((1, 2, 2)), J[..., 3:5, :])
+    terms = cost.evaluate(X, np.zeros((1, 2, 2)), J)
+    np.testing.assert_allclose(terms.l, alone.l)
+    np.testing.assert_allclose(terms.lx[..., :2], alone.lx[..., :2])
+
+
 def test_final_only_fk_term_constant_before_last_step():
     cost = FKCost(ee_start=0, target=np.zeros(3), wp=np.ones(3), l1=1.0, l2=0.0, alpha=1e-5,
                   ramp="final_only", wp_final_multiplier=10.0)
@@ -132,11 +162,12 @@ def test_final_only_fk_term_constant_before_last_step():
 
 def test_expansion_recentred_at_zero_reproduces_cost_at_each_sample():
     cost = build_cost([
-        {"type": "state", "start": 0, "target": [1.0, 2.0], "wp": [1.0, 1.0], "l1": 0.5, "l2": 1.0, "alpha": 0.1},
-        {"type": "action", "wu": [0.2]},
-    ])
-    X = rng.standard_normal((1, 6, 3))
-    U = rng.standard_normal((1, 6, 1))
+        {"type": "state", "block": "joint_positions", "target": [1.0, 2.0], "wp": [1.0, 1.0], "l1": 0.5, "l2": 1.0,
+         "alpha": 0.1},
+        {"type": "action", "wu": [0.2, 0.5]},
+    ], OBSTACLE)
+    X = rng.standard_normal((1, 6, 10))
+    U = rng.standard_normal((1, 6, 2))
     terms = cost.evaluate(X, U, None)
     q = expand_cost(terms, X, U)
     z = np.concatenate([X, U], axis=-1)[0]
@@ -157,11 +188,12 @@ def test_expansion_averages_after_recentring():
 
 
 def test_expansion_keeps_leading_condition_axis():
-    cost = build_cost([{"type": "state", "start": 0, "target": [1.0, 2.0], "wp": [1.0, 1.0], "l1": 0.5}])
-    X = rng.standard_normal((3 * 4, 5, 3))
-    U = rng.standard_normal((3 * 4, 5, 1))
+    cost = build_cost([{"type": "state", "block": "joint_positions", "target": [1.0, 2.0], "wp": [1.0, 1.0], "l1": 0.5}],
+                      OBSTACLE)
+    X = rng.standard_normal((3 * 4, 5, 10))
+    U = rng.standard_normal((3 * 4, 5, 2))
     terms = cost.evaluate(X, U, None)
-    batched = expand_cost(terms.reshape(3, 4), X.reshape(3, 4, 5, 3), U.reshape(3, 4, 5, 1))
+    batched = expand_cost(terms.reshape(3, 4), X.reshape(3, 4, 5, 10), U.reshape(3, 4, 5, 2))
     for m in range(3):
         sl = slice(4 * m, 4 * m + 4)
         single = expand_cost(cost.evaluate(X[sl], U[sl], None), X[sl], U[sl])

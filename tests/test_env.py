@@ -8,17 +8,18 @@ from gps_core.env import BAD_ACTION, Simulator, model_path
 
 
 def sim_at(*starts):
-    return Simulator(model_path("obstacle"), np.array(starts, dtype=float), dt=0.05, substeps=5)
+    return Simulator.for_model(model_path("obstacle"), np.array(starts, dtype=float), dt=0.05, substeps=5)
 
 
 def push(sim, u, T=200):
-    return sim.rollout(np.arange(sim.M), lambda t, x: np.tile(u, (x.shape[0], 1)), T)
+    return sim.rollout(np.arange(sim.M), lambda t, x, o: np.tile(u, (x.shape[0], 1)), T)
 
 
 def test_initial_states_and_layout():
     sim = sim_at((0.0, -1.5), (0.0, 0.75))
     assert (sim.dX, sim.dU) == (10, 2)
     np.testing.assert_allclose(sim.initial_states(), [[0, -1.5, 0, 0, 0, -1.5, 0, 0, 0, 0], [0, 0.75, 0, 0, 0, 0.75, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(sim.initial_observations(), sim.initial_states())  # the plain layout: o = x
 
 
 def test_top_speed_and_time_constant():
@@ -78,5 +79,5 @@ def test_rollouts_are_deterministic_and_nan_is_reported():
     np.testing.assert_array_equal(a.X, b.X)
     assert list(a.diverged_at) == [-1, -1]
     # A NaN action is reported, not raised (tests/test_rollout_faults.py has the rest).
-    r = sim.rollout(np.array([0]), lambda t, x: np.full((1, 2), np.nan), 5)
+    r = sim.rollout(np.array([0]), lambda t, x, o: np.full((1, 2), np.nan), 5)
     assert list(r.diverged_at) == [0] and list(r.cause) == [BAD_ACTION] and not r.U.any()

@@ -24,7 +24,8 @@ PEG = 0.3  # peg length (leg_bottom → leg_top)
 
 def peg_sim(offsets) -> Simulator:
     offsets = np.asarray(offsets, dtype=float)
-    return Simulator(model_path("peg"), np.tile(Q0, (len(offsets), 1)), dt=DT, substeps=SUBSTEPS, body_offsets=offsets)
+    return Simulator.for_model(model_path("peg"), np.tile(Q0, (len(offsets), 1)), dt=DT, substeps=SUBSTEPS,
+                              body_offsets=offsets)
 
 
 # ----------------------------------------------------------------------------- scaffolding
@@ -85,7 +86,7 @@ class ComputedTorque:
         self.datas = [mujoco.MjData(m) for m in models]
         self.kp, self.kd = wn**2, 2.0 * wn
 
-    def __call__(self, t, x):
+    def __call__(self, t, x, o):
         u = np.zeros((x.shape[0], 7))
         M = np.zeros((7, 7))
         for b, (model, data, ref) in enumerate(zip(self.models, self.datas, self.refs)):

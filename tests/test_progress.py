@@ -47,15 +47,17 @@ def test_rollouts_report_each_time_step():
     from conftest import small_params
     from gps_core.policy_net import init_policy
     from gps_core.sampling import rollout_policy
+    from gps_core.task import compile_task
     from stages.settings import Settings
 
-    sim = Settings.from_params(small_params()).simulator()
-    net = init_policy(10, sim.dU, (8,), 0.1, 1)
+    params = small_params()
+    sim = Settings.from_params(params, compile_task(params["task"])).simulator()
+    net = init_policy(sim.dO, sim.dU, (8,), 0.1, 1)
     T = 12
     noise = np.random.default_rng(0).normal(size=(sim.M, 2, T, sim.dU))
     calls = []
-    with_bar = rollout_policy(sim, net, noise, 10, lambda d, t: calls.append((d, t)))
-    plain = rollout_policy(sim, net, noise, 10)
+    with_bar = rollout_policy(sim, net, noise, lambda d, t: calls.append((d, t)))
+    plain = rollout_policy(sim, net, noise)
     np.testing.assert_array_equal(with_bar.X, plain.X)
     assert [d for d, _ in calls] == list(range(1, T + 1)) and {t for _, t in calls} == {T}
 

@@ -36,10 +36,12 @@ def invoke(*args):
 
 
 def scene_for(params: dict, condition: int, width: int = 320, height: int = 240):
+    from gps_core.task import compile_task
     from stages.settings import Settings
 
-    sim = Settings.from_params(params).simulator()
-    scene = render.Scene(sim.models[condition], render.view_for(params["agent"]["task"]), width, height)
+    task = compile_task(params["task"])
+    sim = Settings.from_params(params, task).simulator()
+    scene = render.Scene(sim.models[condition], render.view_for(task.model_path, sim.models[condition]), width, height)
     return sim, scene
 
 

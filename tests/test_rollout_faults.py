@@ -3,8 +3,9 @@
 A tiny model stands in for the obstacle task's (the same sizes: two slide joints, two motors, one
 site, 0.01 s steps). Its particle weighs 0.01 kg and its x motor accepts commands up to 5e9, so a
 large command gives an acceleration beyond MuJoCo's 1e10 and MuJoCo resets the simulation, while
-commands of order 1 move it calmly (damping 1: a speed of about u m/s). The stage tests point
-gps_core.env.ASSETS at a folder holding it as obstacle.xml, so that `agent.task: obstacle` runs it.
+commands of order 1 move it calmly (damping 1: a speed of about u m/s). The stage tests run the
+obstacle task's settings with task.model set to the tiny model's file (its joint and site names are
+the obstacle's, so the obstacle's blocks, conditions and scored point fit it as they are).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import gps, run_stages_by_hand, small_params
-from gps_core import env
 from gps_core.env import BAD_ACTION, BAD_STATE, FINE, MUJOCO_RESET, Simulator, model_path
 from gps_core.noise import smooth_along_time, smoothed_noise
 from gps_core.sampling import controller_episodes
+from gps_core.task import compile_task
 from stages.settings import Settings
 from stages.artifacts import load_controllers
 from stages.cli import app
@@ -54,13 +55,13 @@ runner = CliRunner()
 def tiny_sim(tmp_path: Path, xml: str = TINY_XML) -> Simulator:
     path = tmp_path / "tiny.xml"
     path.write_text(xml)
-    return Simulator(str(path), np.array(STARTS), dt=0.05, substeps=5)
+    return Simulator.for_model(str(path), np.array(STARTS), dt=0.05, substeps=5)
 
 
 def kick(episode: int, at: int, u=HUGE):
     """Actions 0.5 along x for every episode, and `u` for `episode` at step `at`."""
 
-    def act(t, x):
+    def act(t, x, o):
         out = np.zeros((x.shape[0], 2))
         out[:, 0] = 0.5
         if t == at:
@@ -74,10 +75,11 @@ def kick(episode: int, at: int, u=HUGE):
 
 
 def test_a_bad_action_holds_its_episode_and_leaves_the_others_bit_for_bit():
-    sim = Simulator(model_path("obstacle"), np.array([[0.0, -0.75], [0.0, 0.75], [0.0, 0.0]]), dt=0.05, substeps=5)
+    sim = Simulator.for_model(model_path("obstacle"), np.array([[0.0, -0.75], [0.0, 0.75], [0.0, 0.0]]), dt=0.05,
+                              substeps=5)
 
     def act(nan_from):
-        def a(t, x):
+        def a(t, x, o):
             u = np.tile([0.3, -0.2], (3, 1)) + 0.01 * x[:, :2]
             if t >= nan_from:
                 u[1] = np.nan
@@ -86,11 +88,12 @@ def test_a_bad_action_holds_its_episode_and_leaves_the_others_bit_for_bit():
 
     bad, good = sim.rollout(np.arange(3), act(4), 12), sim.rollout(np.arange(3), act(99), 12)
     assert list(bad.diverged_at) == [-1, 4, -1] and list(bad.cause) == [FINE, BAD_ACTION, FINE]
-    for f in ("X", "U", "ee_jac"):
+    for f in ("X", "O", "U", "ee_jac"):
         a, b = getattr(bad, f), getattr(good, f)
         assert a[[0, 2]].tobytes() == b[[0, 2]].tobytes()  # the others: bit for bit
         np.testing.assert_array_equal(a[1, :4], b[1, :4])  # before the divergence: as if nothing happened
     np.testing.assert_array_equal(bad.X[1, 4:], np.broadcast_to(good.X[1, 4], (8, 10)))  # the last good state, held
+    np.testing.assert_array_equal(bad.O[1, 4:], np.broadcast_to(good.O[1, 4], (8, 10)))  # and its observation
     np.testing.assert_array_equal(bad.ee_jac[1, 4:], np.broadcast_to(good.ee_jac[1, 4], (8, 3, 2)))
     assert not bad.U[1, 4:].any() and np.isfinite(bad.U).all()
 
@@ -151,18 +154,20 @@ def test_one_episode_of_noise_is_smoothed_as_within_the_batch():
 
 
 @pytest.fixture
-def tiny_task(tmp_path, monkeypatch) -> Path:
-    """`agent.task: obstacle` runs the tiny model: ASSETS points at a folder holding it as obstacle.xml."""
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    (assets / "obstacle.xml").write_text(TINY_XML)
-    monkeypatch.setattr(env, "ASSETS", assets)
-    return assets
+def tiny_task(tmp_path) -> Path:
+    """The tiny model's file, for task.model (an absolute path)."""
+    model = tmp_path / "models" / "runaway.xml"
+    model.parent.mkdir()
+    model.write_text(TINY_XML)
+    return model
 
 
-def write_params(d: Path, **agent) -> tuple[Path, dict]:
+def write_params(d: Path, model: Path | None = None, **agent) -> tuple[Path, dict]:
+    """small_params of one iteration, seed 7; task.model the given file (else the obstacle's)."""
     params = small_params(1)
     params["seed"] = 7
+    if model is not None:
+        params["task"].update(name="runaway", model=str(model.resolve()))
     params["agent"].update(agent)
     path = d / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -172,7 +177,8 @@ def write_params(d: Path, **agent) -> tuple[Path, dict]:
 def first_noise(params: dict, iteration: int = 0) -> np.ndarray:
     """The sample stage's first draws: [M, N, T, dU]."""
     a = params["agent"]
-    return smoothed_noise(Settings.from_params(params).rng(iteration, "sample"), (2, a["num_samples"], a["T"], 2),
+    settings = Settings.from_params(params, compile_task(params["task"]))
+    return smoothed_noise(settings.rng(iteration, "sample"), (2, a["num_samples"], params["task"]["T"], 2),
                           a["smooth_noise"], a["smooth_noise_var"], a["smooth_noise_renormalize"])
 
 
@@ -180,7 +186,7 @@ def redraw_noise(params: dict, m: int, n: int, a: int, iteration: int = 0) -> np
     """Draw a >= 1 of sample (m, n), as docs/artifacts.md documents it: [T, dU]."""
     ag = params["agent"]
     rng = np.random.default_rng([params["seed"], iteration, zlib.crc32(b"sample"), m, n, a])
-    return smoothed_noise(rng, (ag["T"], 2), ag["smooth_noise"], ag["smooth_noise_var"], ag["smooth_noise_renormalize"])
+    return smoothed_noise(rng, (params["task"]["T"], 2), ag["smooth_noise"], ag["smooth_noise_var"], ag["smooth_noise_renormalize"])
 
 
 def init(d: Path, params_path: Path) -> Path:
@@ -219,7 +225,7 @@ def one_diverging_sample(params: dict) -> tuple[int, int, float]:
 
 
 def test_a_sample_that_diverges_on_its_first_draw_is_drawn_again(tmp_path, tiny_task):
-    params_path, params = write_params(tmp_path)
+    params_path, params = write_params(tmp_path, tiny_task)
     controllers = init(tmp_path, params_path)
     n, t, theta = one_diverging_sample(params)
     set_x_command(controllers, 1, t, -1e14 * theta, 1e14)
@@ -238,7 +244,8 @@ def test_a_sample_that_diverges_on_its_first_draw_is_drawn_again(tmp_path, tiny_
     others[1, n] = False
     np.testing.assert_array_equal(data["noise"][others], noise[others])
     # The kept sample is the second draw's rollout; the first draw was a real MuJoCo reset at t + 1.
-    sim = Settings.from_params(params).simulator()
+    sim = Settings.from_params(params, compile_task(params["task"])).simulator()
+    assert sim.task.model_path == str(tiny_task.resolve())  # the tiny model, not the obstacle's
     run = controller_episodes(sim, load_controllers(controllers))
     again, before = run(np.array([1]), second[None], None), run(np.array([1]), noise[1, n][None], None)
     assert again.diverged_at[0] == -1 and (before.diverged_at[0], before.cause[0]) == (t + 1, MUJOCO_RESET)
@@ -250,7 +257,7 @@ def test_a_sample_that_diverges_on_its_first_draw_is_drawn_again(tmp_path, tiny_
 def test_policy_samples_are_drawn_again_too(tmp_path, tiny_task):
     """On-policy sampling (iteration 1): a policy pushing with 1e14·(ε_x − θ) at every step, θ just
     below the largest first-draw ε_x of all samples: that sample resets, its second draw does not."""
-    params_path, params = write_params(tmp_path)
+    params_path, params = write_params(tmp_path, tiny_task)
     controllers = init(tmp_path, params_path)
     peaks = first_noise(params, 1)[..., 0].max(-1)  # [M, N]: the largest first-draw ε_x of each sample
     m, n = (int(i) for i in np.unravel_index(np.argmax(peaks), peaks.shape))
@@ -276,7 +283,7 @@ def test_policy_samples_are_drawn_again_too(tmp_path, tiny_task):
 
 
 def test_a_sample_that_always_diverges_stops_the_stage(tmp_path, tiny_task):
-    params_path, _ = write_params(tmp_path, max_draws=3)
+    params_path, _ = write_params(tmp_path, tiny_task, max_draws=3)
     controllers = init(tmp_path, params_path)
     set_x_command(controllers, 0, 5, HUGE, 1.0)  # whatever the noise
     result = sample(tmp_path, params_path, controllers, tmp_path / "samples.h5")
@@ -289,7 +296,7 @@ def test_a_sample_that_always_diverges_stops_the_stage(tmp_path, tiny_task):
 
 
 def test_stop_stops_the_sample_stage_at_the_first_divergence(tmp_path, tiny_task):
-    params_path, params = write_params(tmp_path, on_divergence="stop")
+    params_path, params = write_params(tmp_path, tiny_task, on_divergence="stop")
     controllers = init(tmp_path, params_path)
     n, t, theta = one_diverging_sample(params)
     set_x_command(controllers, 1, t, -1e14 * theta, 1e14)
@@ -305,7 +312,7 @@ def test_stop_stops_the_sample_stage_at_the_first_divergence(tmp_path, tiny_task
 def tiny_run(tmp_path, tiny_task) -> tuple[Path, Path]:
     """One iteration of every stage on the tiny model; the policy then rewritten to push
     with 1e13·max(y, 0) along x: a reset in condition 1 (y = 0.75), nothing in condition 0."""
-    params_path, _ = write_params(tmp_path)
+    params_path, _ = write_params(tmp_path, tiny_task)
     run_stages_by_hand(tmp_path, params_path, 1)
     policy = tmp_path / "itr_00" / "policy.h5"
     with h5py.File(policy, "r+") as f:

@@ -12,7 +12,7 @@ T = 20
 
 
 def sim():
-    return Simulator(model_path("obstacle"), np.array([[0.0, -0.75], [0.0, 0.75]]), dt=0.05, substeps=5)
+    return Simulator.for_model(model_path("obstacle"), np.array([[0.0, -0.75], [0.0, 0.75]]), dt=0.05, substeps=5)
 
 
 def open_loop(u, scale, dX=10):
@@ -41,8 +41,8 @@ def test_feedback_gain_uses_the_current_state():
 def test_policy_noise_is_scaled_by_its_standard_deviation():
     params = init_policy(10, 2, (8,), init_var=0.25, seed=0)
     noise = np.random.default_rng(1).standard_normal((2, 2, T, 2))
-    zero = rollout_policy(sim(), params, np.zeros_like(noise), obs_dim=10)
-    noisy = rollout_policy(sim(), params, noise, obs_dim=10)
+    zero = rollout_policy(sim(), params, np.zeros_like(noise))
+    noisy = rollout_policy(sim(), params, noise)
     np.testing.assert_allclose(noisy.U[:, :, 0] - zero.U[:, :, 0], 0.5 * noise[:, :, 0])
 
 

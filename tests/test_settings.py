@@ -18,19 +18,30 @@ from stages.settings import Settings, load_settings
 def test_settings_hold_the_values_of_the_file(task):
     path = ROOT / "configs" / f"{task}.yaml"
     params, s = load_params(path), load_settings(path)
-    agent = params["agent"]
-    assert (s.seed, s.iterations, s.agent.task, s.agent.T, s.agent.obs_dim) == (
-        params["seed"], params["iterations"], agent["task"], agent["T"], agent["obs_dim"])
+    agent, task_section = params["agent"], params["task"]
+    assert (s.seed, s.iterations, s.task.name, s.task.T, s.task.dt, s.task.substeps, s.task.stepping) == (
+        params["seed"], params["iterations"], task_section["name"], task_section["T"], task_section["dt"],
+        task_section["substeps"], task_section["stepping"])
+    assert (s.task.state, s.task.observation) == (tuple(task_section["state"]), tuple(task_section["observation"]))
+    assert (s.task.dX, s.task.dO) == {"peg": (26, 26), "peg_blind": (26, 14), "obstacle": (10, 10)}[task]
     assert vars(s.agent.noise) == {"smooth": agent["smooth_noise"], "sigma": agent["smooth_noise_var"],
                                    "renormalize": agent["smooth_noise_renormalize"]}
-    np.testing.assert_array_equal(s.agent.qpos0, np.asarray(agent["qpos0"], dtype=float))
+    conditions = task_section["conditions"]
+    np.testing.assert_array_equal(s.task.train.qpos0, np.asarray([c["qpos"] for c in conditions], dtype=float))
+    if "offset_body" in task_section:
+        np.testing.assert_array_equal(s.task.train.offsets, np.asarray([c["offset"] for c in conditions], dtype=float))
+    else:
+        assert s.task.train.offsets is None
+    assert len(s.task.test) == len(task_section.get("test_conditions", []))
     assert s.agent.redraw_limit == agent["max_draws"]
     assert s.algorithm.kl_step == params["algorithm"]["kl_step"] and s.policy.hidden == tuple(params["policy"]["hidden"])
     assert vars(s.traj_opt) == params["traj_opt"]
     assert s.dynamics_prior.max_clusters == params["dynamics"]["prior"]["max_clusters"]
     assert s.policy_prior.max_samples == params["policy_prior"]["max_samples"]
-    assert s.init_lqr.dt == agent["dt"] and s.badmm.inner_iterations == params["badmm"]["inner_iterations"]
+    assert s.init_lqr.dt == task_section["dt"] and s.badmm.inner_iterations == params["badmm"]["inner_iterations"]
     np.testing.assert_array_equal(s.evaluation.target, params["evaluation"]["target"])
+    # the scored point: the particle x[4:7] (obstacle), the peg bottom x[14:17] (peg)
+    assert (s.evaluation.point, s.evaluation.point_start) == (params["evaluation"]["point"], 4 if task == "obstacle" else 14)
     assert s.recorded("c_step") == {"algorithm.kl_step": params["algorithm"]["kl_step"], "traj_opt": params["traj_opt"]}
     expected = np.random.default_rng([params["seed"], 3, zlib.crc32(b"sample")]).standard_normal(4)
     np.testing.assert_array_equal(s.rng(3, "sample").standard_normal(4), expected)
@@ -39,9 +50,11 @@ def test_settings_hold_the_values_of_the_file(task):
 def test_stop_mode_has_no_redraws(small_params_file):
     import yaml
 
+    from gps_core.task import compile_task
+
     params = yaml.safe_load(small_params_file.read_text())
     params["agent"]["on_divergence"] = "stop"
-    assert Settings.from_params(params).agent.redraw_limit is None
+    assert Settings.from_params(params, compile_task(params["task"])).agent.redraw_limit is None
 
 
 def test_loading_settings_does_not_import_torch():

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 def tiny_obstacle() -> dict:
     params = small_params(iterations=1)
-    params["agent"]["T"] = 10
+    params["task"]["T"] = 10
     params["agent"]["num_samples"] = 2
     params["policy"]["iterations"] = 20
     return params
@@ -81,7 +81,7 @@ def test_bad_options_and_a_dirty_workspace_are_refused(tmp_path, monkeypatch):
 
 def test_report_reads_experiments_and_names_the_failed_ones(tmp_path):
     def exp(name, seed, task="peg", distances=(0.2, 0.05), error=None):
-        params = {"seed": seed, "agent": {"task": task}, "algorithm": {"name": "mdgps", "sample_on_policy": True, "step_rule": "classic"}}
+        params = {"seed": seed, "task": {"name": task}, "algorithm": {"name": "mdgps", "sample_on_policy": True, "step_rule": "classic"}}
         metrics = {f"data/itr_{k:02d}/metrics.json": {"data": {"iteration": k + 1, "final_distance": d, "success_0.1": float(d < 0.1)}}
                    for k, d in enumerate(distances)}
         return {"revs": [{"name": name, "rev": "abc", "error": error,

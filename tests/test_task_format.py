@@ -218,3 +218,16 @@ def test_the_pipeline_scores_the_last_policy_in_gymnasium_when_asked():
     assert "data/itr_02/policy.h5" in stage["deps"] and stage["metrics"] == ["data/gym_eval.json"]
     assert "gym_evaluation" in stage["params"]
     assert "evaluate_gym" not in build_pipeline(3)["stages"]
+
+
+def test_a_model_file_of_the_project_is_a_dependency_of_the_stages_that_simulate():
+    from stages.pipeline import render_pipeline
+
+    params = task_params("obstacle")
+    assert "models/particle.xml" not in "".join(render_pipeline(params).values())
+    params["task"]["model"] = "models/particle.xml"
+    files = render_pipeline(params)
+    init = yaml.safe_load(files["dvc.yaml"])["stages"]["init"]
+    assert "models/particle.xml" in init["deps"]
+    fit = yaml.safe_load(files["pipelines/itr_00/fit_dynamics/dvc.yaml"])["stages"]["fit_dynamics_00"]
+    assert "models/particle.xml" not in fit["deps"]  # reads no task setting, simulates nothing

@@ -25,16 +25,24 @@ TASKS = ("obstacle", "peg", "peg_blind")
 def test_presets_are_valid_and_match_the_paper(task):
     params = task_params(task)
     validate_params(params, task)
-    agent = params["agent"]
+    from gps_core.task import compile_task
+
+    section = params["task"]
+    compiled = compile_task(section)
     M = {"obstacle": 5, "peg": 9, "peg_blind": 4}[task]
-    assert agent["task"] == task and len(agent["qpos0"]) == M
+    assert section["name"] == task and len(section["conditions"]) == M and len(compiled.train) == M
+    assert Path(compiled.model_path).name == ("obstacle.xml" if task == "obstacle" else "peg.xml")
     assert params["iterations"] == (15 if task == "obstacle" else 12)
     if task != "obstacle":
-        offsets = np.array(agent["body_offsets"])
+        assert section["offset_body"] == "r_shoulder_pan_link"  # the arm's base (body 1)
+        assert compiled.offset_body == 1
+        offsets = np.array([c["offset"] for c in section["conditions"]])
         assert offsets.shape == (M, 3) and len({tuple(o) for o in offsets}) == M  # distinct conditions
         assert np.abs(offsets).max() == (0.1 if task == "peg" else 0.012)
-        assert agent["obs_dim"] == (26 if task == "peg" else 14)
+        assert (compiled.dX, compiled.dO) == ((26, 26) if task == "peg" else (26, 14))
         assert params["evaluation"]["success_thresholds"] == [0.06, 0.1]
+    else:
+        assert "offset_body" not in section and (compiled.dX, compiled.dO) == (10, 10)
 
 
 @pytest.mark.parametrize("task", TASKS)
