@@ -69,25 +69,32 @@ class Rollouts:
 
 
 class _Reader:
-    """Reads a task's blocks from MjData: the state, the observation and the point Jacobians."""
+    """Reads a task's blocks from MjData: the state, the observation and the point Jacobians.
+
+    Called after every control step of every episode, so what can be decided once is decided here.
+    """
+
+    XYZ = (0, 1, 2)
 
     def __init__(self, task: Task):
         self.task = task
         self.dt = task.dt
         self.jac_blocks = [task.block(n) for n in task.jac_rows]
+        self.same_obs = task.observation == task.state  # o is x (the peg and obstacle tasks)
+        self._jac = np.zeros((task.n_jac, task.nv))  # reused: the caller copies it into its arrays
+        # The configuration joints are often all the model's, in order: then no column selection.
+        self.cols = None if np.array_equal(task.config_dofs, np.arange(task.nv)) else task.config_dofs
 
     @staticmethod
     def _position(data, p: Point) -> np.ndarray:
         return data.site_xpos[p.id] if p.kind == "site" else data.xpos[p.id]
 
     @staticmethod
-    def _jacobian(model, data, p: Point) -> np.ndarray:
-        jac = np.zeros((3, model.nv))
+    def _jacobian_into(model, data, p: Point, out: np.ndarray) -> None:
         if p.kind == "site":
-            mujoco.mj_jacSite(model, data, jac, None, p.id)
+            mujoco.mj_jacSite(model, data, out, None, p.id)
         else:
-            mujoco.mj_jacBody(model, data, jac, None, p.id)
-        return jac
+            mujoco.mj_jacBody(model, data, out, None, p.id)
 
     def values(self, data, prev: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         """Every block the task needs: name -> [size]; prev: the values of the step before (None at t = 0)."""
@@ -102,7 +109,10 @@ class _Reader:
             elif b.kind == "sin":
                 v = np.sin(data.qpos[b.qadr])
             elif b.kind == "position":
-                v = np.concatenate([self._position(data, p)[list(b.axes)] for p in b.points])
+                if b.axes == self.XYZ:
+                    v = np.concatenate([self._position(data, p) for p in b.points])
+                else:
+                    v = np.concatenate([self._position(data, p)[list(b.axes)] for p in b.points])
             elif b.kind == "relative":
                 v = (self._position(data, b.points[0]) - self._position(data, b.points[1]))[list(b.axes)]
             else:  # velocity
@@ -111,16 +121,27 @@ class _Reader:
         return out
 
     def jacobian(self, model, data) -> np.ndarray:
-        """[n_jac, dU]: d(point-like state blocks)/d(configuration joints)."""
-        rows = []
+        """[n_jac, dU]: d(point-like state blocks)/d(configuration joints). A buffer the next call overwrites."""
+        jac, row = self._jac, 0
         for b in self.jac_blocks:
-            axes = list(b.axes)
+            if b.kind == "position" and b.axes == self.XYZ:
+                for p in b.points:
+                    self._jacobian_into(model, data, p, jac[row : row + 3])
+                    row += 3
+                continue
+            tmp = np.zeros((3, model.nv))
             if b.kind == "position":
-                rows.extend(self._jacobian(model, data, p)[axes] for p in b.points)
+                for p in b.points:
+                    self._jacobian_into(model, data, p, tmp)
+                    jac[row : row + len(b.axes)] = tmp[list(b.axes)]
+                    row += len(b.axes)
             else:
-                rows.append((self._jacobian(model, data, b.points[0]) - self._jacobian(model, data, b.points[1]))[axes])
-        jac = np.concatenate(rows) if rows else np.zeros((0, model.nv))
-        return jac[:, self.task.config_dofs]
+                other = np.zeros((3, model.nv))
+                self._jacobian_into(model, data, b.points[0], tmp)
+                self._jacobian_into(model, data, b.points[1], other)
+                jac[row : row + len(b.axes)] = (tmp - other)[list(b.axes)]
+                row += len(b.axes)
+        return jac if self.cols is None else jac[:, self.cols]
 
 
 class Simulator:
@@ -187,11 +208,11 @@ class Simulator:
 
     def _read(self, model, data, prev: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """State x [dX], observation o [dO], Jacobian [n_jac, dU] and the block values (for the next step's velocities)."""
-        task = self.task
-        values = self._reader.values(data, prev)
+        task, reader = self.task, self._reader
+        values = reader.values(data, prev)
         x = np.concatenate([values[n] for n in task.state])
-        o = np.concatenate([values[n] for n in task.observation])
-        return x, o, self._reader.jacobian(model, data), values
+        o = x if reader.same_obs else np.concatenate([values[n] for n in task.observation])
+        return x, o, reader.jacobian(model, data), values
 
     def initial_states(self) -> np.ndarray:
         """x0 of every condition: [M, dX]."""
