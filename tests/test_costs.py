@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gps_core.costs import ActionCost, FKCost, StateCost, build_cost, expand_cost, penalty, ramp
+from gps_core.costs import ActionCost, FKCost, build_cost, expand_cost, penalty, ramp
 from gps_core.env import model_path
 from gps_core.task import plain_task
 

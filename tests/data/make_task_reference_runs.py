@@ -1,7 +1,9 @@
 """Made tests/data/task_runs_<task>.npz: every dataset of short runs of the paper's tasks.
 
 Run once at commit dba323d, before the task format of issue 16 (tasks wired by name,
-`agent.task`), with `python tests/data/make_task_reference_runs.py` from the project root.
+`agent.task`), with `python tests/data/make_task_reference_runs.py` from the project root
+(its helpers, then in this file, now live in the test). Run on today's code it writes the
+same arrays, in the task format.
 tests/test_task_reference_runs.py runs the same small settings written in the task format
 and compares each dataset with these: the refactor must not change a number.
 
@@ -23,25 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import run_badmm_stages_by_hand, run_stages_by_hand, small_badmm_params, small_params, small_peg_params  # noqa: E402
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def pack(run: Path) -> dict[str, np.ndarray]:
-    import h5py
-
-    arrays: dict[str, np.ndarray] = {}
-    for path in sorted(run.rglob("*.h5")):
-        rel = path.relative_to(run).as_posix()
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, obj: arrays.__setitem__(f"{rel}/{name}", obj[()])
-                         if isinstance(obj, h5py.Dataset) else None)
-    return arrays
+from test_task_reference_runs import cpu_model, datasets  # noqa: E402  (the test reads the arrays as they are written)
 
 
 RUNS = {
@@ -58,7 +42,7 @@ def main() -> None:
             d = Path(tmp)
             (d / "params.yaml").write_text(yaml.safe_dump(make()))
             run(d / "data", d / "params.yaml", iterations)
-            arrays = pack(d / "data")
+            arrays = datasets(d / "data")
         out = ROOT / "tests" / "data" / f"task_runs_{name}.npz"
         np.savez_compressed(out, cpu=np.array(cpu_model()), **arrays)
         print(f"{out.name}: {len(arrays)} datasets, {out.stat().st_size / 1024:.0f} KiB")
