@@ -31,19 +31,19 @@ STEPS = ("sample", "fit_dynamics", "fit_policy", "adjust_step", "c_step", "s_ste
 def variants(base: dict) -> dict[str, dict]:
     out = {"base": copy.deepcopy(base)}
     p = copy.deepcopy(base)
-    p["agent"]["T"] *= 2
+    p["task"]["T"] *= 2
     out["2T"] = p
     p = copy.deepcopy(base)
     p["agent"]["num_samples"] *= 2
     out["2N"] = p
     p = copy.deepcopy(base)
-    M = len(p["agent"]["qpos0"])
-    p["agent"]["qpos0"] = p["agent"]["qpos0"] * 2
-    if p["agent"].get("body_offsets"):
-        # the same offsets again, shifted by 1 cm so that the new conditions differ from the old
-        p["agent"]["body_offsets"] = p["agent"]["body_offsets"] + [[x + 0.01, y + 0.01, z] for x, y, z in p["agent"]["body_offsets"]]
+    conditions = p["task"]["conditions"]
+    if p["task"].get("offset_body"):
+        # the same conditions again, the offsets shifted by 1 cm so that the new conditions differ from the old
+        extra = [{**c, "offset": [c["offset"][0] + 0.01, c["offset"][1] + 0.01, c["offset"][2]]} for c in conditions]
     else:
-        p["agent"]["qpos0"] = [q if m < M else [q[0], q[1] + 0.1] + q[2:] for m, q in enumerate(p["agent"]["qpos0"])]
+        extra = [{**c, "qpos": [c["qpos"][0], c["qpos"][1] + 0.1] + list(c["qpos"][2:])} for c in conditions]
+    p["task"]["conditions"] = conditions + extra
     out["2M"] = p
     return out
 
@@ -89,12 +89,12 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="mdgps-scaling-") as tmp:
         warm = copy.deepcopy(base)
-        warm["agent"]["T"], warm["policy"]["iterations"] = 20, 100
+        warm["task"]["T"], warm["policy"]["iterations"] = 20, 100
         time_iteration(warm, Path(tmp) / "warm-up")  # imports, first-call costs
         for label, params in variants(base).items():
             rows[label] = time_iteration(params, Path(tmp) / label)
-            a = params["agent"]
-            print(f"{label}: M={len(a['qpos0'])} N={a['num_samples']} T={a['T']}: {sum(rows[label].values()):.2f} s", flush=True)
+            a, t = params["agent"], params["task"]
+            print(f"{label}: M={len(t['conditions'])} N={a['num_samples']} T={t['T']}: {sum(rows[label].values()):.2f} s", flush=True)
     print()
     print(f"{'stage':<14}" + "".join(f"{k:>10}" for k in rows))
     for step in STEPS:

@@ -20,7 +20,7 @@ import yaml
 from gps_core.scoring import success_table
 from stages.h5io import UserError
 
-TASK_TITLES = {"obstacle": "Obstacle", "peg": "Peg", "peg_blind": "Blind Peg"}
+TASK_TITLES = {"obstacle": "Obstacle", "peg": "Peg", "peg_blind": "Blind Peg", "reacher": "Reacher", "pusher": "Pusher"}
 METHOD_ORDER = ["BADMM", "Off/Classic", "Off/Global", "On/Classic", "On/Global"]
 
 # Table 1 of the paper: success rate (%), mean and std over 10 seeds, by task, method and iteration.

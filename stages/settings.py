@@ -1,6 +1,6 @@
 """params.yaml as typed settings, built once where it is loaded (`load_settings`).
 
-The stages read their settings as attributes (`s.agent.T`, `s.traj_opt`) instead of looking
+The stages read their settings as attributes (`s.task.T`, `s.traj_opt`) instead of looking
 up dotted strings. The file is validated first (stages.schema: each field; stages.model_check:
 the fields against the task's MuJoCo model), so building these objects cannot fail. The
 gps_core configuration objects (TrajOptConfig, PriorConfig, ...) are built on first use, so
@@ -172,7 +172,7 @@ class Settings:
 
     @functools.cached_property
     def init_lqr(self):
-        """gps_core.init_lqr.InitLQRConfig of `init_lqr` (with agent.dt)."""
+        """gps_core.init_lqr.InitLQRConfig of `init_lqr` (with task.dt)."""
         from gps_core.init_lqr import InitLQRConfig
 
         s = self.params["init_lqr"]
