@@ -281,18 +281,24 @@ def _pad3(v: np.ndarray) -> np.ndarray:
     return np.concatenate([v, np.zeros(3 - v.shape[-1])]) if v.shape[-1] < 3 else v[..., :3]
 
 
-def policy_rollout(s: "Settings", path: Path, condition: int):
-    """(simulator, Rollout) of the policy or controllers in `path`, noise-free, in one condition."""
+def policy_rollout(s: "Settings", path: Path, condition: int, held_out: bool = False):
+    """(simulator, Rollout) of the policy or controllers in `path`, noise-free, in one condition
+    (held_out: one of the task's held-out conditions, where only the global policy acts)."""
     from gps_core.sampling import rollout_controllers, rollout_policy
     from stages.artifacts import load_controllers, load_policy
     from stages.inspect_h5 import read_any
 
     art = read_any(path)
-    sim = s.simulator()
+    sim = s.simulator(held_out)
     ev = s.evaluation
     T = s.task.T
+    what_conditions = "held-out conditions (task.test_conditions)" if held_out else "conditions"
     if not -sim.M <= condition < sim.M:
-        raise UserError(f"--condition {condition} is out of range: params has {sim.M} conditions (0..{sim.M - 1})")
+        raise UserError(f"--condition {condition} is out of range: params has {sim.M} {what_conditions}"
+                        + (f" (0..{sim.M - 1})" if sim.M else ""))
+    if held_out and "policy/W0" not in art.datasets:
+        raise UserError(f"{path}: --held-out rolls out a global policy (policy.h5); local controllers exist only for "
+                        "the training conditions")
     condition %= sim.M
     stage, itr = art.attrs.get("stage", "?"), art.attrs.get("iteration", "?")
     noise = np.zeros((sim.M, 1, T, sim.dU))
@@ -367,7 +373,8 @@ def write_frames(frames: list[np.ndarray], out: Path, fps: float) -> None:
 
 
 def render_rollout(params_path: Path, policy: Path, condition: int, out: Path, width: int = 320, height: int = 240,
-                   every: int = 1, time: int | None = None, fps: float | None = None, shadows: bool = False) -> str:
+                   every: int = 1, time: int | None = None, fps: float | None = None, shadows: bool = False,
+                   held_out: bool = False) -> str:
     """Roll out, draw and write; returns a one-line description of what was written."""
     from stages.settings import load_settings
 
@@ -379,7 +386,7 @@ def render_rollout(params_path: Path, policy: Path, condition: int, out: Path, w
     if out.suffix.lower() == ".mp4":
         _ffmpeg(out)
     gl_backend()  # fail early, before the rollout, when there is no way to draw
-    sim, r = policy_rollout(settings, policy, condition)
+    sim, r = policy_rollout(settings, policy, condition, held_out)
     m = condition % sim.M
     T = len(r.X)
     if out.suffix.lower() == ".png":
@@ -404,7 +411,7 @@ def render_rollout(params_path: Path, policy: Path, condition: int, out: Path, w
             qpos, qvel = sim.qpos0[m].copy(), np.zeros(sim.nv)
             qpos[config.qadr], qvel[config.dadr] = r.X[t, :dU], r.X[t, dU:2 * dU]
             scene.set_state(qpos, qvel)
-            frames.append(_caption(scene.render(), f"{r.what} | cond {m} | t={t} | dist {r.distance[t]:.3f}"))
+            frames.append(_caption(scene.render(), f"{r.what} | {'held-out ' if held_out else ''}cond {m} | t={t} | dist {r.distance[t]:.3f}"))
     write_frames(frames, out, fps if fps else 1.0 / (settings.task.dt * every))
-    return (f"wrote {out}: {len(frames)} frame(s) {width}x{height} of the {r.what} in condition {m} "
+    return (f"wrote {out}: {len(frames)} frame(s) {width}x{height} of the {r.what} in {'held-out ' if held_out else ''}condition {m} "
             f"(final distance {r.distance[-1]:.3f}; backend {gl_backend()})")

@@ -10,6 +10,8 @@ existing files say and marks the rest as pending. Columns:
     cost       mean total cost of the iteration's samples
     dist       final distance of the global policy's noise-free rollout, mean over conditions
     succ<τ>    conditions whose final distance is below τ
+    held-out   tasks with held-out conditions only: the policy's final distance there, mean, and how many
+               are below the largest τ (eval.h5's group test, else metrics.json)
     KL/bound   KL achieved by the C-step vs its bound, means over conditions (* = a dual search did not converge)
     eta        geometric mean of the C-step dual variables
     nu         BADMM runs only: mean of the policy-KL weights ν the iteration ended with (duals.h5)
@@ -152,21 +154,23 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
             metrics_all.append(None)
     thresholds = _thresholds(params, metrics_all)
     algorithm = run_algorithm(data, params)
+    held_out = any("test_final_distance" in m for m in metrics_all if m) or bool(
+        isinstance(params, dict) and isinstance(params.get("task"), dict) and params["task"].get("test_conditions"))
     columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds),
-               "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "safeguards", "time"]
+               *(["held-out"] if held_out else []), "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "safeguards", "time"]
     first = init_files(algorithm)
     init_times = [(data / "init" / f).stat().st_mtime for f in first if (data / "init" / f).exists()]
     prev_end = max(init_times) if len(init_times) == len(first) else None
     rows = []
     for k in range(n_itr):
-        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm)
+        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out)
         rows.append(row)
         prev_end = end if row.state == "done" else None
     return rows, columns, params
 
 
 def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | None,
-         prev_end: float | None, algorithm: str = "mdgps") -> tuple[Row, float | None]:
+         prev_end: float | None, algorithm: str = "mdgps", held_out: bool = False) -> tuple[Row, float | None]:
     d = data / f"itr_{k:02d}"
     files = iteration_files(k, algorithm)
     present = {name: (d / name).exists() for _, name in files}
@@ -177,6 +181,8 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
     cells.update({f"succ<{t:g}": PENDING for t in thresholds})
     if algorithm == "badmm":
         cells["nu"] = PENDING
+    if held_out:
+        cells["held-out"] = PENDING
     row = Row(k, state, cells)
 
     def read(name: str, datasets: tuple[str, ...], attrs: tuple[str, ...] = (),
@@ -207,6 +213,16 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
         cells["dist"] = _g(float(np.mean(dist)))
         for t in thresholds:  # a diverged evaluation is a failed condition, whatever its distance
             cells[f"succ<{t:g}"] = f"{int(success(dist, t, failed).sum())}/{len(dist)}"
+    if held_out:
+        test = read("eval.h5", (), optional=("test/final_distance", "test/diverged"))
+        held = test.get("test/final_distance") if test is not None else None
+        if held is None and metrics is not None and "test_final_distance" in metrics.get("per_condition", {}):
+            held = np.array(list(metrics["per_condition"]["test_final_distance"].values()))
+        if held is not None and len(held):
+            tau = max(thresholds) if thresholds else None
+            hits = "" if tau is None else \
+                f" ({int(success(held, tau, test.get('test/diverged') if test else None).sum())}/{len(held)})"
+            cells["held-out"] = _g(float(np.mean(held))) + hits
     ctrl = read("controllers.h5", ("kl", "kl_step", "eta", "converged"), optional=("safeguard",))
     if ctrl is not None and "safeguard" in ctrl:
         acted[:0] = [f"c{m}:{'rel' if ctrl['safeguard'][m] == 1 else 'kept'}" for m in np.flatnonzero(ctrl["safeguard"])]

@@ -132,13 +132,14 @@ def render_cmd(
     time: Optional[int] = typer.Option(None, "--time", "-t", help="the time step drawn into a .png (default: the last)"),
     fps: Optional[float] = typer.Option(None, "--fps", help="frames per second (default: real time)"),
     shadows: bool = typer.Option(False, "--shadows", help="draw shadows (slow with software OpenGL)"),
+    held_out: bool = typer.Option(False, "--held-out", help="--condition counts the task's held-out conditions (policy only)"),
 ) -> None:
     """Draw a noise-free rollout offscreen (MUJOCO_GL=egl or osmesa) with the target marked."""
     from stages.clitools import user_errors
     from stages.render import render_rollout
 
     with user_errors("render", debugging()):
-        typer.echo(render_rollout(params_path, policy, condition, out, width, height, every, time, fps, shadows))
+        typer.echo(render_rollout(params_path, policy, condition, out, width, height, every, time, fps, shadows, held_out))
 
 
 @app.command("sweep")

@@ -231,3 +231,42 @@ def test_a_model_file_of_the_project_is_a_dependency_of_the_stages_that_simulate
     assert "models/particle.xml" in init["deps"]
     fit = yaml.safe_load(files["pipelines/itr_00/fit_dynamics/dvc.yaml"])["stages"]["fit_dynamics_00"]
     assert "models/particle.xml" not in fit["deps"]  # reads no task setting, simulates nothing
+
+
+def test_render_draws_a_held_out_condition_of_a_policy_and_refuses_controllers_there(tmp_path):
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    params = small_reacher_params()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    p, d = ["--params", str(tmp_path / "params.yaml")], tmp_path / "data"
+    gps("init", *p, "--controllers-out", d / "c.h5", "--policy-out", d / "p.h5", "--step-out", d / "s.h5")
+    out = tmp_path / "held.png"
+    result = CliRunner().invoke(app, ["render", str(d / "p.h5"), *p, "--held-out", "-m", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "held-out condition 1" in result.output
+    result = CliRunner().invoke(app, ["render", str(d / "c.h5"), *p, "--held-out", "-o", str(tmp_path / "c.png")])
+    assert result.exit_code == 2 and "local controllers exist only for the training conditions" in result.output
+    result = CliRunner().invoke(app, ["render", str(d / "p.h5"), *p, "--held-out", "-m", "2", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "params has 2 held-out conditions" in result.output
+
+
+def test_status_shows_the_held_out_conditions(tmp_path):
+    """`gps status` has a held-out column for a task with test conditions, from eval.h5's group test."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+    from conftest import run_stages_by_hand
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_reacher_params()))
+    run_stages_by_hand(tmp_path / "data", tmp_path / "params.yaml", 1)
+    result = CliRunner().invoke(app, ["status", "--params", str(tmp_path / "params.yaml"), "--data", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    import h5py
+
+    with h5py.File(tmp_path / "data" / "itr_00" / "eval.h5") as f:
+        held = f["test/final_distance"][()]
+    assert "2 conditions + 2 held out" in result.output and "held-out" in result.output
+    hits = int((held < 0.05).sum())
+    assert f"({hits}/2)" in result.output
