@@ -8,6 +8,9 @@ The runs are the comparison script's run folders (each its own params.yaml, pipe
 
 This prints the markdown of docs/results.md's section (per-iteration means ± std over seeds, the
 return of each seed and their mean ± std beside Gymnasium's reward_threshold) and draws the figure.
+With --gym-curve FILE it also scores every iteration's policy in the Gymnasium environment (the
+episodes of gym_evaluation; cached per run in data/gym_curve.json) and draws Gymnasium's return
+against the environment steps MDGPS had sampled by then (every draw of every sample counted).
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's stages/ and gps_core/, before an installed copy
 
 
 def load(run: Path) -> tuple[dict[str, np.ndarray], dict | None]:
@@ -27,6 +34,37 @@ def load(run: Path) -> tuple[dict[str, np.ndarray], dict | None]:
     curve = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
     gym = run / "data" / "gym_eval.json"
     return curve, json.loads(gym.read_text()) if gym.exists() else None
+
+
+def gym_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(environment steps sampled by the end of each iteration [K], Gymnasium's mean return of its policy [K])."""
+    import os
+
+    import h5py
+
+    cache = run / "data" / "gym_curve.json"
+    if cache.exists():
+        doc = json.loads(cache.read_text())
+        return np.array(doc["env_steps"]), np.array(doc["return_mean"])
+    from stages.settings import load_settings
+    from stages.steps.evaluate_gym import score_in_gym
+
+    here = os.getcwd()
+    os.chdir(run)  # the run's params.yaml names its model relative to its folder
+    try:
+        s = load_settings("params.yaml")
+        episodes = int(s.params["gym_evaluation"]["episodes"])
+        steps, returns, total = [], [], 0
+        for k in range(s.iterations):
+            with h5py.File(f"data/itr_{k:02d}/samples.h5") as f:
+                draws = f["draws"][()]
+            total += int(draws.sum()) * s.task.T
+            steps.append(total)
+            returns.append(float(score_in_gym(s, Path(f"data/itr_{k:02d}/policy.h5"), episodes).returns.mean()))
+    finally:
+        os.chdir(here)
+    cache.write_text(json.dumps({"env_steps": steps, "return_mean": returns}) + "\n")
+    return np.array(steps), np.array(returns)
 
 
 def mean_std(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +78,7 @@ def main() -> None:
     ap.add_argument("--task", required=True)
     ap.add_argument("--figure", help="PNG of the learning curves")
     ap.add_argument("--every", type=int, default=1, help="table rows: the first iteration and every k-th")
+    ap.add_argument("--gym-curve", help="PNG of Gymnasium's return of every iteration's policy against environment steps")
     args = ap.parse_args()
 
     runs = sorted(p for p in Path(args.runs).glob(f"{args.task}_*_s*") if (p / "data" / "learning_curve.csv").exists())
@@ -83,6 +122,36 @@ def main() -> None:
         print(f"\nMean over seeds: **{means.mean():.3f} ± {means.std():.3f}** (std over the {len(means)} seeds' means); "
               f"Gymnasium's reward_threshold {g0['reward_threshold']}; {sum(m >= g0['reward_threshold'] for m in means)} "
               f"of {len(means)} seeds reach it.")
+
+    if args.gym_curve:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        pairs = [gym_curve(r) for r in runs]
+        k = min(len(x) for x, _ in pairs)
+        steps = pairs[0][0][:k]
+        m, sd = mean_std([y[:k] for _, y in pairs])
+        print(f"\nGymnasium's return of each iteration's policy ({len(pairs)} seeds, mean ± std), against the "
+              "environment steps sampled by then:\n")
+        print("| itr | env steps | return |\n|---|---|---|")
+        for i in range(k):
+            if i and (i + 1) % args.every and i != k - 1:
+                continue
+            print(f"| {i + 1} | {steps[i]:,} | {m[i]:.3f} ± {sd[i]:.3f} |")
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        ax.plot(steps, m, color="C0", label=f"MDGPS ({len(pairs)} seeds)")
+        ax.fill_between(steps, m - sd, m + sd, color="C0", alpha=0.2)
+        threshold = loaded[0][1]["reward_threshold"] if loaded[0][1] else None
+        if threshold is not None:
+            ax.axhline(threshold, color="k", ls="--", lw=1, label=f"reward_threshold {threshold:g}")
+        ax.set(xscale="log", xlabel="environment steps sampled", ylabel="Gymnasium return (100 episodes)",
+               title=f"{args.task}: the policy in Gymnasium")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.gym_curve, dpi=100)
+        print(f"\nwrote {args.gym_curve}")
 
     if args.figure:
         import matplotlib

@@ -11,6 +11,7 @@ space (as Stable-Baselines3 does with its policies). Episodes are reset with see
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,56 @@ def task_observer(task):
     return observe
 
 
+@dataclass
+class GymScore:
+    """Gymnasium's returns of a policy: returns [E], lengths [E], the largest observation difference."""
+
+    env_id: str
+    seeds: list[int]
+    returns: np.ndarray
+    lengths: np.ndarray
+    observation_difference: float
+    reward_threshold: float | None
+
+
+def score_in_gym(s, policy: Path, episodes: int, source: str = "params.yaml", progress=None) -> GymScore:
+    """Run the policy file in gymnasium.make(gym_evaluation.env) for `episodes` seeded episodes (settings s)."""
+    spec = s.params.get("gym_evaluation")
+    if spec is None:
+        raise UserError(f"{source}: no gym_evaluation section: name the Gymnasium environment to score the policy in")
+    import gymnasium
+    from gymnasium.error import Error as GymError
+
+    from gps_core.policy_net import policy_mean
+    from stages.artifacts import load_policy
+
+    task = s.task
+    net = load_policy(policy, {"dO": (task.dO, "the observation of task.observation"),
+                               "dU": (task.dU, "actions of the model")}, hidden=s.policy.hidden)
+    try:
+        env = gymnasium.make(spec["env"])
+    except GymError as exc:
+        raise UserError(f"{source}: gym_evaluation.env is {spec['env']!r}: {exc}") from None
+    space = env.action_space
+    if env.observation_space.shape != (task.dO,) or space.shape != (task.dU,):
+        raise UserError(f"{source}: gym_evaluation.env {spec['env']} observes {env.observation_space.shape} and "
+                        f"acts {space.shape}, but the task's observation has {task.dO} entries and its model {task.dU} "
+                        "actuators")
+    low, high = np.asarray(space.low, dtype=float), np.asarray(space.high, dtype=float)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return np.clip(policy_mean(net, obs), low, high).astype(space.dtype)
+
+    seeds = [int(spec.get("seed", 0)) + i for i in range(episodes)]
+    returns, lengths, worst = episode_returns(env, act, task_observer(task), seeds, progress)
+    env.close()
+    if worst > OBSERVATION_TOLERANCE:
+        raise UserError(f"{source}: task.observation is not {spec['env']}'s observation (they differ by up to "
+                        f"{worst:.3g}): the policy was trained on other inputs than the environment gives it")
+    threshold = env.spec.reward_threshold
+    return GymScore(spec["env"], seeds, returns, lengths, worst, None if threshold is None else float(threshold))
+
+
 @stage_command("evaluate-gym")
 def evaluate_gym(
     params_path: Path = ParamsOpt,
@@ -72,60 +123,32 @@ def evaluate_gym(
     episodes: int = typer.Option(0, "--episodes", min=0, help="episodes to run (0: gym_evaluation.episodes)"),
 ) -> None:
     """Run the trained policy in gymnasium.make(gym_evaluation.env) and score it with Gymnasium's reward."""
-    from stages.artifacts import load_policy
+    import gymnasium
+
     from stages.progress import progress_bar
 
     s = load_settings(params_path)
-    spec = s.params.get("gym_evaluation")
-    if spec is None:
-        raise UserError(f"{params_path}: no gym_evaluation section: name the Gymnasium environment to score the policy in")
-    import gymnasium
-    from gymnasium.error import Error as GymError
-
-    from gps_core.policy_net import policy_mean
-
-    task = s.task
-    net = load_policy(policy, {"dO": (task.dO, "the observation of task.observation"),
-                               "dU": (task.dU, "actions of the model")}, hidden=s.policy.hidden)
-    try:
-        env = gymnasium.make(spec["env"])
-    except GymError as exc:
-        raise UserError(f"{params_path}: gym_evaluation.env is {spec['env']!r}: {exc}") from None
-    space = env.action_space
-    if env.observation_space.shape != (task.dO,) or space.shape != (task.dU,):
-        raise UserError(f"{params_path}: gym_evaluation.env {spec['env']} observes {env.observation_space.shape} and "
-                        f"acts {space.shape}, but the task's observation has {task.dO} entries and its model {task.dU} "
-                        "actuators")
-    low, high = np.asarray(space.low, dtype=float), np.asarray(space.high, dtype=float)
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        return np.clip(policy_mean(net, obs), low, high).astype(space.dtype)
-
-    n = episodes or int(spec["episodes"])
-    seeds = [int(spec.get("seed", 0)) + i for i in range(n)]
-    with progress_bar(f"evaluate-gym: {spec['env']}, episode", n) as progress:
-        returns, lengths, worst = episode_returns(env, act, task_observer(task), seeds, progress)
-    env.close()
-    if worst > OBSERVATION_TOLERANCE:
-        raise UserError(f"{params_path}: task.observation is not {spec['env']}'s observation (they differ by up to "
-                        f"{worst:.3g}): the policy was trained on other inputs than the environment gives it")
-    threshold = env.spec.reward_threshold
-    M, N = len(task.train), s.agent.num_samples
+    n = episodes or int((s.params.get("gym_evaluation") or {}).get("episodes", 1))
+    env_id = (s.params.get("gym_evaluation") or {}).get("env", "?")
+    with progress_bar(f"evaluate-gym: {env_id}, episode", n) as progress:
+        score = score_in_gym(s, policy, n, str(params_path), progress)
+    returns, threshold = score.returns, score.reward_threshold
+    M, N = len(s.task.train), s.agent.num_samples
     result = {
-        "env": spec["env"],
+        "env": score.env_id,
         "gymnasium_version": gymnasium.__version__,
         "episodes": n,
-        "first_seed": seeds[0],
+        "first_seed": score.seeds[0],
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
         "return_min": float(returns.min()),
         "return_max": float(returns.max()),
-        "episode_length": float(lengths.mean()),
-        "reward_threshold": None if threshold is None else float(threshold),
-        "observation_max_difference": worst,
+        "episode_length": float(score.lengths.mean()),
+        "reward_threshold": threshold,
+        "observation_max_difference": score.observation_difference,
         # Environment steps of training: iterations x conditions x samples x T (redrawn samples not counted).
-        "training_env_steps": s.iterations * M * N * task.T,
+        "training_env_steps": s.iterations * M * N * s.task.T,
     }
     write_json(out, result)
     bar = "" if threshold is None else f" (Gymnasium's reward_threshold {threshold:g})"
-    log(f"{spec['env']}: return {returns.mean():.3f} +- {returns.std():.3f} over {n} episodes{bar}")
+    log(f"{score.env_id}: return {returns.mean():.3f} +- {returns.std():.3f} over {n} episodes{bar}")
