@@ -38,8 +38,6 @@ def load(run: Path) -> tuple[dict[str, np.ndarray], dict | None]:
 
 def gym_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """(environment steps sampled by the end of each iteration [K], Gymnasium's mean return of its policy [K])."""
-    import os
-
     import h5py
 
     cache = run / "data" / "gym_curve.json"
@@ -49,20 +47,15 @@ def gym_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
     from stages.settings import load_settings
     from stages.steps.evaluate_gym import score_in_gym
 
-    here = os.getcwd()
-    os.chdir(run)  # the run's params.yaml names its model relative to its folder
-    try:
-        s = load_settings("params.yaml")
-        episodes = int(s.params["gym_evaluation"]["episodes"])
-        steps, returns, total = [], [], 0
-        for k in range(s.iterations):
-            with h5py.File(f"data/itr_{k:02d}/samples.h5") as f:
-                draws = f["draws"][()]
-            total += int(draws.sum()) * s.task.T
-            steps.append(total)
-            returns.append(float(score_in_gym(s, Path(f"data/itr_{k:02d}/policy.h5"), episodes).returns.mean()))
-    finally:
-        os.chdir(here)
+    s = load_settings(run / "params.yaml")  # a relative model path is relative to that file
+    episodes = int(s.params["gym_evaluation"]["episodes"])
+    steps, returns, total = [], [], 0
+    for k in range(s.iterations):
+        itr = run / "data" / f"itr_{k:02d}"
+        with h5py.File(itr / "samples.h5") as f:
+            total += int(f["draws"][()].sum()) * s.task.T  # every draw of every sample
+        steps.append(total)
+        returns.append(float(score_in_gym(s, itr / "policy.h5", episodes).returns.mean()))
     cache.write_text(json.dumps({"env_steps": steps, "return_mean": returns}) + "\n")
     return np.array(steps), np.array(returns)
 

@@ -68,7 +68,7 @@ class Rollouts:
     cause: np.ndarray
 
 
-class _Reader:
+class BlockReader:
     """Reads a task's blocks from MjData: the state, the observation and the point Jacobians.
 
     Called after every control step of every episode, so what can be decided once is decided here.
@@ -171,9 +171,7 @@ class Simulator:
         self.substeps = task.substeps
         self.split = task.stepping == "split"
         self.nq, self.nv, self.nu = base.nq, base.nv, base.nu
-        self._reader = _Reader(task)
-        if abs(base.opt.timestep * self.substeps - self.dt) > 1e-12:
-            raise ValueError(f"dt={self.dt} must equal substeps ({self.substeps}) x model timestep ({base.opt.timestep})")
+        self._reader = BlockReader(task)  # dt = substeps x timestep: checked by gps_core.task.compile_task
         # A reset shows as a time short of (t + 1)·dt by at least one timestep (see _step).
         self._time_tolerance = 0.5 * base.opt.timestep
         # MuJoCo zeroes every control of a step (mjWARN_BADCTRL) when one is beyond mjMAXVAL after

@@ -5,13 +5,16 @@ stages.settings turns the loaded dict into typed settings; this module keeps the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from stages.h5io import UserError
 from stages.model_check import check_model_consistency
 from stages.schema import validate_params
+
+if TYPE_CHECKING:
+    from gps_core.task import Task
 
 # The params each stage reads (top-level keys or dotted paths). dvc.yaml lists the
 # same keys, so changing a param re-runs only the stages that read it.
@@ -40,6 +43,11 @@ STAGE_PARAMS: dict[str, list[str]] = {
 
 def load_params(path: str | Path) -> dict[str, Any]:
     """params.yaml, checked against the schema and then against the task's model (one-line UserError)."""
+    return load_params_and_task(path)[0]
+
+
+def load_params_and_task(path: str | Path) -> tuple[dict[str, Any], "Task"]:
+    """params.yaml checked as load_params does, and its task compiled on its model (gps_core.task.Task)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: params file not found")
@@ -49,8 +57,7 @@ def load_params(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     validate_params(params, str(path))
     # After the schema, so that the sizes compared are known to be integers and lists.
-    check_model_consistency(params, str(path))
-    return params
+    return params, check_model_consistency(params, str(path))
 
 
 

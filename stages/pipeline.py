@@ -291,18 +291,18 @@ def split_pipeline(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {ROOT_FILE: files.pop(ROOT_FILE), **files}
 
 
-def project_model_file(params: dict[str, Any]) -> str | None:
-    """task.model when it is a file of the project (a relative path that names no installed package and lies
-    outside gps_core/, which the stages depend on already); None for package files and absolute paths."""
-    import importlib.util
+def project_model_file(params: dict[str, Any], root: Path | None = None) -> str | None:
+    """task.model when gps_core.task.resolve_model reads it relative to the project root (not from an installed
+    package, not an absolute path) and outside the code the stages depend on already; else None."""
+    from gps_core.task import resolve_model
 
     model = params.get("task", {}).get("model") if isinstance(params.get("task"), dict) else None
-    if not isinstance(model, str) or Path(model).is_absolute():
+    if not isinstance(model, str):
         return None
-    head = Path(model).parts[0] if Path(model).parts else ""
-    if head in CODE_DEPS or (head.isidentifier() and importlib.util.find_spec(head) is not None):
+    root = (root or Path.cwd()).resolve()
+    if Path(model).is_absolute() or resolve_model(model, root) != root / model:  # found in an installed package (perhaps in a .venv inside the project), or absolute
         return None
-    return model
+    return None if Path(model).parts[0] in CODE_DEPS else Path(model).as_posix()
 
 
 def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml") -> dict[str, str]:

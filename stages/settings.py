@@ -215,8 +215,6 @@ class Settings:
 
 def load_settings(path: str | Path) -> Settings:
     """params.yaml, validated (one-line UserError) and typed."""
-    from stages.config import load_params
-    from stages.model_check import compile_settings_task
+    from stages.config import load_params_and_task
 
-    params = load_params(path)
-    return Settings.from_params(params, compile_settings_task(params, str(path)))
+    return Settings.from_params(*load_params_and_task(path))

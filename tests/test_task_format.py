@@ -231,6 +231,9 @@ def test_a_model_file_of_the_project_is_a_dependency_of_the_stages_that_simulate
     assert "models/particle.xml" in init["deps"]
     fit = yaml.safe_load(files["pipelines/itr_00/fit_dynamics/dvc.yaml"])["stages"]["fit_dynamics_00"]
     assert "models/particle.xml" not in fit["deps"]  # reads no task setting, simulates nothing
+    # a package's file is no dependency, even where the package is installed inside the project (.venv)
+    reacher = task_params("reacher")
+    assert "reacher.xml" not in "".join(render_pipeline(reacher).values())
 
 
 def test_render_draws_a_held_out_condition_of_a_policy_and_refuses_controllers_there(tmp_path):

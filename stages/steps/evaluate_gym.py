@@ -51,12 +51,12 @@ def episode_returns(env, act, observe, seeds: list[int], progress=None) -> tuple
 
 def task_observer(task):
     """observe(env) -> the task's observation read from the environment's MjData (no velocity blocks)."""
-    from gps_core.env import _Reader
+    from gps_core.env import BlockReader
 
     if any(task.block(n).kind == "velocity" for n in task.observation):
         raise UserError("task.observation has a velocity block (a finite difference over the control period): "
                         "no Gymnasium environment observes that, so the policy cannot be scored there")
-    reader = _Reader(task)
+    reader = BlockReader(task)
 
     def observe(env) -> np.ndarray:
         values = reader.values(env.unwrapped.data, None)
@@ -128,9 +128,11 @@ def evaluate_gym(
     from stages.progress import progress_bar
 
     s = load_settings(params_path)
-    n = episodes or int((s.params.get("gym_evaluation") or {}).get("episodes", 1))
-    env_id = (s.params.get("gym_evaluation") or {}).get("env", "?")
-    with progress_bar(f"evaluate-gym: {env_id}, episode", n) as progress:
+    spec = s.params.get("gym_evaluation")
+    if spec is None:
+        raise UserError(f"{params_path}: no gym_evaluation section: name the Gymnasium environment to score the policy in")
+    n = episodes or int(spec["episodes"])
+    with progress_bar(f"evaluate-gym: {spec['env']}, episode", n) as progress:
         score = score_in_gym(s, policy, n, str(params_path), progress)
     returns, threshold = score.returns, score.reward_threshold
     M, N = len(s.task.train), s.agent.num_samples
