@@ -3,6 +3,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test bench
@@ -12,10 +13,15 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(INSTALLED)
 
+# The tests also need the optional extras they exercise (Ray for gps sweep --engine ray).
+$(TEST_INSTALLED): $(INSTALLED)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	touch $(TEST_INSTALLED)
+
 run: $(INSTALLED)
 	dvc repro
 
-test: $(INSTALLED)
+test: $(TEST_INSTALLED)
 	$(PYTHON) -m pytest
 
 bench: $(INSTALLED)

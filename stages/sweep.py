@@ -1,19 +1,26 @@
-"""The paper's comparison as queued DVC experiments: methods x seeds x tasks.
+"""The paper's comparison (or any tasks x methods x seeds) as DVC experiments.
 
 Each (task, method) needs its own pipeline files (the iteration count differs
 per task, and BADMM has its own stages), which `-S` overrides cannot change. So
-for each pair the sweep writes params.yaml from configs/<task>.yaml, generates
-the pipeline for that method, stages the files (DVC leaves untracked files out
-of a queued experiment), and queues one experiment per seed with
-`dvc exp run --queue -S ...`. Afterwards the workspace's params.yaml and
-pipeline files are restored from git. `dvc queue start -j N` runs them; every
-run is an ordinary experiment (`dvc exp show`, `dvc exp apply`, `dvc plots diff`).
+each experiment (`experiments`) carries its params.yaml (configs/<task>.yaml)
+and the pipeline files of its method, and its `-S` settings (the method's keys
+and the seed) under a fixed name, `<task>-<method>-s<seed>`.
+
+Engines:
+- `queue` (this module): writes each (task, method)'s files into the workspace,
+  stages them (DVC leaves untracked files out of a queued experiment) and queues
+  one experiment per seed with `dvc exp run --queue -S ...`; afterwards the
+  workspace's params.yaml and pipeline files are restored from git. `dvc queue
+  start -j N` runs them on this machine.
+- `ray` and `inline` (`stages.sweep_remote`): each experiment runs in a fresh
+  clone wherever the engine puts it and lands on the git and DVC remotes
+  (`stages.sweep_job`).
+Every run is an ordinary experiment (`dvc exp show`, `dvc exp apply`, `dvc plots diff`).
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +28,7 @@ from typing import Any, Callable
 import yaml
 
 from stages.h5io import UserError
+from stages.sweep_job import Experiment, write_experiment_files
 
 # The paper's five methods as params overrides (dotted key -> value).
 METHODS: dict[str, dict[str, Any]] = {
@@ -36,6 +44,8 @@ PAPER_TASKS = ("obstacle", "peg", "peg_blind")
 def known_tasks(root: Path) -> tuple[str, ...]:
     """The tasks with shipped settings: configs/<task>.yaml under the project root."""
     return tuple(sorted(p.stem for p in (root / "configs").glob("*.yaml")))
+
+
 GENERATED = ["params.yaml", "dvc.yaml", "pipelines"]
 
 
@@ -80,23 +90,42 @@ def experiment_name(task: str, method: str, seed: int) -> str:
     return f"{task}-{method}-s{seed}"
 
 
-def plan(tasks: list[str], methods: list[str], seeds: list[int], root: Path) -> list[tuple[str, str, dict, list[list[str]]]]:
-    """For each (task, method): its params (overrides applied) and the `dvc exp run --queue` commands, one per seed."""
+def experiments(tasks: list[str], methods: list[str], seeds: list[int], root: Path) -> list[Experiment]:
+    """The sweep's experiments in a fixed order (task, method, seed), each with its files and `-S` settings.
+
+    Every (task, method) gets params.yaml = configs/<task>.yaml and the pipeline of the
+    method's params; the method's keys and the seed are `-S` settings of the experiment.
+    The params with the method applied are validated here, as the stages will see them.
+    """
+    from stages.config import load_params
+    from stages.pipeline import render_pipeline
+
     out = []
     for task in tasks:
         preset = root / "configs" / f"{task}.yaml"
         if not preset.exists():
             raise UserError(f"{preset}: file not found (run the sweep from the project root)")
-        base = yaml.safe_load(preset.read_text())
+        preset_text = preset.read_text()
+        base = yaml.safe_load(preset_text)
         for method in methods:
             params = copy.deepcopy(base)
             for key, value in METHODS[method].items():
                 set_dotted(params, key, value)
-            sets = [f"{k}={_yaml_value(v)}" for k, v in METHODS[method].items()]
-            commands = [["dvc", "exp", "run", "--queue", "-n", experiment_name(task, method, s),
-                         *sum((["-S", x] for x in [*sets, f"seed={s}"]), [])] for s in seeds]
-            out.append((task, method, params, commands))
+            check = root / f".params.sweep-{task}-{method}.yaml"
+            check.write_text(yaml.safe_dump(params, sort_keys=False))
+            try:
+                load_params(check)
+            finally:
+                check.unlink(missing_ok=True)
+            files = {"params.yaml": preset_text, **render_pipeline(params, "params.yaml")}
+            sets = tuple(f"{k}={_yaml_value(v)}" for k, v in METHODS[method].items())
+            out += [Experiment(experiment_name(task, method, s), task, method, s, (*sets, f"seed={s}"), files)
+                    for s in seeds]
     return out
+
+
+def queue_command(experiment: Experiment) -> list[str]:
+    return ["dvc", "exp", "run", "--queue", "-n", experiment.name, *(a for s in experiment.sets for a in ("-S", s))]
 
 
 def _dirty(root: Path, run: Callable[..., subprocess.CompletedProcess]) -> str:
@@ -107,37 +136,30 @@ def queue_sweep(tasks: list[str], methods: list[str], seeds: list[int], root: Pa
                 echo: Callable[[str], None] = print, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
                 dvc: str = "dvc") -> int:
     """Queue the experiments; returns how many. The workspace's generated files are restored afterwards."""
-    from stages.config import load_params
-    from stages.pipeline import write_pipeline
-
-    steps = plan(tasks, methods, seeds, root)
+    todo = experiments(tasks, methods, seeds, root)
+    groups: dict[tuple[str, str], list[Experiment]] = {}
+    for exp in todo:
+        groups.setdefault((exp.task, exp.method), []).append(exp)
     if dry_run:
-        for task, method, _, commands in steps:
+        for (task, method), group in groups.items():
             echo(f"# {task} / {method}: gps configure {task}, then the pipeline for {method}")
-            for cmd in commands:
-                echo(" ".join(cmd))
-        return sum(len(c) for *_, c in steps)
+            for exp in group:
+                echo(" ".join(queue_command(exp)))
+        return len(todo)
     if _dirty(root, run):
         raise UserError("params.yaml, dvc.yaml or pipelines/ have uncommitted changes; commit or stash them first "
                         "(the sweep rewrites them per task and restores them from git)")
     queued = 0
     try:
-        for task, method, params, commands in steps:
-            shutil.copyfile(root / "configs" / f"{task}.yaml", root / "params.yaml")
-            check = root / ".params.sweep.yaml"  # validate the params with the overrides, as the stages will see them
-            check.write_text(yaml.safe_dump(params, sort_keys=False))
-            try:
-                load_params(check)
-            finally:
-                check.unlink(missing_ok=True)
-            write_pipeline(params, root / "params.yaml", root)
-            run(["git", "add", "-A", "--", *GENERATED], cwd=root, check=True)
-            for cmd in commands:
+        for group in groups.values():
+            write_experiment_files(root, group[0])
+            for exp in group:
+                cmd = queue_command(exp)
                 proc = run([dvc, *cmd[1:]], cwd=root, capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise UserError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
                 queued += 1
-                echo(f"queued {cmd[5]}")
+                echo(f"queued {exp.name}")
     finally:
         run(["git", "reset", "-q", "--", *GENERATED], cwd=root, check=True)
         run(["git", "checkout", "-q", "--", *GENERATED], cwd=root, check=True)

@@ -144,22 +144,64 @@ def render_cmd(
 
 @app.command("sweep")
 def sweep_cmd(
-    tasks: str = typer.Option("peg,peg_blind,obstacle", "--tasks", help="comma-separated: obstacle, peg, peg_blind"),
+    tasks: str = typer.Option("peg,peg_blind,obstacle", "--tasks", help="comma-separated tasks of configs/"),
     methods: str = typer.Option("badmm,off_classic,off_global,on_classic,on_global", "--methods",
                                 help="comma-separated: badmm, off_classic, off_global, on_classic, on_global"),
     seeds: str = typer.Option("0-9", "--seeds", help="e.g. 0-9 or 0,2,4"),
-    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="also start this many queue workers (0: only queue)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc commands instead of queuing"),
+    engine: str = typer.Option("queue", "--engine",
+                               help="queue: DVC's local queue; ray: a Ray cluster; inline: here, one after another "
+                                    "(ray and inline land each experiment on the git and DVC remotes)"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster (default: RAY_ADDRESS, "
+                                          "this machine's `ray start`, else a new local one)"),
+    git_remote: str = typer.Option("origin", "--git-remote", help="ray, inline: the git remote workers clone "
+                                   "from and push experiments to"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="ray, inline: where the clones go on each "
+                                           "machine (default: its temporary folder)"),
+    index: Optional[int] = typer.Option(None, "--index", min=0, help="inline: run only the experiment with this "
+                                        "index of the sweep's order (a Slurm array's $SLURM_ARRAY_TASK_ID)"),
+    status: bool = typer.Option(False, "--status", help="ray, inline: list the experiments done (on the git "
+                                "remote), running and failed, and stop"),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="queue: also start this many queue workers (0: only queue)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="queue: print the dvc commands instead of queuing"),
 ) -> None:
-    """Queue the paper's comparison as DVC experiments (one per task x method x seed); -j N starts the workers."""
+    """Run a comparison as DVC experiments (one per task x method x seed) on DVC's queue, a Ray cluster or inline."""
     import subprocess
 
     from stages.clitools import user_errors
-    from stages.sweep import METHODS, known_tasks, parse_list, parse_seeds, queue_sweep
+    from stages.sweep import METHODS, experiments, known_tasks, parse_list, parse_seeds, queue_sweep
+    from stages.sweep_remote import ENGINES, run_remote_sweep, status_report
 
+    root = Path(".")
     with user_errors("sweep", debugging()):
-        n = queue_sweep(parse_list(tasks, known_tasks(Path(".")), "tasks"), parse_list(methods, tuple(METHODS), "methods"),
-                        parse_seeds(seeds), Path("."), dry_run, echo=typer.echo, dvc=dvc_executable())
+        if engine not in ENGINES:
+            raise UserError(f"--engine is {engine!r}; allowed: {', '.join(ENGINES)}")
+        if engine == "ray":
+            from stages.sweep_ray import import_ray
+            import_ray()
+        selection = (parse_list(tasks, known_tasks(root), "tasks"), parse_list(methods, tuple(METHODS), "methods"),
+                     parse_seeds(seeds))
+        if engine == "queue" and not status:
+            n = queue_sweep(*selection, root, dry_run, echo=typer.echo, dvc=dvc_executable())
+        else:
+            chosen = experiments(*selection, root)
+            if index is not None:
+                if engine != "inline" or status:
+                    raise UserError("--index goes with --engine inline (one experiment of the sweep per call)")
+                if index >= len(chosen):
+                    raise UserError(f"--index is {index}; the sweep has {len(chosen)} experiments (0-{len(chosen) - 1})")
+                chosen = chosen[index:index + 1]
+            if status:
+                for line in status_report(chosen, root, git_remote):
+                    typer.echo(line)
+                return
+            landed, failed = run_remote_sweep(chosen, root, git_remote, engine, workdir, address, echo=typer.echo)
+    if engine != "queue":
+        if failed:
+            typer.echo(f"{failed} failed; `gps sweep ... --status` lists them, the same command again reruns what is "
+                       "missing", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{landed} landed; `dvc exp pull {git_remote}` in any clone, then `gps report --experiments`")
+        return
     if dry_run:
         return
     typer.echo(f"queued {n} experiments; `dvc queue status` follows them, `gps report --experiments` tabulates the finished ones")
