@@ -1,0 +1,172 @@
+"""gps sweep --engine ray on a real local Ray cluster: a head with no CPUs and two one-CPU worker
+nodes, a bare git repository as the git remote and a local directory as the DVC remote.
+
+The faults are real too: a worker node removed while a stage runs, a worker process killed
+after the data push while its ref push hangs (a pre-receive hook on the remote holds it), and
+the driver killed, then the same command run again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from remotes import (Landing, attempts, fresh_clone_experiments, gps_sweep, landing_project, processes_in, remote_refs,
+                     snapshot, sweep, wait_for)
+from test_dvc_pipeline import env
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# Notice a dead node within about 1.5 s (the defaults take 15 s), so that its task is retried soon.
+FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                          "health_check_failure_threshold": 3}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_FAILURE_DETECTION})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def two_workers(cluster: Cluster) -> None:
+    """Back to two live one-CPU worker nodes (a test may have removed one)."""
+    while len(cluster.worker_nodes) < 2:
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+
+
+def start_driver(landing: Landing, cluster: Cluster, workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(sweep(*args, "--engine", "ray", "--address", cluster.address, "--workdir", str(workdir)),
+                            cwd=landing.repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(driver: subprocess.Popen, timeout: float = 300) -> str:
+    out = driver.communicate(timeout=timeout)[0]
+    assert driver.returncode == 0, out
+    return out
+
+
+def landed_lines(out: str) -> dict[str, str]:
+    return {line.split(":")[0]: line for line in out.splitlines() if ": landed on " in line}
+
+
+def test_a_sweep_lands_every_experiment_once_and_a_fresh_clone_sees_them(cluster, tmp_path):
+    two_workers(cluster)
+    landing = landing_project(tmp_path)
+    args = ("--methods", "on_classic,badmm", "--seeds", "0-1")
+    out = finish(start_driver(landing, cluster, tmp_path / "work", *args))
+    names = sorted(f"obstacle-{m}-s{s}" for m in ("on_classic", "badmm") for s in (0, 1))
+    assert "4 experiments of" in out and "0 already on origin, 4 to run (ray)" in out, out
+    assert "Ray cluster at" in out and "3 nodes, 2 CPUs" in out, out
+    lines = landed_lines(out)
+    assert sorted(lines) == names, out
+    assert len({line.split("(node ")[1][:8] for line in lines.values()}) == 2  # both worker nodes took work
+    refs = remote_refs(landing)
+    assert sorted(refs) == names
+    status = gps_sweep(landing, *args, "--status")
+    assert status.stdout.splitlines()[0].endswith(": 4 done"), status.stdout
+    again = finish(start_driver(landing, cluster, tmp_path / "work", *args))
+    assert "4 already on origin, 0 to run" in again and remote_refs(landing) == refs
+    assert not list((tmp_path / "work").iterdir())  # every clone removed
+    runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
+    assert runs == names and failed == []
+
+
+def test_a_node_removed_while_a_stage_runs(cluster, tmp_path):
+    """The experiment is retried on the other node and lands once; nothing of the dead attempt runs
+    on or writes afterwards."""
+    two_workers(cluster)
+    landing = landing_project(tmp_path)
+    work = tmp_path / "work"
+    driver = start_driver(landing, cluster, work, "--methods", "on_classic", "--seeds", "4")
+    first = wait_for(lambda: attempts(work), 60, "an attempt to start")[0]
+    clone = Path(first["clone"])
+    wait_for(lambda: (clone / "data" / "init").exists(), 60, "the run's first stage")  # the pipeline is under way
+    node = next(n for n in cluster.worker_nodes if n.node_id.startswith(first["where"].split()[-1]))
+    cluster.remove_node(node, allow_graceful=False)
+    removed = time.monotonic()
+
+    out = finish(driver)
+    lines = landed_lines(out)
+    assert list(lines) == ["obstacle-on_classic-s4"], out
+    assert first["where"] not in lines["obstacle-on_classic-s4"]  # the retry ran on the other node
+    assert list(remote_refs(landing)) == ["obstacle-on_classic-s4"]
+    # the dead attempt: no process left in its clone, and its files stopped changing
+    wait_for(lambda: not processes_in(clone), max(1.0, 10 - (time.monotonic() - removed)), "the attempt's processes to die")
+    before = snapshot(clone)
+    time.sleep(2)
+    assert snapshot(clone) == before
+    runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
+    assert runs == ["obstacle-on_classic-s4"] and failed == []
+
+
+HANG_FIRST_EXPERIMENT_PUSH = """#!/bin/sh
+# The first push of an experiment ref: tell the test, then hang (the test kills the pusher's worker).
+while read old new ref; do
+  case "$ref" in refs/exps/*)
+    if [ ! -e "{flag}" ]; then echo "$ref" > "{flag}"; sleep 120; exit 1; fi;;
+  esac
+done
+exit 0
+"""
+
+
+def test_a_worker_killed_between_the_data_push_and_the_ref_push(cluster, tmp_path):
+    """The retry lands the experiment once, and its data is on the DVC remote."""
+    two_workers(cluster)
+    landing = landing_project(tmp_path)
+    flag = tmp_path / "ref-push-started"
+    hook = landing.remote / "hooks" / "pre-receive"
+    hook.write_text(HANG_FIRST_EXPERIMENT_PUSH.format(flag=flag))
+    hook.chmod(0o755)
+    work = tmp_path / "work"
+    driver = start_driver(landing, cluster, work, "--methods", "on_classic", "--seeds", "5")
+    wait_for(flag.exists, 120, "the first ref push")
+    first = attempts(work)[0]
+    pushed = {p.relative_to(landing.store) for p in landing.store.rglob("*") if p.is_file()}
+    assert pushed, "the data push comes before the ref push"
+    os.kill(first["pid"], signal.SIGKILL)  # the Ray worker process running the attempt
+
+    out = finish(driver)
+    assert list(landed_lines(out)) == ["obstacle-on_classic-s5"], out
+    assert list(remote_refs(landing)) == ["obstacle-on_classic-s5"]
+    wait_for(lambda: not processes_in(Path(first["clone"])), 10, "the killed attempt's processes to die")
+    hook.unlink()
+    runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
+    assert runs == ["obstacle-on_classic-s5"] and failed == []
+
+
+def test_the_driver_killed_and_the_same_command_run_again(cluster, tmp_path):
+    """The rerun does only what the remote lacks: the experiments that landed are not redone."""
+    two_workers(cluster)
+    landing = landing_project(tmp_path)
+    args = ("--methods", "on_classic,off_classic", "--seeds", "6-7")
+    names = sorted(f"obstacle-{m}-s{s}" for m in ("on_classic", "off_classic") for s in (6, 7))
+    driver = start_driver(landing, cluster, tmp_path / "first", *args)
+    wait_for(lambda: remote_refs(landing), 180, "a first experiment to land")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    # Ray ends the dead driver's job: its workers die, and with them the attempts' process groups
+    wait_for(lambda: not processes_in(tmp_path / "first"), 20, "the dead driver's attempts to stop")
+    before = remote_refs(landing)
+    status = gps_sweep(landing, *args, "--status")
+    assert f"{len(before)} done" in status.stdout.splitlines()[0] and "interrupted" in status.stdout, status.stdout
+
+    out = finish(start_driver(landing, cluster, tmp_path / "second", *args))
+    assert f"{len(before)} already on origin, {4 - len(before)} to run (ray)" in out, out
+    assert sorted(landed_lines(out)) == sorted(set(names) - set(before)), out
+    after = remote_refs(landing)
+    assert sorted(after) == names and all(after[n] == sha for n, sha in before.items())

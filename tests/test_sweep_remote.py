@@ -1,0 +1,174 @@
+"""gps sweep's landing engines without Ray: the checks on the sweep's origin, --status, the
+process-group guard, and the inline engine on a real git remote and a real DVC remote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from remotes import fresh_clone_experiments, gps_sweep, landing_project, remote_refs, sweep, wait_for
+from stages.cli import app
+from stages.sweep_job import Experiment, ExperimentFailed
+from stages.sweep_remote import Ledger, dvc_default_remote, status_rows
+from test_dvc_pipeline import BIN, env, run
+from test_sweep import make_repo
+
+runner = CliRunner()
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+
+
+def test_dvc_default_remote_of_a_config_text():
+    text = "[core]\n    remote = store\n    autostage = false\n['remote \"store\"']\n    url = /data/store\n"
+    assert dvc_default_remote(text) == ("store", "/data/store")
+    assert dvc_default_remote("[core]\n    remote = other\n['remote \"store\"']\n    url = /x\n") is None
+    assert dvc_default_remote("[core]\n    autostage = false\n") is None
+
+
+def status_output(repo: Path, monkeypatch, *args: str):
+    monkeypatch.chdir(repo)
+    return runner.invoke(app, ["sweep", "--tasks", "obstacle", "--methods", "on_classic", "--seeds", "0", *args])
+
+
+def test_a_sweep_that_workers_could_not_run_or_land_is_refused_in_one_line(tmp_path, monkeypatch):
+    landing = landing_project(tmp_path)
+    cases = []
+    result = status_output(landing.repo, monkeypatch, "--status", "--git-remote", "upstream")
+    cases.append((result, "--git-remote upstream: no such git remote"))
+    (landing.repo / "stages" / "sweep.py").write_text((landing.repo / "stages" / "sweep.py").read_text() + "\n# edit\n")
+    cases.append((status_output(landing.repo, monkeypatch, "--status"), "differ from HEAD"))
+    run(["git", "checkout", "-q", "--", "stages"], landing.repo)
+    run([*GIT, "commit", "-q", "--allow-empty", "-m", "not pushed"], landing.repo)
+    cases.append((status_output(landing.repo, monkeypatch, "--status"), "is not on the git remote origin"))
+    run([str(BIN / "dvc"), "remote", "default", "--unset"], landing.repo)
+    run([*GIT, "commit", "-qam", "no default DVC remote"], landing.repo)
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], landing.repo)
+    cases.append((status_output(landing.repo, monkeypatch, "--status"), "names no default DVC remote"))
+    run([str(BIN / "dvc"), "remote", "add", "-f", "-d", "rel", "../store"], landing.repo)
+    (landing.repo / ".dvc" / "config").write_text((landing.repo / ".dvc" / "config").read_text()
+                                                    .replace(str(landing.repo.parent / "store"), "../store"))
+    run([*GIT, "commit", "-qam", "a relative DVC remote"], landing.repo)
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], landing.repo)
+    cases.append((status_output(landing.repo, monkeypatch, "--status"), "relative url"))
+    cases.append((status_output(landing.repo, monkeypatch, "--engine", "inline", "--index", "1"),
+                  "--index is 1; the sweep has 1 experiments (0-0)"))
+    cases.append((status_output(landing.repo, monkeypatch, "--engine", "ray", "--index", "0"), "--index goes with"))
+    cases.append((status_output(landing.repo, monkeypatch, "--engine", "slurm"), "--engine is 'slurm'"))
+    for result, words in cases:
+        assert result.exit_code == 2, result.output
+        assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert remote_refs(landing) == {}
+
+
+def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError, as without the extra
+    repo = make_repo(tmp_path / "repo", with_dvc=False)
+    result = status_output(repo, monkeypatch, "--engine", "ray")
+    assert result.exit_code == 2
+    assert result.output.strip() == "gps sweep: error: --engine ray needs Ray, an optional extra: pip install '.[ray]'"
+
+
+def test_status_reads_done_from_the_remote_and_the_rest_from_the_ledger(tmp_path):
+    names = [f"obstacle-on_classic-s{s}" for s in range(6)]
+    exps = [Experiment(n, "obstacle", "on_classic", s, (), {}) for s, n in enumerate(names)]
+    ledger = Ledger(tmp_path, "c0ffee")
+    ledger.claim("ray")
+    for name, state in zip(names[1:5], ("running", "failed", "running", "interrupted")):
+        ledger.mark(name, state, "dvc exp run failed: boom" if state == "failed" else "")
+    ledger.mark(names[0], "failed", "an earlier attempt")  # the remote has it now: done wins
+    rows = status_rows(exps, {names[0]: "a" * 40, names[3]: "b" * 40}, Ledger(tmp_path, "c0ffee"))
+    assert [r[1] for r in rows] == ["done", "running", "failed", "done", "interrupted", "missing"]
+    assert rows[2][2] == "dvc exp run failed: boom"
+    # the driver dies: what it had running is interrupted
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ledger.data["driver"]["pid"] = dead.pid
+    ledger.save()
+    rows = status_rows(exps, {}, Ledger(tmp_path, "c0ffee"))
+    assert rows[1][1] == "interrupted" and f"driver pid {dead.pid} is gone" in rows[1][2]
+
+
+def test_experiment_failed_survives_pickling():
+    import pickle
+
+    exc = pickle.loads(pickle.dumps(ExperimentFailed("peg-badmm-s0", "dvc exp run", "ERROR: boom")))
+    assert (exc.name, exc.step, exc.detail) == ("peg-badmm-s0", "dvc exp run", "ERROR: boom")
+    assert str(exc) == "peg-badmm-s0: dvc exp run failed: ERROR: boom"
+
+
+GUARDED_PARENT = """
+import sys, time
+from pathlib import Path
+from stages.sweep_job import guarded
+# a stage-like grandchild that would write for a long while
+guarded(["sh", "-c", "echo $$ > {pids}.sh; sleep 60 & echo $! > {pids}.bg; while true; do date >> {out}; sleep 0.1; done"])
+"""
+
+
+def test_the_guard_kills_the_whole_group_when_its_caller_is_killed(tmp_path):
+    pids, out = tmp_path / "pids", tmp_path / "out.txt"
+    parent = subprocess.Popen([sys.executable, "-c", GUARDED_PARENT.format(pids=pids, out=out)], env=env())
+    wait_for(lambda: Path(f"{pids}.bg").exists() and out.exists(), 20, "the guarded command to start")
+    children = [int(Path(f"{pids}.{k}").read_text()) for k in ("sh", "bg")]
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+    wait_for(lambda: all(gone(p) for p in children), 5, "the group to die")
+    size = out.stat().st_size
+    time.sleep(0.5)
+    assert out.stat().st_size == size  # nothing writes afterwards
+
+
+def test_the_guard_passes_the_exit_status_on(tmp_path):
+    from stages.sweep_job import guarded
+
+    assert guarded(["sh", "-c", "echo hi; exit 3"]).returncode == 3
+    assert guarded(["sh", "-c", "kill -TERM $$"]).returncode == 128 + signal.SIGTERM
+    assert guarded(["echo", "out"]).stdout == "out\n"
+
+
+@pytest.mark.slow
+def test_inline_sweep_lands_each_experiment_once_and_a_rerun_runs_nothing(tmp_path):
+    landing = landing_project(tmp_path)
+    one = gps_sweep(landing, "--methods", "on_classic,badmm", "--seeds", "0", "--engine", "inline", "--index", "1")
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "1 experiments of" in one.stdout and "obstacle-badmm-s0: landed on" in one.stdout
+    assert set(remote_refs(landing)) == {"obstacle-badmm-s0"}
+    status = gps_sweep(landing, "--methods", "on_classic,badmm", "--seeds", "0", "--status")
+    assert status.stdout.splitlines()[0].endswith(": 1 done, 1 missing"), status.stdout
+    both = gps_sweep(landing, "--methods", "on_classic,badmm", "--seeds", "0", "--engine", "inline")
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert "1 already on origin, 1 to run (inline)" in both.stdout and "obstacle-on_classic-s0: landed" in both.stdout
+    refs = remote_refs(landing)
+    again = gps_sweep(landing, "--methods", "on_classic,badmm", "--seeds", "0", "--engine", "inline")
+    assert "2 already on origin, 0 to run" in again.stdout and remote_refs(landing) == refs
+    assert not list((Path(os.environ.get("TMPDIR", "/tmp")) / "gps-sweep").glob("obstacle-*-s0-*"))  # clones removed
+    runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
+    assert runs == ["obstacle-badmm-s0", "obstacle-on_classic-s0"] and failed == []
+
+
+@pytest.mark.slow
+def test_of_two_attempts_at_once_one_lands_and_the_other_sees_it_lost(tmp_path):
+    """Two drivers start the same experiment together: both run it, git takes the first ref, the
+    second attempt's unforced push is refused and it reports itself superseded."""
+    landing = landing_project(tmp_path)
+    args = ["--methods", "on_classic", "--seeds", "3", "--engine", "inline"]
+    procs = [subprocess.Popen(sweep(*args, "--workdir", str(tmp_path / f"w{i}")), cwd=landing.repo, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    lines = [line for out in outs for line in out.splitlines() if line.startswith("obstacle-on_classic-s3:")]
+    assert sorted(line.split(":")[1].split()[0] for line in lines) == ["landed", "superseded"], outs
+    winner = remote_refs(landing)["obstacle-on_classic-s3"]
+    assert f"superseded by {winner[:7]}" in "".join(outs)
