@@ -21,6 +21,7 @@ Every run is an ordinary experiment (`dvc exp show`, `dvc exp apply`, `dvc plots
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -111,7 +112,7 @@ def experiments(tasks: list[str], methods: list[str], seeds: list[int], root: Pa
             params = copy.deepcopy(base)
             for key, value in METHODS[method].items():
                 set_dotted(params, key, value)
-            check = root / f".params.sweep-{task}-{method}.yaml"
+            check = root / f".params.sweep-{task}-{method}-{os.getpid()}.yaml"  # array jobs may share the folder
             check.write_text(yaml.safe_dump(params, sort_keys=False))
             try:
                 load_params(check)

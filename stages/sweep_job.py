@@ -200,7 +200,9 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
         return proc.stdout
 
     try:
-        step("clone", "git clone", ["git", "clone", "-q", "--no-checkout", origin.git_url, str(attempt)])
+        # --no-local: a remote on this machine's disk is copied like a remote one, never hard-linked
+        # (git's hard links race with another attempt's push into the remote: "hardlink different from source")
+        step("clone", "git clone", ["git", "clone", "-q", "--no-local", "--no-checkout", origin.git_url, str(attempt)])
         step("clone", f"git checkout {origin.commit[:7]}", ["git", "checkout", "-q", "--detach", origin.commit], attempt)
         write_experiment_files(attempt, experiment)
         env = run_environment(attempt)

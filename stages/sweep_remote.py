@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from stages.h5io import UserError, write_text_atomic
+from stages.h5io import UserError
 from stages.sweep_job import Experiment, ExperimentFailed, Origin, Outcome, remote_experiments, run_experiment
 
 ENGINES = ("queue", "ray", "inline")
@@ -57,8 +57,8 @@ def _absolute_url(url: str, root: Path) -> str:
     return str((root / url).resolve())
 
 
-def sweep_origin(root: Path, git_remote: str) -> Origin:
-    """The sweep's commit (HEAD) and git remote, after checking that workers can run and land it.
+def sweep_origin(root: Path, git_remote: str, to_run: bool = True) -> Origin:
+    """The sweep's commit (HEAD) and git remote, after checking (to_run) that workers can run and land it.
 
     The commit's code, configs and DVC config must be what the workspace has (the
     experiments' files are generated here, from them), the commit must be on the
@@ -77,6 +77,8 @@ def sweep_origin(root: Path, git_remote: str) -> Origin:
         raise UserError(f"--git-remote {git_remote}: no such git remote (git remote add {git_remote} URL: "
                         "workers clone from it and push their experiments to it)")
     url = _absolute_url(got.stdout.strip(), root)
+    if not to_run:
+        return Origin(url, commit)
     if git("status", "--porcelain", "--", "configs", "gps_core", "stages", ".dvc/config").stdout.strip():
         raise UserError(f"configs/, gps_core/, stages/ or .dvc/config differ from HEAD ({commit[:7]}): "
                         "the experiments run the commit, so commit and push first")
@@ -112,8 +114,9 @@ def _start_ticks(pid: int) -> str | None:
 class Ledger:
     """What a driver handed out and what failed: `.dvc/tmp/gps-sweep/<commit>.json` (not in git)."""
 
-    def __init__(self, root: Path, commit: str):
+    def __init__(self, root: Path, commit: str, keep: bool = True):
         self.path = root / ".dvc" / "tmp" / "gps-sweep" / f"{commit}.json"
+        self.keep = keep  # False: track in memory only, write nothing
         self.data = self.read()
 
     def read(self) -> dict:
@@ -133,7 +136,14 @@ class Ledger:
         self.save()
 
     def save(self) -> None:
-        write_text_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        """Through a temporary file of this process's own and a rename: never half-written, even
+        when two drivers of the same commit write at once."""
+        if not self.keep:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
 
     def driver_alive(self) -> bool | None:
         """Whether the driver that wrote this ledger still runs (None: it ran on another host)."""
@@ -174,7 +184,7 @@ def status_rows(experiments: list[Experiment], done: dict[str, str], ledger: Led
 
 def status_report(experiments: list[Experiment], root: Path, git_remote: str) -> list[str]:
     """`gps sweep --status`: a summary line, then one line per experiment."""
-    origin = sweep_origin(root, git_remote)
+    origin = sweep_origin(root, git_remote, to_run=False)
     rows = status_rows(experiments, _remote_done(origin), Ledger(root, origin.commit))
     counts = {state: sum(r[1] == state for r in rows) for state in ("done", "running", "failed", "interrupted", "missing")}
     width = max(len(r[0]) for r in rows)
@@ -202,8 +212,11 @@ def inline_results(todo: list[Experiment], origin: Origin, workdir: Path | None)
 
 def run_remote_sweep(experiments: list[Experiment], root: Path, git_remote: str, engine: str,
                      workdir: Path | None = None, address: str | None = None,
-                     echo: Callable[[str], None] = print) -> tuple[int, int]:
-    """Run the experiments the git remote lacks on `engine` (ray or inline); returns (landed, failed)."""
+                     echo: Callable[[str], None] = print, ledger: bool = True) -> tuple[int, int]:
+    """Run the experiments the git remote lacks on `engine` (ray or inline); returns (landed, failed).
+
+    ledger: keep the ledger for --status (off for one experiment of a job array).
+    """
     from stages.progress import progress_bar
 
     origin = sweep_origin(root, git_remote)
@@ -211,8 +224,8 @@ def run_remote_sweep(experiments: list[Experiment], root: Path, git_remote: str,
     todo = [exp for exp in experiments if exp.name not in done]
     echo(f"{len(experiments)} experiments of {origin.commit[:7]}: {len(experiments) - len(todo)} already on "
          f"{git_remote}, {len(todo)} to run ({engine})")
-    ledger = Ledger(root, origin.commit)
-    ledger.claim(engine)
+    record = Ledger(root, origin.commit, keep=ledger)
+    record.claim(engine)
     if not todo:
         return 0, 0
     if engine == "ray":
@@ -221,7 +234,7 @@ def run_remote_sweep(experiments: list[Experiment], root: Path, git_remote: str,
     else:
         results = inline_results(todo, origin, workdir)
     for exp in todo:
-        ledger.mark(exp.name, "running")
+        record.mark(exp.name, "running")
     landed = failed = 0
     finished = len(experiments) - len(todo)
     try:
@@ -231,17 +244,17 @@ def run_remote_sweep(experiments: list[Experiment], root: Path, git_remote: str,
                 finished += 1
                 if isinstance(result, Outcome):
                     landed += result.status == "landed"
-                    ledger.mark(exp.name, "done", result.line())
+                    record.mark(exp.name, "done", result.line())
                     echo(result.line())
                 else:
                     failed += 1
                     message = str(result).splitlines()[0] if str(result) else type(result).__name__
-                    ledger.mark(exp.name, "failed", message)
+                    record.mark(exp.name, "failed", message)
                     echo(f"{exp.name}: FAILED: {message}")
                 advance(finished, len(experiments))
     except BaseException:
         for exp in todo:
-            if (ledger.data["experiments"].get(exp.name) or {}).get("state") == "running":
-                ledger.mark(exp.name, "interrupted", "the driver was stopped")
+            if (record.data["experiments"].get(exp.name) or {}).get("state") == "running":
+                record.mark(exp.name, "interrupted", "the driver was stopped")
         raise
     return landed, failed

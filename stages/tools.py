@@ -175,6 +175,10 @@ def sweep_cmd(
     with user_errors("sweep", debugging()):
         if engine not in ENGINES:
             raise UserError(f"--engine is {engine!r}; allowed: {', '.join(ENGINES)}")
+        if address is not None and engine != "ray":
+            raise UserError("--address goes with --engine ray")
+        if (jobs or dry_run) and engine != "queue":
+            raise UserError(f"--{'jobs' if jobs else 'dry-run'} goes with --engine queue")
         if engine == "ray":
             from stages.sweep_ray import import_ray
             import_ray()
@@ -194,7 +198,8 @@ def sweep_cmd(
                 for line in status_report(chosen, root, git_remote):
                     typer.echo(line)
                 return
-            landed, failed = run_remote_sweep(chosen, root, git_remote, engine, workdir, address, echo=typer.echo)
+            landed, failed = run_remote_sweep(chosen, root, git_remote, engine, workdir, address, echo=typer.echo,
+                                              ledger=index is None)  # array jobs would overwrite each other's
     if engine != "queue":
         if failed:
             typer.echo(f"{failed} failed; `gps sweep ... --status` lists them, the same command again reruns what is "

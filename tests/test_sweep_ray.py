@@ -28,13 +28,15 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 # Notice a dead node within about 1.5 s (the defaults take 15 s), so that its task is retried soon.
 FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                           "health_check_failure_threshold": 3}
+SMALL_OBJECT_STORE = 100 * 1024**2  # the tasks pass a few kB; Ray's default reserves 30 % of the memory per node
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_FAILURE_DETECTION})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": SMALL_OBJECT_STORE,
+                                                            "_system_config": FAST_FAILURE_DETECTION})
     for _ in range(2):
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1, object_store_memory=SMALL_OBJECT_STORE)
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
@@ -43,7 +45,7 @@ def cluster():
 def two_workers(cluster: Cluster) -> None:
     """Back to two live one-CPU worker nodes (a test may have removed one)."""
     while len(cluster.worker_nodes) < 2:
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1, object_store_memory=SMALL_OBJECT_STORE)
     cluster.wait_for_nodes()
 
 

@@ -31,7 +31,7 @@ def test_dvc_default_remote_of_a_config_text():
     assert dvc_default_remote("[core]\n    autostage = false\n") is None
 
 
-def status_output(repo: Path, monkeypatch, *args: str):
+def sweep_output(repo: Path, monkeypatch, *args: str):
     monkeypatch.chdir(repo)
     return runner.invoke(app, ["sweep", "--tasks", "obstacle", "--methods", "on_classic", "--seeds", "0", *args])
 
@@ -39,27 +39,29 @@ def status_output(repo: Path, monkeypatch, *args: str):
 def test_a_sweep_that_workers_could_not_run_or_land_is_refused_in_one_line(tmp_path, monkeypatch):
     landing = landing_project(tmp_path)
     cases = []
-    result = status_output(landing.repo, monkeypatch, "--status", "--git-remote", "upstream")
+    result = sweep_output(landing.repo, monkeypatch, "--status", "--git-remote", "upstream")
     cases.append((result, "--git-remote upstream: no such git remote"))
     (landing.repo / "stages" / "sweep.py").write_text((landing.repo / "stages" / "sweep.py").read_text() + "\n# edit\n")
-    cases.append((status_output(landing.repo, monkeypatch, "--status"), "differ from HEAD"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "inline"), "differ from HEAD"))
     run(["git", "checkout", "-q", "--", "stages"], landing.repo)
     run([*GIT, "commit", "-q", "--allow-empty", "-m", "not pushed"], landing.repo)
-    cases.append((status_output(landing.repo, monkeypatch, "--status"), "is not on the git remote origin"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "inline"), "is not on the git remote origin"))
     run([str(BIN / "dvc"), "remote", "default", "--unset"], landing.repo)
     run([*GIT, "commit", "-qam", "no default DVC remote"], landing.repo)
     run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], landing.repo)
-    cases.append((status_output(landing.repo, monkeypatch, "--status"), "names no default DVC remote"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "inline"), "names no default DVC remote"))
     run([str(BIN / "dvc"), "remote", "add", "-f", "-d", "rel", "../store"], landing.repo)
     (landing.repo / ".dvc" / "config").write_text((landing.repo / ".dvc" / "config").read_text()
                                                     .replace(str(landing.repo.parent / "store"), "../store"))
     run([*GIT, "commit", "-qam", "a relative DVC remote"], landing.repo)
     run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], landing.repo)
-    cases.append((status_output(landing.repo, monkeypatch, "--status"), "relative url"))
-    cases.append((status_output(landing.repo, monkeypatch, "--engine", "inline", "--index", "1"),
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "inline"), "relative url"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--address", "10.0.0.1:6379"), "--address goes with --engine ray"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "inline", "-j", "2"), "--jobs goes with --engine queue"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "inline", "--index", "1"),
                   "--index is 1; the sweep has 1 experiments (0-0)"))
-    cases.append((status_output(landing.repo, monkeypatch, "--engine", "ray", "--index", "0"), "--index goes with"))
-    cases.append((status_output(landing.repo, monkeypatch, "--engine", "slurm"), "--engine is 'slurm'"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "ray", "--index", "0"), "--index goes with"))
+    cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "slurm"), "--engine is 'slurm'"))
     for result, words in cases:
         assert result.exit_code == 2, result.output
         assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
@@ -69,7 +71,7 @@ def test_a_sweep_that_workers_could_not_run_or_land_is_refused_in_one_line(tmp_p
 def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError, as without the extra
     repo = make_repo(tmp_path / "repo", with_dvc=False)
-    result = status_output(repo, monkeypatch, "--engine", "ray")
+    result = sweep_output(repo, monkeypatch, "--engine", "ray")
     assert result.exit_code == 2
     assert result.output.strip() == "gps sweep: error: --engine ray needs Ray, an optional extra: pip install '.[ray]'"
 
