@@ -9,10 +9,15 @@ local Ray instance with this machine's CPUs; its lines give each experiment's
 clone, run, data-push and ref-push seconds.
 
     python benchmarks/sweep_engines.py [--tasks peg] [--methods ...] [--seeds 0-3] [--engines queue,ray] [--out DIR]
+    python benchmarks/sweep_engines.py --project DIR/results.json [...] [--machines 10,50] [--push-mb-per-s 50]
 
-Prints the wall time of each engine, the per-experiment figures of the Ray
-sweep, and a projection of the paper's 150-run comparison onto M machines of
-this size from them.
+Prints the wall time of each engine and the per-experiment figures of the Ray
+sweep (kept in DIR/results.json with --out). --project turns such results into
+the wall time of the paper's comparison (10 seeds of every task x method
+measured) on M machines of this size: each (task, method) takes its measured
+mean run time plus the landing overhead (and, with --push-mb-per-s, its data
+pushed at that rate instead of this disk's), the runs are dealt longest first
+to the free CPUs, and the driver's start-up is added.
 """
 
 from __future__ import annotations
@@ -103,14 +108,58 @@ def summary(results: dict, n: int, cpus: int) -> None:
           f"DVC remote holds {results['ray']['store_mb']:.0f} MB")
 
 
+def lpt_makespan(durations: list[float], slots: int) -> float:
+    """Wall time of jobs dealt longest first to whichever of `slots` CPUs frees first."""
+    import heapq
+
+    free = [0.0] * slots
+    for d in sorted(durations, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + d)
+    return max(free)
+
+
+def project(files: list[Path], seeds: int, machines: list[int], cpus: int, push_mb_per_s: float | None) -> None:
+    per_pair: dict[str, list[float]] = {}
+    overheads, mb_per_run = [], []
+    for f in files:
+        res = json.loads(f.read_text())["ray"]
+        exps = res["experiments"]
+        mb_per_run.append(res["store_mb"] / max(1, len(exps)))
+        for name, e in exps.items():
+            per_pair.setdefault(name.rsplit("-s", 1)[0], []).append(e["run"])
+            overheads.append(e["total"] - e["run"])
+    overhead = statistics.mean(overheads)
+    mb = statistics.mean(mb_per_run)
+    if push_mb_per_s:
+        overhead += mb / push_mb_per_s
+    runs = [statistics.mean(v) + overhead for v in per_pair.values() for _ in range(seeds)]
+    print(f"{len(per_pair)} task x method pairs measured, {seeds} seeds each: {len(runs)} runs, "
+          f"{sum(runs) / 3600:.1f} CPU-hours; landing overhead {overhead:.1f} s per run "
+          f"({mb:.0f} MB of data per run{f' pushed at {push_mb_per_s} MB/s' if push_mb_per_s else ''})")
+    for pair, v in sorted(per_pair.items()):
+        print(f"  {pair}: run {statistics.mean(v):.0f} s (n = {len(v)})")
+    start = 10.0  # the driver: Ray's connection, the experiments' files, the remote's refs
+    for m in machines:
+        wall = lpt_makespan(runs, m * cpus) + start
+        print(f"{m} machines x {cpus} CPUs: {wall / 60:.1f} min (longest run {max(runs) / 60:.1f} min)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", type=Path, nargs="+", help="results.json files of Ray sweeps to project from")
+    ap.add_argument("--machines", default="1,10,50")
+    ap.add_argument("--project-seeds", type=int, default=10)
+    ap.add_argument("--push-mb-per-s", type=float, help="with --project: push each run's data at this rate")
     ap.add_argument("--tasks", default="peg")
     ap.add_argument("--methods", default="badmm,off_classic,off_global,on_classic,on_global")
     ap.add_argument("--seeds", default="0-3")
     ap.add_argument("--engines", default="queue,ray")
     ap.add_argument("--out", type=Path, help="scratch folder (default: a new temporary one, removed afterwards)")
     args = ap.parse_args()
+    if args.project:
+        project(args.project, args.project_seeds, [int(m) for m in args.machines.split(",")], os.cpu_count() or 1,
+                args.push_mb_per_s)
+        return
     out = args.out or Path(tempfile.mkdtemp(prefix="gps-sweep-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1")
