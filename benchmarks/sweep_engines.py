@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-LINE = re.compile(r"^(\S+): landed on .* in ([\d.]+) s \((.*)\)$")
+LINE = re.compile(r"^(\S+): landed as \w+ on .* in ([\d.]+) s \((.*)\)$")
 
 
 def sh(cmd: list[str], cwd: Path, env: dict, **kw) -> subprocess.CompletedProcess:

@@ -94,7 +94,8 @@ class Outcome:
         if self.status == "skipped":
             return f"{self.name}: already on the remote ({self.commit[:7]}), skipped"
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items() if k != "total")
-        what = "landed" if self.status == "landed" else f"superseded by {self.commit[:7]} (another attempt landed first)"
+        what = (f"landed as {self.commit[:7]}" if self.status == "landed"
+                else f"superseded by {self.commit[:7]} (another attempt landed first)")
         return f"{self.name}: {what} on {self.host} in {self.seconds['total']:.1f} s ({parts})"
 
 

@@ -62,7 +62,7 @@ def finish(driver: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def landed_lines(out: str) -> dict[str, str]:
-    return {line.split(":")[0]: line for line in out.splitlines() if ": landed on " in line}
+    return {line.split(":")[0]: line for line in out.splitlines() if ": landed as " in line}
 
 
 def test_a_sweep_lands_every_experiment_once_and_a_fresh_clone_sees_them(cluster, tmp_path):

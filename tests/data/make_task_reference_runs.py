@@ -1,6 +1,6 @@
 """Made tests/data/task_runs_<task>.npz: every dataset of short runs of the paper's tasks.
 
-Run once at commit dba323d, before the task format of issue 16 (tasks wired by name,
+Run at commit de9ae8a (the code of dba323d), before the task format of issue 16 (tasks wired by name,
 `agent.task`), with `python tests/data/make_task_reference_runs.py` from the project root
 (its helpers, then in this file, now live in the test). Run on today's code it writes the
 same arrays, in the task format.
