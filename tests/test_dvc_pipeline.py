@@ -101,7 +101,7 @@ KILL_POINTS = [
     ("c_step_01", (r"^gps c-step -i 1 ", 0.3), False),  # the C-step of iteration 1 (after adjust_step_01)
     ("s_step_01", None, True),  # between s_step_01 and evaluate_01
 ]
-S_STEP_ITERATIONS = 3000  # about 0.5 s of training in the worker
+S_STEP_ITERATIONS = 10000  # 1.5-3 s of training in the worker (3000 took under the 0.3 s wait once, on a fast day)
 STAGES = build_pipeline(2)["stages"]
 ORDER = list(STAGES)
 
