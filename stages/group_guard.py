@@ -14,7 +14,7 @@ when it receives SIGTERM, SIGINT or SIGHUP. Otherwise it exits with COMMAND's
 status (128 + N for a command killed by signal N).
 
 It imports only the standard library and is run as a script with -I -S, so it
-starts in about 20 ms and does not depend on which `stages` package a
+costs about 30 ms per command (measured: 32 ms against 1 ms for `true` alone) and does not depend on which `stages` package a
 PYTHONPATH in the command's environment points to.
 """
 

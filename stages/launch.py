@@ -97,17 +97,24 @@ def socket_path(root: Path = ROOT) -> Path | None:
     return None if folder is None else folder / f"{code_key(root)}.sock"
 
 
+def start_ticks(pid: int | str = "self") -> int | None:
+    """When a process started, in clock ticks since boot (/proc/PID/stat), or None if there is no such process."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def process_start_time() -> float:
     """When this process started, in seconds of CLOCK_BOOTTIME (exact to a clock tick).
 
     psutil's create_time adds the start to the boot time of /proc/stat, which is whole
     seconds, so its process ages are off by up to a second.
     """
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        return ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+    ticks = start_ticks()
+    if ticks is None:
         return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def start_worker(sock: Path) -> None:

@@ -192,13 +192,14 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
                                   "where": where, "clone": str(attempt)}))
     seconds: dict[str, float] = {}
 
-    def step(label: str, what: str, cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> str:
+    def step(label: str, what: str, cmd: list[str], cwd: Path | None = None, env: dict | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
         t = time.perf_counter()
         proc = guarded(cmd, cwd, env, log=attempt.with_suffix(".log") if label == "run" else None)
         seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t
-        if proc.returncode != 0:
+        if check and proc.returncode != 0:
             raise ExperimentFailed(experiment.name, what, _tail(proc.stdout + proc.stderr))
-        return proc.stdout
+        return proc
 
     try:
         # --no-local: a remote on this machine's disk is copied like a remote one, never hard-linked
@@ -218,14 +219,11 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
                               text=True).stdout.strip()
         if not ours:
             raise ExperimentFailed(experiment.name, "dvc exp run", f"it made no {ref}")
-        try:
-            step("ref push", "git push", ["git", "push", "-q", "origin", f"{ref}:{ref}"], attempt)
-        except ExperimentFailed:
-            if remote_experiments(origin).get(experiment.name, ours) == ours:
-                raise  # a failed push, not a lost race
+        pushed = step("ref push", "git push", ["git", "push", "-q", "origin", f"{ref}:{ref}"], attempt, check=False)
         theirs = remote_experiments(origin).get(experiment.name)
-        if theirs is None:
-            raise ExperimentFailed(experiment.name, "git push", f"{ref} is not on the remote after the push")
+        if theirs is None or (pushed.returncode != 0 and theirs == ours):  # a failed push, not a lost race
+            raise ExperimentFailed(experiment.name, "git push",
+                                   _tail(pushed.stdout + pushed.stderr) if pushed.returncode else f"{ref} is not on the remote after the push")
         seconds["total"] = time.perf_counter() - started
         return Outcome(experiment.name, "landed" if theirs == ours else "superseded", theirs, host, seconds)
     finally:

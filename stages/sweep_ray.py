@@ -60,6 +60,7 @@ def ray_results(todo: list[Experiment], origin: Origin, workdir: Path | None, ad
         context = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise UserError(f"--address {address}: no Ray cluster there ({str(exc).splitlines()[0]})") from None
+    pending: dict = {}
     try:
         echo(_cluster_line(ray, context))
         task = ray.remote(attempt)
@@ -76,6 +77,6 @@ def ray_results(todo: list[Experiment], origin: Origin, workdir: Path | None, ad
                 except ray.exceptions.RayError as exc:  # worker or node died more often than RETRIES
                     yield exp, RuntimeError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
     finally:
-        for ref in list(locals().get("pending", {})):
+        for ref in pending:
             ray.cancel(ref, force=True)
         ray.shutdown()

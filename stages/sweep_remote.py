@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from stages.h5io import UserError
+from stages.launch import start_ticks
 from stages.sweep_job import Experiment, ExperimentFailed, Origin, Outcome, remote_experiments, run_experiment
 
 ENGINES = ("queue", "ray", "inline")
@@ -103,14 +104,6 @@ def sweep_origin(root: Path, git_remote: str, to_run: bool = True) -> Origin:
 
 # --------------------------------------------------------------------------- the ledger
 
-def _start_ticks(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (tells a live pid from a reused one), or None."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 class Ledger:
     """What a driver handed out and what failed: `.dvc/tmp/gps-sweep/<commit>.json` (not in git)."""
 
@@ -128,7 +121,7 @@ class Ledger:
     def claim(self, engine: str) -> None:
         """This process is the sweep's driver now."""
         pid = os.getpid()
-        self.data["driver"] = {"pid": pid, "host": socket.gethostname(), "start": _start_ticks(pid), "engine": engine}
+        self.data["driver"] = {"pid": pid, "host": socket.gethostname(), "start": start_ticks(pid), "engine": engine}
         self.save()
 
     def mark(self, name: str, state: str, detail: str = "") -> None:
@@ -152,7 +145,8 @@ class Ledger:
             return False
         if driver.get("host") != socket.gethostname():
             return None
-        return driver.get("start") is not None and _start_ticks(driver["pid"]) == driver["start"]
+        # the start time tells the driver from a later process that got its pid
+        return driver.get("start") is not None and start_ticks(driver["pid"]) == driver["start"]
 
 
 def status_rows(experiments: list[Experiment], done: dict[str, str], ledger: Ledger) -> list[tuple[str, str, str]]:
