@@ -13,9 +13,10 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(INSTALLED)
 
-# The tests also need the optional extras they exercise (Ray for gps sweep --engine ray).
+# The tests also need the optional extras they exercise (Ray for gps sweep --engine ray, Stable-Baselines3 for
+# benchmarks/compare_rl.py).
 $(TEST_INSTALLED): $(INSTALLED)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,ray,sb3]'
 	touch $(TEST_INSTALLED)
 
 run: $(INSTALLED)
