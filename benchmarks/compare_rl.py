@@ -198,20 +198,21 @@ def gym_returns(env_id: str, act: Callable[[np.ndarray], np.ndarray], seeds: lis
 
 
 class Curve:
-    """curve.json of one run: the return after each evaluation, written whole after every change."""
+    """curve.json of one run: the return after each evaluation, written whole after every change.
 
-    def __init__(self, path: Path, header: dict):
+    resume: keep what the file holds (a run continuing from its checkpoint); otherwise start empty."""
+
+    SERIES = ("env_steps", "return_mean", "return_std", "train_seconds")
+
+    def __init__(self, path: Path, header: dict, resume: bool = False):
         self.path = path
-        old = json.loads(path.read_text()) if path.exists() else {}
-        self.doc = {**header, "env_steps": [], "return_mean": [], "return_std": [], "train_seconds": [],
-                    "resumed_at": [], "finished": False}
-        for key in ("env_steps", "return_mean", "return_std", "train_seconds", "resumed_at"):
-            self.doc[key] = old.get(key, [])
+        old = json.loads(path.read_text()) if resume and path.exists() else {}
+        self.doc = {**header, **{key: old.get(key, []) for key in (*self.SERIES, "resumed_at")}, "finished": False}
 
     def keep_until(self, steps: int) -> None:
         """Forget evaluations after `steps` (made after the checkpoint a run resumes from)."""
         n = sum(1 for s in self.doc["env_steps"] if s <= steps)
-        for key in ("env_steps", "return_mean", "return_std", "train_seconds"):
+        for key in self.SERIES:
             self.doc[key] = self.doc[key][:n]
 
     def add(self, steps: int, returns: np.ndarray, train_seconds: float) -> None:
@@ -258,9 +259,9 @@ def train_sb3(task: TaskSettings, algo: SB3Settings, seed: int, run_dir: Path) -
               "episodes": task.episodes, "first_seed": task.first_seed, "steps_target": algo.steps,
               "source": algo.source, "normalize": algo.normalize, "hyperparameters": algo.hyperparameters,
               "versions": versions()}
-    curve = Curve(run_dir / "curve.json", header)
     venv = DummyVecEnv([lambda: gymnasium.make(task.env_id)])
     state = restore_checkpoint(ckpt)
+    curve = Curve(run_dir / "curve.json", header, resume=state is not None)
     if state is not None:
         if algo.normalize:
             venv = VecNormalize.load(str(ckpt / "vecnormalize.pkl"), venv)
@@ -274,8 +275,6 @@ def train_sb3(task: TaskSettings, algo: SB3Settings, seed: int, run_dir: Path) -
         model.set_random_seed(seed + done)  # torch, numpy, the action space and the environment's next reset
         model._last_obs = None  # the saved observation belongs to an environment that is gone: reset
     else:
-        curve = Curve(run_dir / "curve.json", header)
-        curve.doc.update(env_steps=[], return_mean=[], return_std=[], train_seconds=[], resumed_at=[])
         if algo.normalize:  # the Zoo's VecNormalize, discounting rewards with the algorithm's gamma
             gamma = algo.hyperparameters.get("gamma", inspect.signature(algorithm.__init__).parameters["gamma"].default)
             venv = VecNormalize(venv, gamma=gamma)
@@ -415,7 +414,6 @@ def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
               "first_seed": task.first_seed, "steps_target": None, "source": f"{task.gps_config.name}, {task.gps_method}",
               "normalize": False, "hyperparameters": {}, "versions": versions()}
     curve = Curve(Path("curve.json"), header)
-    curve.doc.update(env_steps=[], return_mean=[], return_std=[], train_seconds=[], resumed_at=[])
     rollouts_per_iteration = (len(s.task.train) + len(s.task.test)) * s.task.T  # gps evaluate: one per condition
     total = 0
     for k in range(s.iterations):
@@ -631,28 +629,31 @@ def task_table(task: TaskSettings, curves: dict[str, MethodCurve], threshold: fl
 
 
 def draw(task: TaskSettings, curves: dict[str, MethodCurve], threshold: float | None, path: Path) -> None:
-    """Return against environment steps, log x, mean and a band of one std over seeds, the threshold dashed."""
+    """Return against environment steps (left) and training wall-clock (right), both log x: mean and a band of
+    one std over seeds, the threshold dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for method, c in curves.items():
-        colour = METHOD_COLOURS[method]
-        ax.plot(c.env_steps, c.mean, color=colour, marker="o" if method == "mdgps" else None, markersize=3,
-                label=f"{METHOD_LABELS[method]} ({len(c.seeds)} seeds)")
-        ax.fill_between(c.env_steps, c.mean - c.std, c.mean + c.std, color=colour, alpha=0.2, linewidth=0)
-    if threshold is not None:
-        ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"reward_threshold {threshold:g}")
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel(f"return ({task.episodes} episodes)")
-    ax.set_title(f"{task.env_id}: deterministic policy in Gymnasium's environment")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
+    for ax, xlabel in zip(axes, ("environment steps", "training wall-clock on this machine (s)")):
+        for method, c in curves.items():
+            x = c.env_steps if ax is axes[0] else c.train_seconds.mean(axis=0)
+            colour = METHOD_COLOURS[method]
+            ax.plot(x, c.mean, color=colour, marker="o" if method == "mdgps" else None, markersize=3,
+                    label=f"{METHOD_LABELS[method]} ({len(c.seeds)} seeds)")
+            ax.fill_between(x, c.mean - c.std, c.mean + c.std, color=colour, alpha=0.2, linewidth=0)
+        if threshold is not None:
+            ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"reward_threshold {threshold:g}")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(f"return ({task.episodes} episodes)")
+    axes[0].legend(loc="best")
+    fig.suptitle(f"{task.env_id}: each method's deterministic policy in Gymnasium's environment, mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
