@@ -532,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--settings", required=True)
     rep.add_argument("--out", required=True)
     rep.add_argument("--figures", help="folder for compare_rl_<task>.png")
+    rep.add_argument("--levels", help="comma-separated return levels: a table of the steps each method needs to reach each")
     args = ap.parse_args(argv)
     try:
         {"run": cmd_run, "one": cmd_one, "report": cmd_report}[args.command](args)
@@ -628,6 +629,29 @@ def task_table(task: TaskSettings, curves: dict[str, MethodCurve], threshold: fl
     return lines
 
 
+def levels_table(curves: dict[str, MethodCurve], levels: list[float]) -> list[str]:
+    """Markdown lines: environment steps at which each method's mean over seeds first reaches each return level,
+    and each model-free method's steps over MDGPS's (above 1: MDGPS needed fewer)."""
+    others = [m for m in curves if m != "mdgps"]
+    head = ["return level", *(METHOD_LABELS[m] for m in curves),
+            *(f"{METHOD_LABELS[m]} / MDGPS" for m in others if "mdgps" in curves)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for level in levels:
+        at = {m: (None if (i := c.first_reaching(level)) is None else c.env_steps[i]) for m, c in curves.items()}
+        row = [f"{level:g}", *(f"{_steps(at[m])}" if at[m] is not None else f"> {_steps(curves[m].env_steps[-1])}"
+                                for m in curves)]
+        if "mdgps" in curves:
+            for m in others:
+                if at["mdgps"] is None:
+                    row.append("—")
+                elif at[m] is None:
+                    row.append(f"> {curves[m].env_steps[-1] / at['mdgps']:.1f}")
+                else:
+                    row.append(f"{at[m] / at['mdgps']:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def draw(task: TaskSettings, curves: dict[str, MethodCurve], threshold: float | None, path: Path) -> None:
     """Return against environment steps (left) and training wall-clock (right), both log x: mean and a band of
     one std over seeds, the threshold dashed."""
@@ -672,6 +696,8 @@ def cmd_report(args) -> None:
         threshold = gymnasium.spec(task.env_id).reward_threshold
         print(f"### {task.env_id}\n")
         print("\n".join(task_table(task, curves, threshold)) + "\n")
+        if args.levels:
+            print("\n".join(levels_table(curves, [float(x) for x in args.levels.split(",")])) + "\n")
         if args.figures:
             path = Path(args.figures) / f"compare_rl_{task.name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

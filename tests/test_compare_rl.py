@@ -92,9 +92,10 @@ def test_the_comparison_end_to_end_at_toy_scale_from_real_training(tmp_path):
     s = load_settings(run / "params.yaml")
     assert score_in_gym(s, run / "data" / "itr_01" / "policy.h5", EPISODES).returns.mean() == curve(out, "mdgps", 1)["return_mean"][-1]
 
-    r = script("report", "--settings", settings, "--out", out, "--figures", tmp_path / "fig", cwd=tmp_path)
+    r = script("report", "--settings", settings, "--out", out, "--figures", tmp_path / "fig", "--levels=-60,-1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    assert "| return level | MDGPS | SAC | PPO | SAC / MDGPS | PPO / MDGPS |\n|---|---|---|---|---|---|\n| -60 | 1,300 | 100 | 64 |" in r.stdout
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and not ln.startswith(("| method", "| return level", "| -"))]
     assert [row.split(" (")[0] for row in rows] == ["| MDGPS", "| SAC", "| PPO"]
     assert "steps to threshold -3.75" in r.stdout and all(" 2 |" in row for row in rows)  # 2 seeds each
     mdgps_best = max(np.mean([curve(out, "mdgps", s)["return_mean"] for s in (0, 1)], axis=0))
@@ -200,3 +201,13 @@ def test_steps_to_a_level_are_where_the_mean_over_seeds_first_reaches_it():
     assert c.first_reaching(-4.5) == 1 and c.first_reaching(-3.81) == 2
     assert compare_rl.reaching(c, -4.5) == ("20 (2/2 seeds)", "20 s")
     assert compare_rl.reaching(c, -3.0) == ("not reached (0/2 seeds)", "—")
+
+
+def test_levels_table_gives_each_methods_steps_and_their_ratio_to_mdgps():
+    mdgps = method_curve([[-9, -6, -4], [-9, -6, -4]], [100, 200, 300])
+    sac = method_curve([[-7, -5, -4.5], [-7, -5, -4.5]], [50, 100, 150])
+    mdgps.method = "mdgps"
+    lines = compare_rl.levels_table({"mdgps": mdgps, "sac": sac}, [-6, -4])
+    assert lines[0] == "| return level | MDGPS | SAC | SAC / MDGPS |"
+    assert lines[2] == "| -6 | 200 | 100 | 0.50 |"  # SAC needs half of MDGPS's steps
+    assert lines[3] == "| -4 | 300 | > 150 | > 0.5 |"  # not reached by SAC's 150 steps: a bound
