@@ -441,7 +441,8 @@ class Job:
 
 
 def jobs(cmp: Comparison) -> list[Job]:
-    """Every run of the comparison, task by task in the file's order; within a task MDGPS (short, and the level the table measures the others against), then SAC and PPO."""
+    """Every run of the comparison, task by task in the file's order; within a task MDGPS first (short, and
+    the level the table measures the others against), then SAC and PPO."""
     order = {"mdgps": 0, "sac": 1, "ppo": 2}
     out = [Job(t.name, m, s) for t in cmp.tasks.values() for m in [*t.sb3, "mdgps"] for s in cmp.seeds]
     return sorted(out, key=lambda j: (list(cmp.tasks).index(j.task), order[j.method], j.seed))
