@@ -185,16 +185,12 @@ def import_sb3_algorithm(name: str):
     return getattr(stable_baselines3, name.upper())
 
 
-def gym_returns(env_id: str, act: Callable[[np.ndarray], np.ndarray], seeds: list[int]) -> np.ndarray:
-    """Gymnasium's return of `act` in one episode of gymnasium.make(env_id) per reset seed: [E]."""
-    import gymnasium
-
+def gym_returns(env, act: Callable[[np.ndarray], np.ndarray], seeds: list[int]) -> np.ndarray:
+    """Gymnasium's return of `act` in one episode of env per reset seed: [E] (a policy that is not a task's:
+    no observation to compare)."""
     from stages.steps.evaluate_gym import episode_returns
 
-    env = gymnasium.make(env_id)
-    returns, _, _ = episode_returns(env, act, None, seeds)
-    env.close()
-    return returns
+    return episode_returns(env, act, None, seeds)[0]
 
 
 class Curve:
@@ -260,6 +256,7 @@ def train_sb3(task: TaskSettings, algo: SB3Settings, seed: int, run_dir: Path) -
               "source": algo.source, "normalize": algo.normalize, "hyperparameters": algo.hyperparameters,
               "versions": versions()}
     venv = DummyVecEnv([lambda: gymnasium.make(task.env_id)])
+    scoring_env = gymnasium.make(task.env_id)  # every evaluation resets it with the episodes' seeds
     state = restore_checkpoint(ckpt)
     curve = Curve(run_dir / "curve.json", header, resume=state is not None)
     if state is not None:
@@ -304,7 +301,7 @@ def train_sb3(task: TaskSettings, algo: SB3Settings, seed: int, run_dir: Path) -
             if n % algo.eval_every == 0 or n == algo.steps:
                 t0 = time.perf_counter()
                 train_seconds = self.train_seconds()
-                returns = gym_returns(task.env_id, act, task.eval_seeds)
+                returns = gym_returns(scoring_env, act, task.eval_seeds)
                 curve.add(n, returns, train_seconds)
                 if n % algo.checkpoint_every == 0 or n == algo.steps:
                     save_checkpoint(model, venv if algo.normalize else None, ckpt, train_seconds)
@@ -361,54 +358,29 @@ def restore_checkpoint(ckpt: Path) -> dict | None:
 # -------------------------------------------------------------------------------------------- MDGPS runs
 def mdgps_params(task: TaskSettings, seed: int) -> dict:
     """The task's settings file with the method's settings and the seed."""
-    import yaml
+    from benchmarks.paper_comparison import make_params
 
-    from stages.sweep import METHODS, set_dotted
-
-    params = yaml.safe_load(task.gps_config.read_text())
+    params = make_params(task.name, task.gps_method, seed, [], config=task.gps_config)
     model = Path(params["task"]["model"])
     if not model.is_absolute() and (task.gps_config.parent / model).exists():
         params["task"]["model"] = str((task.gps_config.parent / model).resolve())  # the run folder is elsewhere
-    for dotted, value in {**METHODS[task.gps_method], "seed": seed}.items():
-        set_dotted(params, dotted, value)
     return params
 
 
 def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
-    """Run MDGPS's stages in this process (as benchmarks/paper_comparison.py does), then score every iteration."""
-    import io
-    from contextlib import redirect_stderr
-
+    """Run MDGPS's stages in this process (benchmarks/paper_comparison.py's run_one), then score every iteration."""
     import h5py
     import yaml
-    from typer.testing import CliRunner
 
-    from benchmarks.paper_comparison import stage_commands
-    from stages.cli import app
-    from stages.pipeline import write_pipeline
+    from benchmarks.paper_comparison import run_one
     from stages.settings import load_settings
     from stages.steps.evaluate_gym import score_in_gym
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    os.chdir(run_dir)
-    params = mdgps_params(task, seed)
-    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_pipeline(params, Path("params.yaml"), Path("."))
-    seconds_after: dict[int, float] = {}  # iteration -> training seconds when its last stage ended
-    start = time.perf_counter()
-    with open("run.log", "w") as log:
-        for name, argv in stage_commands(params):
-            if name == "evaluate_gym":
-                continue  # the final score; every iteration is scored below
-            buf = io.StringIO()
-            with redirect_stderr(buf):
-                res = CliRunner().invoke(app, argv)
-            log.write(res.output + buf.getvalue())
-            if res.exit_code != 0:
-                raise RuntimeError(f"MDGPS stage {name} failed: {(res.output + buf.getvalue()).strip().splitlines()[-1:]}")
-            suffix = name.rsplit("_", 1)[-1]
-            if suffix.isdigit():
-                seconds_after[int(suffix)] = time.perf_counter() - start
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(mdgps_params(task, seed), sort_keys=False))
+    result = run_one(run_dir)  # runs in run_dir
+    if result["status"] != "finished":
+        raise RuntimeError(f"MDGPS stage {result['stage']} failed: {result['error']}")
     s = load_settings(Path("params.yaml"))
     header = {"method": "mdgps", "task": task.name, "env": task.env_id, "seed": seed, "episodes": task.episodes,
               "first_seed": task.first_seed, "steps_target": None, "source": f"{task.gps_config.name}, {task.gps_method}",
@@ -423,7 +395,7 @@ def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
         score = score_in_gym(s, itr / "policy.h5", task.episodes)
         if score.seeds != task.eval_seeds:
             raise RuntimeError(f"{task.gps_config}: gym_evaluation scored seeds {score.seeds[:3]}..., not the comparison's")
-        curve.add(total, score.returns, seconds_after[k])
+        curve.add(total, score.returns, result["stage_ended"][f"evaluate_{k:02d}"])  # its last stage
         print(f"{task.name} mdgps s{seed}: iteration {k + 1}, {total} steps, return {score.returns.mean():.3f}", flush=True)
     curve.doc["steps_target"] = total
     curve.write(finished=True)
@@ -467,9 +439,7 @@ def run_job(cmp: Comparison, job: Job, out: Path) -> None:
 
 
 def cmd_run(args) -> None:
-    cmp = load_comparison(Path(args.settings))
-    if any(t.sb3 for t in cmp.tasks.values()):
-        import_sb3_algorithm("sac")  # the one-line error before anything starts
+    cmp = load_comparison(Path(args.settings))  # without SB3 its one line comes from here, before anything starts
     out = Path(args.out).resolve()
     todo = [j for j in jobs(cmp) if not finished(j, cmp, out)]
     print(f"{len(todo)} runs to do in {out}, {args.jobs} at a time", flush=True)

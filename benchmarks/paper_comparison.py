@@ -37,13 +37,14 @@ def run_name(task: str, method: str, seed: int) -> str:
     return f"{task}_{method}_s{seed}"
 
 
-def make_params(task: str, method: str, seed: int, overrides: list[str]) -> dict:
-    """configs/<task>.yaml with the method's settings, the seed and the `key=value` overrides."""
+def make_params(task: str, method: str, seed: int, overrides: list[str], config: Path | None = None) -> dict:
+    """configs/<task>.yaml (or the settings file `config`) with the method's settings, the seed and the
+    `key=value` overrides."""
     import yaml
 
     from stages.sweep import METHODS, set_dotted
 
-    params = yaml.safe_load((ROOT / "configs" / f"{task}.yaml").read_text())
+    params = yaml.safe_load((config or ROOT / "configs" / f"{task}.yaml").read_text())
     settings = {**METHODS[method], "seed": seed}
     for item in overrides:
         key, _, value = item.partition("=")
@@ -78,6 +79,7 @@ def run_one(run_dir: Path) -> dict:
     write_pipeline(params, Path("params.yaml"), Path("."))
     start = time.perf_counter()
     result = {"status": "finished", "stage": None, "error": None}
+    ended: dict[str, float] = {}  # stage -> seconds since the run started, when it ended
     with open("run.log", "w") as log:
         for name, argv in stage_commands(params):
             buf = io.StringIO()
@@ -89,7 +91,9 @@ def run_one(run_dir: Path) -> dict:
                 lines = [ln for ln in (res.output + buf.getvalue()).splitlines() if "error" in ln] or [repr(res.exception)]
                 result = {"status": "stopped", "stage": name, "error": lines[-1]}
                 break
+            ended[name] = round(time.perf_counter() - start, 3)
     result["seconds"] = round(time.perf_counter() - start, 1)
+    result["stage_ended"] = ended
     Path("run.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 

@@ -61,7 +61,9 @@ def curve(out: Path, method: str, seed: int) -> dict:
 @pytest.mark.sb3
 @pytest.mark.slow
 def test_the_comparison_end_to_end_at_toy_scale_from_real_training(tmp_path):
-    from stable_baselines3 import SAC
+    import gymnasium
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from stages.settings import load_settings
     from stages.steps.evaluate_gym import score_in_gym
@@ -86,8 +88,16 @@ def test_the_comparison_end_to_end_at_toy_scale_from_real_training(tmp_path):
     # One gradient step after each step beyond learning_starts (101..299: the evaluation at step 300, and its
     # checkpoint, come before that step's update).
     assert model.num_timesteps == 300 and model._n_updates == 199
-    again = compare_rl.gym_returns("Reacher-v5", lambda o: model.predict(o, deterministic=True)[0], list(range(EPISODES)))
+    env = gymnasium.make("Reacher-v5")
+    again = compare_rl.gym_returns(env, lambda o: model.predict(o, deterministic=True)[0], list(range(EPISODES)))
     assert again.mean() == curve(out, "sac", 0)["return_mean"][-1]
+    # PPO acts on observations normalised by the statistics it trained with, frozen
+    ckpt = out / "reacher" / "ppo_s1" / "checkpoint"
+    ppo = PPO.load(ckpt / "model.zip", device="cpu")
+    norm = VecNormalize.load(str(ckpt / "vecnormalize.pkl"), DummyVecEnv([lambda: gymnasium.make("Reacher-v5")]))
+    again = compare_rl.gym_returns(env, lambda o: ppo.predict(norm.normalize_obs(o), deterministic=True)[0],
+                                   list(range(EPISODES)))
+    assert again.mean() == curve(out, "ppo", 1)["return_mean"][-1]
     run = out / "reacher" / "mdgps_s1"
     s = load_settings(run / "params.yaml")
     assert score_in_gym(s, run / "data" / "itr_01" / "policy.h5", EPISODES).returns.mean() == curve(out, "mdgps", 1)["return_mean"][-1]

@@ -32,29 +32,25 @@ def episode_returns(env, act, observe, seeds: list[int], progress=None) -> tuple
     Returns (returns [E], lengths [E], the largest |task observation - environment observation|); with
     observe None (a policy that is not a task's, such as a model-free baseline's) nothing is compared: 0.
     """
-    if observe is None:
-        def observe(env):
-            return None
+    def gap(obs: np.ndarray) -> float:
+        return 0.0 if observe is None else float(np.max(np.abs(observe(env) - obs)))
+
     returns, lengths, worst = [], [], 0.0
     for i, seed in enumerate(seeds):
         obs, _ = env.reset(seed=int(seed))
         total, steps, done = 0.0, 0, False
         while not done:
-            worst = _worse(worst, observe(env), obs)
+            worst = max(worst, gap(obs))
             obs, reward, terminated, truncated, _ = env.step(act(obs))
             total += float(reward)
             steps += 1
             done = terminated or truncated
-        worst = _worse(worst, observe(env), obs)
+        worst = max(worst, gap(obs))
         returns.append(total)
         lengths.append(steps)
         if progress is not None:
             progress(i + 1, len(seeds))
     return np.array(returns), np.array(lengths), worst
-
-
-def _worse(worst: float, observed: np.ndarray | None, obs: np.ndarray) -> float:
-    return worst if observed is None else max(worst, float(np.max(np.abs(observed - obs))))
 
 
 def task_observer(task):
