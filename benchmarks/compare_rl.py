@@ -588,7 +588,7 @@ def task_table(task: TaskSettings, curves: dict[str, MethodCurve], threshold: fl
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, c in curves.items():
         row = [f"{METHOD_LABELS[method]} ({c.source})", str(len(c.seeds)),
-               _steps(c.env_steps[-1]) + ("" if c.finished else " (running)")]
+               _steps(c.env_steps[-1]) + ("" if c.finished else " (unfinished)")]
         if threshold is not None:
             row += reaching(c, threshold)
         if mdgps_best is not None:
