@@ -15,9 +15,11 @@ never without its data:
 3. `dvc exp run -n NAME -S ...` under the experiment's fixed name;
 4. `dvc push` the run's data to the DVC remote, then `git push` the experiment
    ref (DVC's refs are plain git refs; `dvc exp pull` fetches them);
-5. check that the ref on the git remote is this attempt's commit: if another
-   attempt landed first, git refuses the push (it is never forced; `dvc exp
-   push` would only warn, exit 0) and this attempt is `superseded`.
+5. read the ref on the git remote: this attempt's commit means `landed`;
+   another attempt's means `superseded` (the push is never forced, so git
+   refuses to replace it; `dvc exp push` would only warn, exit 0). The remote's
+   ref decides, not the push's exit status: a twin attempt that made the same
+   commit and pushed it at the same moment is refused the ref's lock, yet landed.
 
 Every command runs under `group_guard.py`, in a process group of its own that is
 killed when this process dies, so a killed attempt leaves no stage behind.
@@ -168,6 +170,20 @@ def write_experiment_files(clone: Path, experiment: Experiment) -> None:
                    capture_output=True)
 
 
+def landing_status(ours: str, theirs: str | None) -> str | None:
+    """What an attempt's ref push came to, read from the remote's ref after it: `landed` if the remote
+    holds this attempt's commit, `superseded` if it holds another, None (failed) if it holds none.
+
+    Not from git push's exit code: two attempts that made the same commit (runs are deterministic and
+    DVC's commit time is in whole seconds) and push it at the same moment race for the ref's lock, and
+    the loser is refused ("cannot lock ref ... reference already exists") although the remote holds
+    its very commit: that attempt landed too.
+    """
+    if theirs is None:
+        return None
+    return "landed" if theirs == ours else "superseded"
+
+
 def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path | None = None,
                    where: str = "") -> Outcome:
     """Run one experiment in a fresh clone and land it on the remotes (see the module's docstring).
@@ -221,11 +237,12 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
             raise ExperimentFailed(experiment.name, "dvc exp run", f"it made no {ref}")
         pushed = step("ref push", "git push", ["git", "push", "-q", "origin", f"{ref}:{ref}"], attempt, check=False)
         theirs = remote_experiments(origin).get(experiment.name)
-        if theirs is None or (pushed.returncode != 0 and theirs == ours):  # a failed push, not a lost race
+        status = landing_status(ours, theirs)
+        if status is None:
             raise ExperimentFailed(experiment.name, "git push",
                                    _tail(pushed.stdout + pushed.stderr) if pushed.returncode else f"{ref} is not on the remote after the push")
         seconds["total"] = time.perf_counter() - started
-        return Outcome(experiment.name, "landed" if theirs == ours else "superseded", theirs, host, seconds)
+        return Outcome(experiment.name, status, theirs, host, seconds)
     finally:
         shutil.rmtree(attempt, ignore_errors=True)
         for leftover in (marker, attempt.with_suffix(".log")):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from remotes import fresh_clone_experiments, gps_sweep, landing_project, remote_refs, sweep, wait_for
 from stages.cli import app
-from stages.sweep_job import Experiment, ExperimentFailed
+from stages.sweep_job import Experiment, ExperimentFailed, landing_status
 from stages.sweep_remote import Ledger, dvc_default_remote, status_rows
 from test_dvc_pipeline import BIN, env, run
 from test_sweep import make_repo
@@ -158,6 +158,42 @@ def test_inline_sweep_lands_each_experiment_once_and_a_rerun_runs_nothing(tmp_pa
     assert not list((Path(os.environ.get("TMPDIR", "/tmp")) / "gps-sweep").glob("obstacle-*-s0-*"))  # clones removed
     runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
     assert runs == ["obstacle-badmm-s0", "obstacle-on_classic-s0"] and failed == []
+
+
+# Another attempt's ref lands on the remote while this attempt's push is under way: the remote's
+# pre-receive hook runs after this push's objects arrived and before its ref is written, so a ref it
+# writes there is the other attempt's, and git then refuses this push ("cannot lock ref ... reference
+# already exists"), as it does when two attempts really push at the same moment.
+OTHER_ATTEMPT_LANDS_FIRST = """#!/bin/sh
+while read old new ref; do
+  case "$ref" in
+    */obstacle-on_classic-s0) commit="$new" ;;                    # the same commit: a twin attempt
+    *) commit=$(git rev-parse refs/heads/main) ;;                 # another commit
+  esac
+  env -u GIT_QUARANTINE_PATH git update-ref "$ref" "$commit"
+done
+"""
+
+
+@pytest.mark.slow
+def test_a_refused_push_is_landed_when_the_remote_holds_this_commit_and_superseded_when_another(tmp_path):
+    landing = landing_project(tmp_path)
+    hook = landing.remote / "hooks" / "pre-receive"
+    hook.write_text(OTHER_ATTEMPT_LANDS_FIRST)
+    hook.chmod(0o755)
+    main = run(["git", "rev-parse", "HEAD"], landing.repo).stdout.strip()
+    out = gps_sweep(landing, "--methods", "on_classic", "--seeds", "0,1", "--engine", "inline")
+    assert out.returncode == 0, out.stdout + out.stderr
+    refs = remote_refs(landing)
+    assert refs["obstacle-on_classic-s1"] == main
+    assert f"obstacle-on_classic-s0: landed as {refs['obstacle-on_classic-s0'][:7]} " in out.stdout, out.stdout
+    assert f"obstacle-on_classic-s1: superseded by {main[:7]} " in out.stdout, out.stdout
+
+
+def test_landing_status_reads_the_remote_not_the_push():
+    assert landing_status("abc", "abc") == "landed"
+    assert landing_status("abc", "def") == "superseded"
+    assert landing_status("abc", None) is None
 
 
 @pytest.mark.slow
