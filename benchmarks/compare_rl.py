@@ -136,7 +136,7 @@ def load_comparison(path: Path) -> Comparison:
     """The settings file as typed settings; SettingsError names the file and the field at fault."""
     import yaml
 
-    from stages.sweep import METHODS
+    from stages.sweep.queue import METHODS
 
     try:
         doc = yaml.safe_load(path.read_text())
@@ -373,7 +373,7 @@ def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
     import yaml
 
     from benchmarks.paper_comparison import run_one
-    from stages.settings import load_settings
+    from stages.settings.load import load_settings
     from stages.steps.evaluate_gym import score_in_gym
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,8 @@ from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
 
 
 def load_c_step(run: Path, itr: int):
-    from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step
-    from stages.settings import Settings
+    from stages.artifacts.convert import costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step
+    from stages.settings.load import Settings
 
     d = run / "data" / f"itr_{itr:02d}"
     prev = run / "data" / (f"itr_{itr - 1:02d}" if itr else "init")

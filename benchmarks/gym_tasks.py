@@ -44,7 +44,7 @@ def gym_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
         doc = json.loads(cache.read_text())
         return np.array(doc["env_steps"]), np.array(doc["return_mean"])
-    from stages.settings import load_settings
+    from stages.settings.load import load_settings
     from stages.steps.evaluate_gym import score_in_gym
 
     s = load_settings(run / "params.yaml")  # a relative model path is relative to that file

@@ -42,7 +42,7 @@ def make_params(task: str, method: str, seed: int, overrides: list[str], config:
     `key=value` overrides."""
     import yaml
 
-    from stages.sweep import METHODS, set_dotted
+    from stages.sweep.queue import METHODS, set_dotted
 
     params = yaml.safe_load((config or ROOT / "configs" / f"{task}.yaml").read_text())
     settings = {**METHODS[method], "seed": seed}
@@ -56,7 +56,7 @@ def make_params(task: str, method: str, seed: int, overrides: list[str], config:
 
 def stage_commands(params: dict) -> list[tuple[str, list[str]]]:
     """(stage name, argv without the leading `gps`) of every stage, in execution order."""
-    from stages.pipeline import build_pipeline
+    from stages.pipeline.generate import build_pipeline
 
     doc = build_pipeline(int(params["iterations"]), "params.yaml", params["algorithm"].get("name", "mdgps"),
                          gym=params.get("gym_evaluation") is not None)
@@ -71,8 +71,10 @@ def run_one(run_dir: Path) -> dict:
     import yaml
     from typer.testing import CliRunner
 
-    from stages.cli import app
-    from stages.pipeline import write_pipeline
+    from stages.main import registered_app
+
+    app = registered_app()
+    from stages.pipeline.generate import write_pipeline
 
     os.chdir(run_dir)
     params = yaml.safe_load(Path("params.yaml").read_text())
@@ -101,7 +103,7 @@ def run_one(run_dir: Path) -> dict:
 def cmd_run(args) -> None:
     import yaml
 
-    from stages.sweep import parse_list, parse_seeds, METHODS, known_tasks
+    from stages.sweep.queue import parse_list, parse_seeds, METHODS, known_tasks
 
     out = Path(args.out).resolve()
     runs = []
@@ -184,7 +186,7 @@ def cmd_summary(args) -> None:
     stopped, firsts = [], []
     import yaml
 
-    from stages.report import method_name
+    from stages.tools.report import method_name
 
     for d in sorted(p for p in out.iterdir() if (p / "params.yaml").exists()):
         params = yaml.safe_load((d / "params.yaml").read_text())

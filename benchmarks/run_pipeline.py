@@ -9,7 +9,7 @@ overhead is the total wall time minus the summed process times.
 
 The worker gets a folder of its own, so the run starts it as a first run would;
 `--no-worker` sets GPS_WORKER=0 (every stage a process of its own). Commits from
-before the worker (no stages/launch.py) run that way too, and their process ages,
+before the worker (no stages/worker/client.py) run that way too, and their process ages,
 which came from psutil, are corrected for its whole-second boot time.
 
     python benchmarks/run_pipeline.py [--params FILE] [--commit REV] [--no-worker] [--keep]

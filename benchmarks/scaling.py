@@ -51,8 +51,10 @@ def variants(base: dict) -> dict[str, dict]:
 def time_iteration(params: dict, workdir: Path) -> dict[str, float]:
     from typer.testing import CliRunner
 
-    from stages.cli import app
-    from stages.pipeline import build_pipeline
+    from stages.main import registered_app
+
+    app = registered_app()
+    from stages.pipeline.generate import build_pipeline
 
     params = copy.deepcopy(params)
     params["iterations"] = 3

@@ -32,7 +32,7 @@ import numpy as np
 from gps_core.lqr import QuadraticCost
 
 if TYPE_CHECKING:
-    from gps_core.task import Task
+    from gps_core.sim.task import Task
 
 RAMPS = ("constant", "linear", "quadratic", "final_only")
 
@@ -172,7 +172,7 @@ class FKCost:
     """Penalty (log unless told) on a point-like block x[ee_start:ee_start+D] − target.
 
     Derivatives go to the configuration slots x[0:dU] (the joints the actuators
-    drive, gps_core.task) through rows jac_start:jac_start+D of the recorded
+    drive, gps_core.sim.task) through rows jac_start:jac_start+D of the recorded
     Jacobian J: [N, T, n_jac, dU]; the block's own slots get none.
     """
 
@@ -216,7 +216,7 @@ class SumCost:
 
 def build_cost(specs: Sequence[dict[str, Any]], task: "Task") -> SumCost:
     """Cost from the `cost` list of params.yaml: each entry has `type` and `weight`; state and fk
-    terms name a block of the task's state (`block`), checked before (stages.model_check)."""
+    terms name a block of the task's state (`block`), checked before (stages.settings.model_check)."""
     terms = []
     for spec in specs:
         spec = dict(spec)

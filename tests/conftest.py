@@ -23,7 +23,7 @@ def worker_folder(tmp_path_factory):
     folder.chmod(0o700)
     os.environ["GPS_WORKER_DIR"] = str(folder)
     yield folder
-    from stages.launch import stop_workers
+    from stages.worker.client import stop_workers
 
     stop_workers(folder)
 
@@ -66,7 +66,9 @@ def gps(*args) -> None:
     """Run a `gps` command in-process; fail the test with its output if it fails."""
     from typer.testing import CliRunner
 
-    from stages.cli import app
+    from stages.main import registered_app
+
+    app = registered_app()
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output + repr(result.exception)

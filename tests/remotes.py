@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.report import runs_from_experiments
+from stages.tools.report import runs_from_experiments
 from test_dvc_pipeline import BIN, env, run
 from test_sweep import make_repo
 
@@ -66,7 +66,7 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
 
 
 def attempts(workdir: Path) -> list[dict]:
-    """The markers of the attempts running under a --workdir (see stages.sweep_job.run_experiment)."""
+    """The markers of the attempts running under a --workdir (see stages.sweep.job.run_experiment)."""
     out = []
     for path in sorted(workdir.glob("*.json")) if workdir.exists() else []:
         try:
@@ -105,7 +105,7 @@ def processes_in(folder: Path) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if cwd.startswith(str(folder)) and "stages.worker" not in cmdline:
+        if cwd.startswith(str(folder)) and "stages.worker.server" not in cmdline:
             found.append(f"{proc.name}: {cmdline.strip()}")
     return found
 

@@ -9,7 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import small_params
-from stages.cli import app
+from stages.main import registered_app
+
+app = registered_app()
 
 runner = CliRunner()
 
@@ -500,8 +502,9 @@ def test_a_given_file_without_the_datasets_read_is_an_error(run0, init_dir, tmp_
 
 def test_badmm_inner_reads_the_policy_prior_only_from_a_file_that_has_it(run0):
     """badmm-inner's --policy-lin GMMs (the refits' warm start) go through the same required loader."""
-    from stages.artifacts import gmms_from_datasets, known_from, load_policy_lin_prior, load_samples
-    from stages.h5io import UserError, read_artifact
+    from stages.artifacts.convert import gmms_from_datasets, known_from, load_policy_lin_prior, load_samples
+    from stages.artifacts.io import read_artifact
+    from stages.errors import UserError
 
     _, sizes = load_samples(run0 / "x.h5")
     known = known_from(sizes, run0 / "x.h5")

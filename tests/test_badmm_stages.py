@@ -13,12 +13,15 @@ import yaml
 from typer.testing import CliRunner
 
 from gps_core import badmm
-from gps_core.task import compile_task
-from stages.artifacts import load_duals
-from stages.cli import app
-from stages.settings import Settings
-from stages.h5io import UserError, write_artifact
-from stages.pipeline import build_pipeline, check_in_sync, iteration_stages, render_pipeline, write_pipeline
+from gps_core.sim.task import compile_task
+from stages.artifacts.convert import load_duals
+from stages.main import registered_app
+
+app = registered_app()
+from stages.settings.load import Settings
+from stages.artifacts.io import write_artifact
+from stages.errors import UserError
+from stages.pipeline.generate import build_pipeline, check_in_sync, iteration_stages, render_pipeline, write_pipeline
 
 from conftest import run_badmm_stages_by_hand, small_badmm_params, small_params
 
@@ -255,7 +258,7 @@ def test_bad_badmm_params_one_line_exit_2(tmp_path, change, words):
 
 def test_params_without_the_new_keys_are_an_mdgps_run():
     """params files written before algorithm.name and badmm existed still validate, as MDGPS."""
-    from stages.schema import validate_params
+    from stages.settings.schema import validate_params
 
     params = small_params()
     del params["algorithm"]["name"], params["badmm"]

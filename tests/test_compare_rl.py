@@ -65,7 +65,7 @@ def test_the_comparison_end_to_end_at_toy_scale_from_real_training(tmp_path):
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from stages.settings import load_settings
+    from stages.settings.load import load_settings
     from stages.steps.evaluate_gym import score_in_gym
 
     settings, out = toy_settings(tmp_path), tmp_path / "out"

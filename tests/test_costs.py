@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from gps_core.costs import ActionCost, FKCost, build_cost, expand_cost, penalty, ramp
-from gps_core.env import model_path
-from gps_core.task import plain_task
+from gps_core.sim.env import model_path
+from gps_core.sim.task import plain_task
 
 rng = np.random.default_rng(0)
 
@@ -131,7 +131,7 @@ def test_fk_cost_chain_rule_through_jacobian():
 
 def test_fk_term_reads_its_blocks_entries_and_jacobian_rows():
     """build_cost resolves an fk term's block to its entries of x and its rows of the recorded Jacobian."""
-    from gps_core.task import compile_task
+    from gps_core.sim.task import compile_task
 
     task = compile_task({
         "name": "two_point_blocks", "model": model_path("obstacle"), "T": 3, "dt": 0.05, "substeps": 5,

@@ -4,7 +4,7 @@ Each run executes every stage of the generated dvc.yaml, in pipeline order, in o
 process (without DVC, which costs 30 s more). The two runs with the same seed use different
 PYTHONHASHSEEDs, so nothing may depend on set or hash ordering. A third run with another seed
 shows that the comparison can fail. A fourth runs each stage as its own `gps` process, served by
-the warm worker (stages/worker.py), and must equal the first byte for byte. The DVC tests (test_dvc_pipeline.py) compare runs in which
+the warm worker (stages/worker/server.py), and must equal the first byte for byte. The DVC tests (test_dvc_pipeline.py) compare runs in which
 every stage is its own process.
 """
 
@@ -21,15 +21,17 @@ import pytest
 import yaml
 
 from conftest import ROOT, small_params
-from stages.launch import stop_workers
-from stages.pipeline import build_pipeline, write_pipeline
+from stages.worker.client import stop_workers
+from stages.pipeline.generate import build_pipeline, write_pipeline
 
 # Every stage of dvc.yaml, in order, through the CLI (as `dvc repro` would run them).
 RUN_ALL_STAGES = r"""
 import shlex, sys, yaml
 from typer.testing import CliRunner
-from stages.cli import app
-from stages.pipeline import build_pipeline
+from stages.main import registered_app
+
+app = registered_app()
+from stages.pipeline.generate import build_pipeline
 params = yaml.safe_load(open("params.yaml"))
 for name, stage in build_pipeline(params["iterations"])["stages"].items():
     argv = shlex.split(stage["cmd"])
@@ -42,7 +44,7 @@ for name, stage in build_pipeline(params["iterations"])["stages"].items():
 # The same, each stage its own `gps` process (argv[1]), so that the warm worker serves them.
 RUN_EACH_STAGE = r"""
 import shlex, subprocess, sys, yaml
-from stages.pipeline import build_pipeline
+from stages.pipeline.generate import build_pipeline
 params = yaml.safe_load(open("params.yaml"))
 for name, stage in build_pipeline(params["iterations"])["stages"].items():
     argv = shlex.split(stage["cmd"])
@@ -149,7 +151,7 @@ def test_same_seed_gives_bit_identical_artifacts(runs):
 
 def test_stages_served_by_the_warm_worker_give_the_same_bytes(runs):
     """Each stage its own `gps` process, all but the first forked from the warm worker
-    (stages/worker.py): the artifacts equal those of the in-process run, byte for byte."""
+    (stages/worker/server.py): the artifacts equal those of the in-process run, byte for byte."""
     a, w = runs["a"], runs["worker"]
     stages = build_pipeline(2)["stages"]
     log = "".join(p.read_text() for p in (w / "workers").glob("*.log"))

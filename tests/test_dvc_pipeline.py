@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, small_params
-from stages.pipeline import build_pipeline, write_pipeline
+from stages.pipeline.generate import build_pipeline, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -124,12 +124,12 @@ def stage_processes(proc: subprocess.Popen) -> list[tuple[psutil.Process, str]]:
 
 
 def worker_children() -> list[psutil.Process]:
-    """The commands the tests' warm workers are running (stages/worker.py forks one per `gps` call)."""
+    """The commands the tests' warm workers are running (stages/worker/server.py forks one per `gps` call)."""
     folder = os.environ["GPS_WORKER_DIR"]
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "stages.worker" in cmd and folder in cmd:
+        if "stages.worker.server" in cmd and folder in cmd:
             found.extend(p.children())
     return found
 

@@ -4,7 +4,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from gps_core.env import BAD_ACTION, Simulator, model_path
+from gps_core.sim.env import BAD_ACTION, Simulator, model_path
 
 
 def sim_at(*starts):

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stages.cli import app
-from stages.h5io import write_artifact
+from stages.main import registered_app
+
+app = registered_app()
+from stages.artifacts.io import write_artifact
 
 from small_runs import obstacle_run, peg_start
 

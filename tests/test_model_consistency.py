@@ -1,6 +1,6 @@
 """Settings that do not fit the task's MuJoCo model: exit 2, one line naming file, key, value and what the model needs.
 
-The check runs in stages.config.load_params, so every stage refuses such params before it reads or
+The check runs in stages.settings.params.load_params, so every stage refuses such params before it reads or
 writes anything: the cases run through `init` (which would build the simulator) and a few through
 stages that never simulate (fit-dynamics, c-step) and `pipeline`.
 """
@@ -19,10 +19,12 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import ROOT, small_params, small_peg_params, task_params
-from stages import model_check
-from stages.cli import app
-from stages.config import load_params
-from stages.settings import load_settings
+from stages.settings import model_check
+from stages.main import registered_app
+
+app = registered_app()
+from stages.settings.params import load_params
+from stages.settings.load import load_settings
 
 runner = CliRunner()
 
@@ -264,8 +266,8 @@ def test_compiled_task_agrees_with_the_simulator(task):
     import mujoco
     import numpy as np
 
-    from gps_core.env import Simulator
-    from gps_core.task import POINT_KINDS
+    from gps_core.sim.env import Simulator
+    from gps_core.sim.task import POINT_KINDS
 
     params = task_params(task)
     compiled = model_check.check_model_consistency(params, str(ROOT / "configs" / f"{task}.yaml"))
@@ -296,7 +298,7 @@ def test_compiled_task_agrees_with_the_simulator(task):
 def test_task_is_compiled_once_per_file_version(tmp_path, monkeypatch):
     """Cached by (path, mtime, size, task section): loading params again costs no compile, an edited model is read
     again, and so is an edited task section."""
-    import gps_core.task as task_module
+    import gps_core.sim.task as task_module
 
     model = tmp_path / "obstacle.xml"
     model.write_text((ROOT / OBSTACLE).read_text())
@@ -340,8 +342,8 @@ MODEL_ONE_ACTUATOR = """<mujoco>
 
 
 def one_actuator_params(model: Path, joints: list[str] | None = None) -> Callable[[dict, Path], None]:
-    """small_params on the model: the plain layout's blocks (gps_core.task.plain_layout), the point s scored."""
-    from gps_core.task import plain_layout
+    """small_params on the model: the plain layout's blocks (gps_core.sim.task.plain_layout), the point s scored."""
+    from gps_core.sim.task import plain_layout
 
     def apply(params: dict, tmp_path: Path | None = None) -> None:
         params["task"].update(model=str(model), **plain_layout(str(model)))

@@ -9,8 +9,10 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import small_params
-from stages.cli import app
-from stages.schema import validate_params
+from stages.main import registered_app
+
+app = registered_app()
+from stages.settings.schema import validate_params
 
 runner = CliRunner()
 
@@ -58,7 +60,7 @@ CASES = [
     (edit("agent.on_divergence", "retry"), ["agent.on_divergence", "retry", "redraw, stop"]),
     (edit("agent.max_draws", 0), ["agent.max_draws", "0", ">= 1"]),
     (edit("agent.max_draws", DELETE), ["missing key", "agent.max_draws"]),
-    # settings that pass the schema but not the task's model (stages/model_check.py; more in test_model_consistency.py)
+    # settings that pass the schema but not the task's model (stages/settings/model_check.py; more in test_model_consistency.py)
     (edit("task.conditions", [{"qpos": [0.0, 1.0, 2.0]}, {"qpos": [0.0, 1.0]}]),
      ["task.conditions[0].qpos: [0.0, 1.0, 2.0] (3 entries)", "expected 2 numbers", "(nq)"]),
     (edit("task.conditions", [{"qpos": [0.0, 1.0]}, {"qpos": [0.0]}]), ["task.conditions[1].qpos: [0.0]", "expected 2"]),

@@ -13,7 +13,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from gps_core.env import Simulator, model_path
+from gps_core.sim.env import Simulator, model_path
 
 Q0 = np.array([0.1, 0.1, -1.54, -1.7, 1.54, -0.2, 0.0])  # initial joint angles of every peg condition
 TARGET = np.array([0.0, 0.3, -0.5])  # hole bottom: the scored target of leg_bottom

@@ -13,8 +13,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from stages.cli import app
-from stages.plots import FIGURES, TABLE, policy_cost
+from stages.main import registered_app
+
+app = registered_app()
+from stages.steps.plot import FIGURES, TABLE, policy_cost
 
 from small_runs import obstacle_run, peg_start
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stages.cli import app
+from stages.main import registered_app
+
+app = registered_app()
 from stages.progress import bars_enabled, progress_bar
 
 from small_runs import obstacle_run
@@ -46,9 +48,9 @@ def test_train_policy_reports_progress_without_changing_the_result():
 def test_rollouts_report_each_time_step():
     from conftest import small_params
     from gps_core.policy_net import init_policy
-    from gps_core.sampling import rollout_policy
-    from gps_core.task import compile_task
-    from stages.settings import Settings
+    from gps_core.sim.sampling import rollout_policy
+    from gps_core.sim.task import compile_task
+    from stages.settings.load import Settings
 
     params = small_params()
     sim = Settings.from_params(params, compile_task(params["task"])).simulator()
@@ -86,8 +88,8 @@ def test_dual_search_and_gmm_fits_report_progress_without_changing_the_result(tm
 
     from gps_core.dynamics import fit_all_dynamics
     from gps_core.lqr import c_step_batched
-    from stages.artifacts import load_controllers, load_cost_models, load_dynamics, load_eta, load_step
-    from stages.settings import load_settings
+    from stages.artifacts.convert import load_controllers, load_cost_models, load_dynamics, load_eta, load_step
+    from stages.settings.load import load_settings
 
     run = obstacle_run(tmp_path_factory)
     d = run / "data"

@@ -14,9 +14,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from stages import render
-from stages.cli import app
-from stages.h5io import UserError
+from stages.tools import render
+from stages.main import registered_app
+
+app = registered_app()
+from stages.errors import UserError
 
 from small_runs import obstacle_run, peg_start
 
@@ -36,8 +38,8 @@ def invoke(*args):
 
 
 def scene_for(params: dict, condition: int, width: int = 320, height: int = 240):
-    from gps_core.task import compile_task
-    from stages.settings import Settings
+    from gps_core.sim.task import compile_task
+    from stages.settings.load import Settings
 
     task = compile_task(params["task"])
     sim = Settings.from_params(params, task).simulator()

@@ -9,7 +9,9 @@ import yaml
 from conftest import task_params
 from typer.testing import CliRunner
 
-from stages.cli import app
+from stages.main import registered_app
+
+app = registered_app()
 
 runner = CliRunner()
 

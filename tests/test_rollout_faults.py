@@ -22,13 +22,15 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import gps, run_stages_by_hand, small_params
-from gps_core.env import BAD_ACTION, BAD_STATE, FINE, MUJOCO_RESET, Simulator, model_path
+from gps_core.sim.env import BAD_ACTION, BAD_STATE, FINE, MUJOCO_RESET, Simulator, model_path
 from gps_core.noise import smooth_along_time, smoothed_noise
-from gps_core.sampling import controller_episodes
-from gps_core.task import compile_task
-from stages.settings import Settings
-from stages.artifacts import load_controllers
-from stages.cli import app
+from gps_core.sim.sampling import controller_episodes
+from gps_core.sim.task import compile_task
+from stages.settings.load import Settings
+from stages.artifacts.convert import load_controllers
+from stages.main import registered_app
+
+app = registered_app()
 
 TINY_XML = """
 <mujoco model="runaway">

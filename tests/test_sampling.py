@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from gps_core.env import Simulator, model_path
+from gps_core.sim.env import Simulator, model_path
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.policy_net import init_policy
-from gps_core.sampling import rollout_controllers, rollout_policy
+from gps_core.sim.sampling import rollout_controllers, rollout_policy
 
 T = 20
 

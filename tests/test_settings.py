@@ -1,4 +1,4 @@
-"""stages.settings: params.yaml as typed settings, the same values the file holds."""
+"""stages.settings.load: params.yaml as typed settings, the same values the file holds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from stages.config import load_params
-from stages.settings import Settings, load_settings
+from stages.settings.params import load_params
+from stages.settings.load import Settings, load_settings
 
 
 @pytest.mark.parametrize("task", ["peg", "peg_blind", "obstacle"])
@@ -50,7 +50,7 @@ def test_settings_hold_the_values_of_the_file(task):
 def test_stop_mode_has_no_redraws(small_params_file):
     import yaml
 
-    from gps_core.task import compile_task
+    from gps_core.sim.task import compile_task
 
     params = yaml.safe_load(small_params_file.read_text())
     params["agent"]["on_divergence"] = "stop"
@@ -59,7 +59,7 @@ def test_stop_mode_has_no_redraws(small_params_file):
 
 def test_loading_settings_does_not_import_torch():
     """The typed settings build gps_core's configs on first use, so loading them stays light."""
-    code = ("import sys; from stages.settings import load_settings; s = load_settings('configs/peg.yaml'); "
+    code = ("import sys; from stages.settings.load import load_settings; s = load_settings('configs/peg.yaml'); "
             "s.traj_opt; s.dynamics_prior; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -13,9 +13,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stages.cli import app
-from stages.h5io import UserError
-from stages.pipeline import build_pipeline, check_in_sync, iteration_stages, render_pipeline, stage_file, write_pipeline
+from stages.main import registered_app
+
+app = registered_app()
+from stages.errors import UserError
+from stages.pipeline.generate import build_pipeline, check_in_sync, iteration_stages, render_pipeline, stage_file, write_pipeline
 
 from conftest import ROOT, gps, small_params
 
@@ -145,7 +147,7 @@ def test_user_error_is_one_line_exit_2(tmp_path):
     """Run as a real process: no traceback, one line naming the file."""
     missing = tmp_path / "nope.h5"
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "c-step", "-i", "0", "--params", str(ROOT / "params.yaml"),
+        [sys.executable, "-m", "stages.main", "c-step", "-i", "0", "--params", str(ROOT / "params.yaml"),
          "--samples", str(missing), "--dynamics", str(missing), "--policy-lin", str(missing), "--step", str(missing),
          "--prev-controllers", str(missing), "--out", str(tmp_path / "out.h5")],
         capture_output=True, text=True, cwd=ROOT,
@@ -210,7 +212,9 @@ def test_only_the_s_step_imports_torch(tmp_path, small_params_file):
     script = f"""
 import sys
 from typer.testing import CliRunner
-from stages.cli import app
+from stages.main import registered_app
+
+app = registered_app()
 d = {str(tmp_path)!r}
 p = ["--params", {str(small_params_file)!r}]
 run = lambda *a: CliRunner().invoke(app, [*a, *p]).exit_code

@@ -13,8 +13,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stages.cli import app
-from stages.status import iteration_files
+from stages.main import registered_app
+
+app = registered_app()
+from stages.tools.status import iteration_files
 
 from small_runs import obstacle_run
 

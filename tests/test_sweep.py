@@ -13,10 +13,12 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import ROOT, small_params
-from stages.cli import app
-from stages.pipeline import write_pipeline
-from stages.report import runs_from_experiments
-from stages.sweep import parse_seeds
+from stages.main import registered_app
+
+app = registered_app()
+from stages.pipeline.generate import write_pipeline
+from stages.tools.report import runs_from_experiments
+from stages.sweep.queue import parse_seeds
 from test_dvc_pipeline import BIN, env, run
 
 runner = CliRunner()

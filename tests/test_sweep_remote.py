@@ -14,9 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from remotes import fresh_clone_experiments, gps_sweep, landing_project, remote_refs, sweep, wait_for
-from stages.cli import app
-from stages.sweep_job import Experiment, ExperimentFailed, landing_status
-from stages.sweep_remote import Ledger, dvc_default_remote, status_rows
+from stages.main import registered_app
+
+app = registered_app()
+from stages.sweep.job import Experiment, ExperimentFailed, landing_status
+from stages.sweep.remote import Ledger, dvc_default_remote, status_rows
 from test_dvc_pipeline import BIN, env, run
 from test_sweep import make_repo
 
@@ -41,7 +43,7 @@ def test_a_sweep_that_workers_could_not_run_or_land_is_refused_in_one_line(tmp_p
     cases = []
     result = sweep_output(landing.repo, monkeypatch, "--status", "--git-remote", "upstream")
     cases.append((result, "--git-remote upstream: no such git remote"))
-    (landing.repo / "stages" / "sweep.py").write_text((landing.repo / "stages" / "sweep.py").read_text() + "\n# edit\n")
+    (landing.repo / "stages" / "sweep" / "queue.py").write_text((landing.repo / "stages" / "sweep" / "queue.py").read_text() + "\n# edit\n")
     cases.append((sweep_output(landing.repo, monkeypatch, "--engine", "inline"), "differ from HEAD"))
     run(["git", "checkout", "-q", "--", "stages"], landing.repo)
     run([*GIT, "commit", "-q", "--allow-empty", "-m", "not pushed"], landing.repo)
@@ -107,7 +109,7 @@ def test_experiment_failed_survives_pickling():
 GUARDED_PARENT = """
 import sys, time
 from pathlib import Path
-from stages.sweep_job import guarded
+from stages.sweep.job import guarded
 # a stage-like grandchild that would write for a long while
 guarded(["sh", "-c", "echo $$ > {pids}.sh; sleep 60 & echo $! > {pids}.bg; while true; do date >> {out}; sleep 0.1; done"])
 """
@@ -133,7 +135,7 @@ def test_the_guard_kills_the_whole_group_when_its_caller_is_killed(tmp_path):
 
 
 def test_the_guard_passes_the_exit_status_on(tmp_path):
-    from stages.sweep_job import guarded
+    from stages.sweep.job import guarded
 
     assert guarded(["sh", "-c", "echo hi; exit 3"]).returncode == 3
     assert guarded(["sh", "-c", "kill -TERM $$"]).returncode == 128 + signal.SIGTERM

@@ -36,7 +36,7 @@ def small_reacher_params(iterations: int = 1) -> dict:
 
 
 def test_model_from_an_installed_package_is_read_where_it_is_installed():
-    from gps_core.task import compile_task, resolve_model
+    from gps_core.sim.task import compile_task, resolve_model
 
     path = resolve_model("gymnasium/envs/mujoco/assets/reacher.xml")
     assert path == Path(gymnasium.__file__).parent / "envs" / "mujoco" / "assets" / "reacher.xml"
@@ -47,8 +47,8 @@ def test_model_from_an_installed_package_is_read_where_it_is_installed():
 
 
 def test_a_relative_path_that_names_no_package_is_relative_to_the_params_file(tmp_path):
-    from gps_core.env import model_path
-    from gps_core.task import resolve_model
+    from gps_core.sim.env import model_path
+    from gps_core.sim.task import resolve_model
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "arm.xml").write_text(Path(model_path("obstacle")).read_text())
@@ -67,8 +67,8 @@ def gym_start(env, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_reacher_observation_and_reward_equal_gymnasiums_side_by_side(seed):
     """Our simulator and gymnasium.make("Reacher-v5") from the same state with the same actions:
     the task's observation equals Gymnasium's at every step, and the cost's terms equal minus its reward's."""
-    from gps_core.env import Simulator
-    from gps_core.task import compile_task
+    from gps_core.sim.env import Simulator
+    from gps_core.sim.task import compile_task
 
     env = gymnasium.make("Reacher-v5")
     qpos, obs0 = gym_start(env, seed)
@@ -99,8 +99,8 @@ def test_the_fk_term_is_the_smoothed_distance_and_its_gradient_reaches_the_arm_j
     """The Reacher cost's fk term: sqrt(alpha + d^2) of fingertip - target, derivatives through the Jacobian
     equal finite differences of the cost in the arm angles."""
     from gps_core.costs import build_cost
-    from gps_core.env import Simulator
-    from gps_core.task import compile_task
+    from gps_core.sim.env import Simulator
+    from gps_core.sim.task import compile_task
 
     params = task_params("reacher")
     fk = [t for t in params["cost"] if t["type"] == "fk"]
@@ -123,8 +123,8 @@ def test_the_fk_term_is_the_smoothed_distance_and_its_gradient_reaches_the_arm_j
 
 
 def test_held_out_conditions_are_evaluated_but_never_sampled(tmp_path):
-    from gps_core.env import Simulator
-    from gps_core.task import compile_task
+    from gps_core.sim.env import Simulator
+    from gps_core.sim.task import compile_task
 
     params = small_reacher_params()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -169,7 +169,7 @@ def test_held_out_conditions_are_evaluated_but_never_sampled(tmp_path):
     gps("evaluate-gym", *p, "--policy", d / "p1.h5", "--out", d / "gym.json")
     result = json.loads((d / "gym.json").read_text())
     from gps_core.policy_net import policy_mean
-    from stages.artifacts import load_policy
+    from stages.artifacts.convert import load_policy
 
     net = load_policy(d / "p1.h5", {}, hidden=tuple(params["policy"]["hidden"]))
     env = gymnasium.make("Reacher-v5")
@@ -193,7 +193,9 @@ def test_evaluate_gym_refuses_an_observation_that_is_not_the_environments(tmp_pa
     """The policy would be fed inputs it was not trained on: one line, exit 2, no metrics file."""
     from typer.testing import CliRunner
 
-    from stages.cli import app
+    from stages.main import registered_app
+
+    app = registered_app()
 
     params = small_reacher_params()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -211,7 +213,7 @@ def test_evaluate_gym_refuses_an_observation_that_is_not_the_environments(tmp_pa
 
 
 def test_the_pipeline_scores_the_last_policy_in_gymnasium_when_asked():
-    from stages.pipeline import build_pipeline
+    from stages.pipeline.generate import build_pipeline
 
     doc = build_pipeline(3, gym=True)
     stage = doc["stages"]["evaluate_gym"]
@@ -221,7 +223,7 @@ def test_the_pipeline_scores_the_last_policy_in_gymnasium_when_asked():
 
 
 def test_a_model_file_of_the_project_is_a_dependency_of_the_stages_that_simulate():
-    from stages.pipeline import render_pipeline
+    from stages.pipeline.generate import render_pipeline
 
     params = task_params("obstacle")
     assert "models/particle.xml" not in "".join(render_pipeline(params).values())
@@ -239,7 +241,9 @@ def test_a_model_file_of_the_project_is_a_dependency_of_the_stages_that_simulate
 def test_render_draws_a_held_out_condition_of_a_policy_and_refuses_controllers_there(tmp_path):
     from typer.testing import CliRunner
 
-    from stages.cli import app
+    from stages.main import registered_app
+
+    app = registered_app()
 
     params = small_reacher_params()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -259,7 +263,9 @@ def test_status_shows_the_held_out_conditions(tmp_path):
     """`gps status` has a held-out column for a task with test conditions, from eval.h5's group test."""
     from typer.testing import CliRunner
 
-    from stages.cli import app
+    from stages.main import registered_app
+
+    app = registered_app()
     from conftest import run_stages_by_hand
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_reacher_params()))

@@ -13,9 +13,11 @@ from conftest import ROOT, run_stages_by_hand, small_peg_params, task_params
 from typer.testing import CliRunner
 
 from gps_core.scoring import final_distance, success, success_table
-from stages.cli import app
-from stages.pipeline import check_in_sync
-from stages.schema import validate_params
+from stages.main import registered_app
+
+app = registered_app()
+from stages.pipeline.generate import check_in_sync
+from stages.settings.schema import validate_params
 
 runner = CliRunner()
 TASKS = ("obstacle", "peg", "peg_blind")
@@ -25,7 +27,7 @@ TASKS = ("obstacle", "peg", "peg_blind")
 def test_presets_are_valid_and_match_the_paper(task):
     params = task_params(task)
     validate_params(params, task)
-    from gps_core.task import compile_task
+    from gps_core.sim.task import compile_task
 
     section = params["task"]
     compiled = compile_task(section)

@@ -1,4 +1,4 @@
-"""The warm worker behind `gps` (stages/launch.py, stages/worker.py), through the real console script.
+"""The warm worker behind `gps` (stages/worker/client.py, stages/worker/server.py), through the real console script.
 
 What a user relies on: a command served by the worker writes the same bytes, prints the same
 lines and exits with the same status as one run in its own process; killing or interrupting
@@ -22,7 +22,7 @@ import yaml
 
 from conftest import small_params
 from small_runs import obstacle_run
-from stages import launch
+from stages.worker import client as launch
 
 BIN = Path(sys.executable).parent
 INIT_OUTS = ("controllers.h5", "policy.h5", "step.h5")
@@ -58,7 +58,7 @@ def servers(wdir: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "stages.worker" in cmd and str(wdir) in cmd:
+        if "stages.worker.server" in cmd and str(wdir) in cmd:
             found.append(p)
     pids = {p.pid for p in found}
     return [p for p in found if p.ppid() not in pids]

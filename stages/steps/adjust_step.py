@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, log, stage_command
-from stages.h5io import write_artifact
-from stages.settings import AlgorithmSettings, load_settings
+from stages.app import ItrOpt, ParamsOpt, log, stage_command
+from stages.artifacts.io import write_artifact
+from stages.settings.load import AlgorithmSettings, load_settings
 
 
 @stage_command("adjust-step")
@@ -30,7 +30,7 @@ def adjust_step(
 ) -> None:
     """New step multipliers from predicted vs actual improvement (classic or global rule)."""
     from gps_core.mdgps import step_estimates
-    from stages.artifacts import load_controllers
+    from stages.artifacts.convert import load_controllers
 
     s = load_settings(params_path)
     alg = s.algorithm
@@ -62,7 +62,7 @@ class TwoIterations:
 def load_two_iterations(prev_samples: Path, samples: Path, prev_dynamics: Path, dynamics: Path,
                         prev_policy_lin: Path, policy_lin: Path, prev_step: Path):
     """TwoIterations of the files (MDGPS's and BADMM's step rules), and the sizes every other file must have."""
-    from stages.artifacts import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
+    from stages.artifacts.convert import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
 
     sdata_prev, sizes = load_samples(prev_samples)
     known = known_from(sizes, prev_samples)  # every other file must describe the same problem

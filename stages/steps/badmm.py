@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, log, stage_command
-from stages.h5io import write_artifact
-from stages.settings import load_settings
+from stages.app import ItrOpt, ParamsOpt, log, stage_command
+from stages.artifacts.io import write_artifact
+from stages.settings.load import load_settings
 from stages.steps.adjust_step import load_two_iterations, step_rows
 
 
@@ -31,7 +31,7 @@ def badmm_adjust_step(
 ) -> None:
     """BADMM step multipliers: Laplace cost plus ν-weighted KL to the policy linearisation, predicted vs actual."""
     from gps_core.badmm import badmm_step_estimates
-    from stages.artifacts import load_controllers, load_duals
+    from stages.artifacts.convert import load_controllers, load_duals
 
     s = load_settings(params_path)
     alg = s.algorithm
@@ -68,12 +68,12 @@ def badmm_inner_cmd(
     import json
 
     from gps_core.lqr import SAFEGUARDS
-    from stages.artifacts import (
+    from stages.artifacts.convert import (
         controllers_to_datasets, costs_from_datasets, duals_to_datasets, gmms_from_datasets, gmms_to_datasets, known_from,
         load_controllers, load_duals, load_dynamics, load_eta, load_policy_and_adam, load_policy_lin_prior, load_samples,
         load_step, policy_to_datasets,
     )
-    from stages.badmm_inner import InnerLoop
+    from gps_core.badmm_inner import InnerLoop
 
     s = load_settings(params_path)
     sdata, sizes = load_samples(samples)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, log, stage_command
-from stages.h5io import write_artifact
+from stages.app import ItrOpt, ParamsOpt, log, stage_command
+from stages.artifacts.io import write_artifact
 from stages.progress import progress_bar
-from stages.settings import load_settings
+from stages.settings.load import load_settings
 
 
 @stage_command("c-step")
@@ -28,7 +28,7 @@ def c_step_cmd(
     import json
 
     from gps_core.lqr import KL_REFERENCE, SAFEGUARDS, c_step_batched
-    from stages.artifacts import (
+    from stages.artifacts.convert import (
         costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step,
     )
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, log, stage_command
-from stages.h5io import write_artifact, write_json
-from stages.settings import load_settings
+from stages.app import ItrOpt, ParamsOpt, log, stage_command
+from stages.artifacts.io import write_artifact, write_json
+from stages.settings.load import load_settings
 
 
 @stage_command("evaluate")
@@ -27,9 +27,9 @@ def evaluate(
     metrics: Path = typer.Option(..., "--metrics"),
 ) -> None:
     """One noise-free rollout of the global policy per condition (training and held-out); distance to the target."""
-    from gps_core.sampling import rollout_policy
+    from gps_core.sim.sampling import rollout_policy
     from gps_core.scoring import final_distance, success
-    from stages.artifacts import check_controller_stats, load_policy, load_samples, load_step
+    from stages.artifacts.convert import check_controller_stats, load_policy, load_samples, load_step
 
     s = load_settings(params_path)
     agent, ev = s.agent, s.evaluation

@@ -2,7 +2,7 @@
 
 The network acts on the environment's own observation, so the task's observation
 (task.observation) must be that observation: at every step of every episode the task's
-blocks are read from the environment's MjData (gps_core.env reads them the same way in
+blocks are read from the environment's MjData (gps_core.sim.env reads them the same way in
 training) and compared with what the environment returned; a difference beyond round-off
 stops the command. Actions are the network's mean, clipped to the environment's action
 space (as Stable-Baselines3 does with its policies). Episodes are reset with seeds
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.cli import ParamsOpt, log, stage_command
-from stages.h5io import UserError, write_json
-from stages.settings import load_settings
+from stages.app import ParamsOpt, log, stage_command
+from stages.artifacts.io import write_json
+from stages.errors import UserError
+from stages.settings.load import load_settings
 
 # The task's observation read from MjData and the environment's agree to round-off: the same floats,
 # concatenated in another order of operations at most.
@@ -55,7 +56,7 @@ def episode_returns(env, act, observe, seeds: list[int], progress=None) -> tuple
 
 def task_observer(task):
     """observe(env) -> the task's observation read from the environment's MjData (no velocity blocks)."""
-    from gps_core.env import BlockReader
+    from gps_core.sim.env import BlockReader
 
     if any(task.block(n).kind == "velocity" for n in task.observation):
         raise UserError("task.observation has a velocity block (a finite difference over the control period): "
@@ -90,7 +91,7 @@ def score_in_gym(s, policy: Path, episodes: int, source: str = "params.yaml", pr
     from gymnasium.error import Error as GymError
 
     from gps_core.policy_net import policy_mean
-    from stages.artifacts import load_policy
+    from stages.artifacts.convert import load_policy
 
     task = s.task
     net = load_policy(policy, {"dO": (task.dO, "the observation of task.observation"),

@@ -8,10 +8,10 @@ from typing import Optional
 import numpy as np
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, stage_command
-from stages.h5io import write_artifact
+from stages.app import ItrOpt, ParamsOpt, stage_command
+from stages.artifacts.io import write_artifact
 from stages.progress import progress_bar
-from stages.settings import load_settings
+from stages.settings.load import load_settings
 
 
 @stage_command("fit-dynamics")
@@ -24,7 +24,7 @@ def fit_dynamics_cmd(
 ) -> None:
     """Per-time-step linear-Gaussian dynamics with the GMM prior, and the initial-state Gaussian."""
     from gps_core.dynamics import DynamicsPrior, fit_all_dynamics
-    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, known_from, load_dynamics_prior, load_samples
+    from stages.artifacts.convert import gmms_from_datasets, gmms_to_datasets, known_from, load_dynamics_prior, load_samples
 
     s = load_settings(params_path)
     sdata, sizes = load_samples(samples)

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, stage_command
-from stages.h5io import write_artifact
+from stages.app import ItrOpt, ParamsOpt, stage_command
+from stages.artifacts.io import write_artifact
 from stages.progress import progress_bar
-from stages.settings import load_settings
+from stages.settings.load import load_settings
 
 
 @stage_command("fit-policy")
@@ -25,7 +25,7 @@ def fit_policy_cmd(
     """Linearise the global policy at the current samples (regression with a GMM prior)."""
     from gps_core.policy_lin import fit_policy_linearisations
     from gps_core.policy_net import policy_mean
-    from stages.artifacts import gmms_from_datasets, gmms_to_datasets, known_from, load_policy, load_policy_lin_prior, load_samples
+    from stages.artifacts.convert import gmms_from_datasets, gmms_to_datasets, known_from, load_policy, load_policy_lin_prior, load_samples
 
     s = load_settings(params_path)
     sdata, sizes = load_samples(samples)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, log, stage_command
-from stages.h5io import write_artifact
+from stages.app import ItrOpt, ParamsOpt, log, stage_command
+from stages.artifacts.io import write_artifact
 from stages.progress import progress_bar
-from stages.settings import load_settings
+from stages.settings.load import load_settings
 
 
 @stage_command("s-step")
@@ -25,7 +25,7 @@ def s_step_cmd(
     """Train the network on the local controllers' actions at the sampled states."""
     from gps_core.mdgps import s_step_dataset
     from gps_core.s_step import SStepConfig, train_policy
-    from stages.artifacts import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
+    from stages.artifacts.convert import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
 
     s = load_settings(params_path)
     pcfg = s.policy

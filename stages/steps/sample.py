@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from stages.cli import ItrOpt, ParamsOpt, log, stage_command
-from stages.h5io import write_artifact
+from stages.app import ItrOpt, ParamsOpt, log, stage_command
+from stages.artifacts.io import write_artifact
 from stages.progress import progress_bar
-from stages.settings import load_settings
+from stages.settings.load import load_settings
 
 
 @stage_command("sample")
@@ -26,8 +26,8 @@ def sample(
 
     from gps_core.costs import build_cost, expand_cost
     from gps_core.noise import smoothed_noise
-    from gps_core.sampling import controller_episodes, draw_samples, policy_episodes, redraw_summary
-    from stages.artifacts import load_controllers, load_policy
+    from gps_core.sim.sampling import controller_episodes, draw_samples, policy_episodes, redraw_summary
+    from stages.artifacts.convert import load_controllers, load_policy
 
     s = load_settings(params_path)
     agent = s.agent

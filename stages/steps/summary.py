@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from stages import config as cfg
-from stages.cli import ParamsOpt, stage_command
-from stages.h5io import UserError, write_json, write_text_atomic
+from stages.settings import params as cfg
+from stages.app import ParamsOpt, stage_command
+from stages.artifacts.io import write_json, write_text_atomic
+from stages.errors import UserError
 
 
 @stage_command("summary")
@@ -22,7 +23,7 @@ def summary(
     """Learning curve over iterations; fails if the pipeline files are out of sync with params.yaml."""
     import json
 
-    from stages.pipeline import check_in_sync
+    from stages.pipeline.generate import check_in_sync
 
     params = cfg.load_params(params_path)
     check_in_sync(params, params_path, root)

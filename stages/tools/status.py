@@ -1,0 +1,298 @@
+"""`gps status`: one row per iteration of a run, from its artifacts and metrics files.
+
+Everything comes from the files under data/ (not from logs), so it works on a
+run that is still going or was interrupted: an iteration shows what its
+existing files say and marks the rest as pending. Columns:
+
+    itr        0-based iteration (the data/itr_NN folder)
+    state      done, pending, or the next stage whose output is missing
+    drawn by   who drew the samples: the local controllers or the global policy (samples.h5 attribute)
+    cost       mean total cost of the iteration's samples
+    dist       final distance of the global policy's noise-free rollout, mean over conditions
+    succ<τ>    conditions whose final distance is below τ
+    held-out   tasks with held-out conditions only: the policy's final distance there, mean, and how many
+               are below the largest τ (eval.h5's group test, else metrics.json)
+    KL/bound   KL achieved by the C-step vs its bound, means over conditions (* = a dual search did not converge)
+    eta        geometric mean of the C-step dual variables
+    nu         BADMM runs only: mean of the policy-KL weights ν the iteration ended with (duals.h5)
+    step_mult  step multipliers of the C-step, per condition
+    time       wall time from the previous iteration's last file to this one's (file modification times;
+               "+" while the iteration is unfinished). Files restored by DVC carry the time of the restore.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gps_core.scoring import success
+from stages.artifacts.io import open_artifact
+from stages.errors import UserError
+
+PENDING = "-"  # a cell whose file is not written yet
+
+
+def iteration_files(k: int, algorithm: str = "mdgps") -> list[tuple[str, str]]:
+    """(stage, file) of iteration k in pipeline order."""
+    files = [("sample", "samples.h5"), ("fit_dynamics", "dynamics.h5")]
+    if algorithm == "badmm":
+        files.append(("fit_policy", "policy_lin.h5"))
+        if k > 0:
+            files.append(("adjust_step", "step.h5"))
+        files += [("badmm_inner", name) for name in ("controllers.h5", "policy.h5", "duals.h5", "policy_lin_final.h5", "inner.h5")]
+        return files + [("evaluate", "eval.h5"), ("evaluate", "metrics.json")]
+    if k == 0:
+        files.append(("catch_up", "policy_catchup.h5"))
+    files.append(("fit_policy", "policy_lin.h5"))
+    if k > 0:
+        files.append(("adjust_step", "step.h5"))
+    files += [("c_step", "controllers.h5"), ("s_step", "policy.h5"), ("evaluate", "eval.h5"), ("evaluate", "metrics.json")]
+    return files
+
+
+INIT_FILES = ("controllers.h5", "policy.h5", "step.h5")
+
+
+def init_files(algorithm: str = "mdgps") -> tuple[str, ...]:
+    return INIT_FILES + (("duals.h5",) if algorithm == "badmm" else ())
+
+
+def run_algorithm(data: Path, params: dict[str, Any] | None) -> str:
+    """mdgps or badmm: from the params if given, else from the files (BADMM's init writes duals.h5)."""
+    if params is not None and isinstance(params.get("algorithm"), dict):
+        return str(params["algorithm"].get("name", "mdgps"))
+    return "badmm" if (data / "init" / "duals.h5").exists() or any(data.glob("itr_*/duals.h5")) else "mdgps"
+
+
+@dataclass
+class Row:
+    iteration: int
+    state: str
+    cells: dict[str, str]
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_h5(path: Path, datasets: tuple[str, ...], attrs: tuple[str, ...] = (),
+             optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Some datasets and root attributes of an artifact (a UserError naming the file if it cannot be read).
+
+    `optional` datasets (those that runs from before issue 15 lack) are read where present."""
+    with open_artifact(path) as f:
+        out: dict[str, Any] = {}
+        for name in datasets:
+            if name not in f:
+                raise UserError(f"{path}: dataset {name!r} is missing")
+            out[name] = np.asarray(f[name][()])
+        for name in optional:
+            if name in f:
+                out[name] = np.asarray(f[name][()])
+        for name in attrs:
+            if name in f.attrs:
+                v = f.attrs[name]
+                out[name] = v.item() if isinstance(v, np.generic) else v
+    return out
+
+
+def _g(x: float) -> str:
+    """Compact number: 3 significant digits, no exponent where avoidable."""
+    if not np.isfinite(x):
+        return str(x)
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.2e}"
+    return f"{x:.4g}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _load_params(params_path: Path | None) -> dict[str, Any] | None:
+    if params_path is None:
+        default = Path("params.yaml")
+        return _load_params(default) if default.exists() else None
+    from stages.settings.params import load_params
+
+    return load_params(params_path)
+
+
+def _iterations(data: Path, params: dict[str, Any] | None) -> int:
+    found = [int(p.name[4:]) for p in data.glob("itr_*") if p.is_dir() and p.name[4:].isdigit()]
+    planned = int(params["iterations"]) if params and isinstance(params.get("iterations"), int) else 0
+    return max([planned, *(k + 1 for k in found)])
+
+
+def _thresholds(params: dict[str, Any] | None, metrics: list[dict[str, Any] | None]) -> list[float]:
+    if params is not None:
+        try:
+            return [float(t) for t in params["evaluation"].get("success_thresholds", [])]
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pass
+    found = {float(k.split("_", 1)[1]) for m in metrics if m for k in m if k.startswith("success_")}
+    return sorted(found, reverse=True)
+
+
+def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], list[str], dict[str, Any] | None]:
+    """The rows of the table, its column names, and the params (None if there is no params file)."""
+    data = Path(data)
+    if not data.is_dir():
+        raise UserError(f"{data}: no such directory (run from the project root, or pass --data)")
+    params = _load_params(params_path)
+    n_itr = _iterations(data, params)
+    metrics_all: list[dict[str, Any] | None] = []
+    for k in range(n_itr):
+        path = data / f"itr_{k:02d}" / "metrics.json"
+        try:
+            metrics_all.append(json.loads(path.read_text()) if path.exists() else None)
+        except (OSError, ValueError):
+            metrics_all.append(None)
+    thresholds = _thresholds(params, metrics_all)
+    algorithm = run_algorithm(data, params)
+    held_out = any("test_final_distance" in m for m in metrics_all if m) or bool(
+        isinstance(params, dict) and isinstance(params.get("task"), dict) and params["task"].get("test_conditions"))
+    columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds),
+               *(["held-out"] if held_out else []), "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "safeguards", "time"]
+    first = init_files(algorithm)
+    init_times = [(data / "init" / f).stat().st_mtime for f in first if (data / "init" / f).exists()]
+    prev_end = max(init_times) if len(init_times) == len(first) else None
+    rows = []
+    for k in range(n_itr):
+        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out)
+        rows.append(row)
+        prev_end = end if row.state == "done" else None
+    return rows, columns, params
+
+
+def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | None,
+         prev_end: float | None, algorithm: str = "mdgps", held_out: bool = False) -> tuple[Row, float | None]:
+    d = data / f"itr_{k:02d}"
+    files = iteration_files(k, algorithm)
+    present = {name: (d / name).exists() for _, name in files}
+    missing = [stage for stage, name in files if not present[name]]
+    state = "done" if not missing else ("pending" if not any(present.values()) else f"next: {missing[0]}")
+    cells = {c: PENDING for c in ("drawn by", "cost", "dist", "KL/bound", "eta", "step_mult", "safeguards", "time")}
+    acted: list[str] = []  # what the numerical safeguards did in this iteration (README item 13)
+    cells.update({f"succ<{t:g}": PENDING for t in thresholds})
+    if algorithm == "badmm":
+        cells["nu"] = PENDING
+    if held_out:
+        cells["held-out"] = PENDING
+    row = Row(k, state, cells)
+
+    def read(name: str, datasets: tuple[str, ...], attrs: tuple[str, ...] = (),
+             optional: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        if not present.get(name, (d / name).exists()):
+            return None
+        try:
+            return _read_h5(d / name, datasets, attrs, optional)
+        except UserError as exc:
+            row.problems.append(str(exc))
+            return None
+
+    samples = read("samples.h5", ("cost",), ("on_policy",), ("draws",))
+    if samples is not None and "draws" in samples and np.any(samples["draws"] > 1):
+        acted.append(f"{int(np.count_nonzero(samples['draws'] > 1))} redrawn")
+    if samples is not None:
+        cells["drawn by"] = "policy" if samples.get("on_policy") else "controllers"
+        cells["cost"] = _g(float(samples["cost"].sum(-1).mean()))
+    elif metrics is not None:
+        cells["cost"] = _g(float(metrics["sample_cost"]))
+    ev = read("eval.h5", ("final_distance",), optional=("diverged",))
+    dist = ev["final_distance"] if ev is not None else None
+    failed = ev.get("diverged") if ev is not None else None
+    if dist is None and metrics is not None:  # eval.h5 removed but metrics kept
+        per = metrics.get("per_condition", {}).get("final_distance")
+        dist = np.array(list(per.values())) if per else None
+    if dist is not None:
+        cells["dist"] = _g(float(np.mean(dist)))
+        for t in thresholds:  # a diverged evaluation is a failed condition, whatever its distance
+            cells[f"succ<{t:g}"] = f"{int(success(dist, t, failed).sum())}/{len(dist)}"
+    if held_out:
+        test = read("eval.h5", (), optional=("test/final_distance", "test/diverged"))
+        held = test.get("test/final_distance") if test is not None else None
+        if held is None and metrics is not None and "test_final_distance" in metrics.get("per_condition", {}):
+            held = np.array(list(metrics["per_condition"]["test_final_distance"].values()))
+        if held is not None and len(held):
+            tau = max(thresholds) if thresholds else None
+            hits = "" if tau is None else \
+                f" ({int(success(held, tau, test.get('test/diverged') if test else None).sum())}/{len(held)})"
+            cells["held-out"] = _g(float(np.mean(held))) + hits
+    ctrl = read("controllers.h5", ("kl", "kl_step", "eta", "converged"), optional=("safeguard",))
+    if ctrl is not None and "safeguard" in ctrl:
+        acted[:0] = [f"c{m}:{'rel' if ctrl['safeguard'][m] == 1 else 'kept'}" for m in np.flatnonzero(ctrl["safeguard"])]
+    if failed is not None and np.any(failed):
+        acted.append(",".join(f"c{m}" for m in np.flatnonzero(failed)) + " diverged")
+    if ctrl is not None:
+        star = "" if np.all(ctrl["converged"]) else "*"
+        cells["KL/bound"] = f"{_g(float(ctrl['kl'].mean()))}/{_g(float(ctrl['kl_step'].mean()))}{star}"
+        eta = ctrl["eta"]
+        cells["eta"] = _g(float(np.exp(np.log(eta).mean()))) if np.all(eta > 0) else _g(float(eta.mean()))
+    duals = read("duals.h5", ("pol_wt",)) if algorithm == "badmm" else None
+    if duals is not None:
+        cells["nu"] = _g(float(duals["pol_wt"].mean()))
+    step_file = d / "step.h5" if k > 0 else data / "init" / "step.h5"
+    if step_file.exists():
+        try:
+            mult = _read_h5(step_file, ("step_mult",))["step_mult"]
+            cells["step_mult"] = " ".join(f"{v:.2g}" for v in mult)
+        except UserError as exc:
+            row.problems.append(str(exc))
+    if samples is not None or ctrl is not None or ev is not None:
+        cells["safeguards"] = " ".join(acted) or "none"
+    times = [(d / name).stat().st_mtime for _, name in files if present[name]]
+    end = max(times) if times else None
+    if end is not None and prev_end is not None and end >= prev_end:
+        cells["time"] = _duration(end - prev_end) + ("" if state == "done" else "+")
+    elif end is not None:
+        cells["time"] = "?"
+    return row, end
+
+
+def format_table(rows: list[Row], columns: list[str]) -> str:
+    body = [[f"{r.iteration:02d}", r.state, *(r.cells[c] for c in columns[2:])] for r in rows]
+    widths = [max(len(x) for x in [c, *(b[i] for b in body)]) for i, c in enumerate(columns)]
+    left = {"state", "drawn by", "step_mult"}
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        x.ljust(w) if c in left else x.rjust(w) for c, x, w in zip(columns, cells, widths)).rstrip()
+    return "\n".join([fmt(columns), *(fmt(b) for b in body)]) + "\n"
+
+
+def status_text(data: Path, params_path: Path | None = None) -> str:
+    """What `gps status` prints: a summary line, the table, then notes on unreadable files."""
+    rows, columns, params = collect(data, params_path)
+    done = sum(r.state == "done" for r in rows)
+    head = f"{data}: {done} of {len(rows)} iterations done"
+    if params is not None:
+        from stages.tools.report import method_name
+
+        try:
+            task = params["task"]
+            held = len(task.get("test_conditions") or [])
+            head += (f" (task {task['name']}, {method_name(params)}, {len(task['conditions'])} conditions"
+                     + (f" + {held} held out" if held else "") + ")")
+        except (KeyError, TypeError):
+            pass
+    summary = Path(data) / "learning_curve.csv"
+    head += "; summary written" if summary.exists() else ""
+    lines = [head, "", format_table(rows, columns).rstrip("\n")]
+    if any(r.state != "done" for r in rows):
+        lines.append(f"{PENDING} pending: the file it comes from is not written yet")
+    if any("*" in r.cells["KL/bound"] for r in rows):
+        lines.append("* the dual search of at least one condition did not converge")
+    if any(r.cells["safeguards"] not in (PENDING, "none") for r in rows):
+        lines.append("safeguards (README, item 13): cM:rel = condition M's C-step solved relative to the policy "
+                     "linearisation, cM:kept = it kept the KL reference; n redrawn = samples drawn again; "
+                     "cM,... diverged = those conditions' evaluation rollouts diverged (failed conditions)")
+    for r in rows:
+        lines += [f"itr_{r.iteration:02d}: unreadable: {p}" for p in r.problems]
+    if not rows:
+        lines.append("(no iterations: params has none and there is no itr_NN folder)")
+    return "\n".join(lines) + "\n"
+
