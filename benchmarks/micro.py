@@ -44,17 +44,12 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gps_core.dynamics import (  # noqa: E402
-    DynamicsPrior,
-    PriorConfig,
-    fit_all_dynamics,
-    fit_dynamics,
-    fit_initial_state,
-    update_dynamics_prior,
-)
+from gps_core.configs import PriorConfig  # noqa: E402
+from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_dynamics, fit_initial_state, update_dynamics_prior  # noqa: E402
 from gps_core.gmm import GMM  # noqa: E402
 from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
-from gps_core.lqr import Dynamics, QuadraticCost, TrajOptConfig, c_step_batched, c_step_reference  # noqa: E402
+from gps_core.lqr import Dynamics, QuadraticCost, c_step_batched, c_step_reference  # noqa: E402
+from gps_core.configs import TrajOptConfig
 from gps_core.policy_lin import fit_policy_linearisation, fit_policy_linearisations  # noqa: E402
 
 # Peg settings (params of the peg run): priors, regulariser, C-step constants.

@@ -74,110 +74,18 @@ X [M, N, T, dX]); controllers are lists of lingauss.LinearGaussianPolicy, as els
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol, Sequence, Union
+from typing import Protocol, Sequence
 
 import numpy as np
 
+from gps_core.configs import TARGET_SHIFTS, BadmmConfig, Schedule, TrajOptConfig
 from gps_core.lingauss import LinearGaussianPolicy, quadratic_form
 from gps_core.lqr import (
-    BatchCStepResult,
-    ConditionError,
-    CStepResult,
-    Dynamics,
-    NotPositiveDefinite,
-    QuadraticCost,
-    TrajOptConfig,
-    c_step_batched,
-    forward_pass,
-    quadratic_form_batched,
-    traj_kl,
+    BatchCStepResult, ConditionError, CStepResult, Dynamics, NotPositiveDefinite, QuadraticCost, c_step_batched,
+    forward_pass, quadratic_form_batched, traj_kl,
 )
 from gps_core.mdgps import StepEstimates
 from gps_core.mdgps import s_step_dataset as _mdgps_s_step_dataset
-
-Schedule = Union[float, Sequence[float]]
-
-WEIGHT_RULES = (0, 1, 2, 3)
-TARGET_SHIFTS = ("coded", "derived", "sub")
-
-# --------------------------------------------------------------------------- hyperparameters
-
-
-@dataclass(frozen=True)
-class BadmmConfig:
-    """BADMM hyperparameters (§10.7). Defaults: the CR paper values shared by peg and blind peg.
-
-    | field                   | peg (CR) | blind (CR) | obstacle (CR) | code default |
-    |-------------------------|----------|------------|---------------|--------------|
-    | init_pol_wt             | 0.01     | 0.01       | 0.005         | 0.01         |
-    | fixed_lg_step           | 3        | 3          | 3             | 0            |
-    | policy_dual_rate        | 0.1      | 0.1        | 0.1           | 0.1          |
-    | policy_dual_rate_covar  | 0        | 0          | 0             | 0            |
-    | ent_reg_schedule        | (1e-3, 1e-3, 1e-2, 1e-2) for all three  || 0            |
-    | lg_step_schedule        | 10 (unused by rule 3)                   || 10           |
-    | inner_iterations        | 4        | 4          | 4             | 4            |
-    | exp_step_lower / upper  | 1.0 / 0.5 (defaults)                    || 1.0 / 0.5    |
-    | exp_step_decrease / inc | 0.5 / 2.0 (defaults)                    || 0.5 / 2.0    |
-
-    Not here because they are shared with MDGPS (params `algorithm.*`): the local step size
-    kl_step [min_step_mult, max_step_mult] = peg 2.0 [0.01, 1], blind 1.0 [0.01, 3],
-    obstacle 2.0 [0.4, 1] (code default 0.2 [0.01, 10]); policy_sample_mode = 'replace' in CR
-    (code default 'add'; only 'replace' is implemented, gps_core.policy_lin). BADMM samples the
-    local controllers (no on-policy sampling).
-
-    init_pol_wt: ν_t at the start of the run, every t (> 0: the S-step weights are ν).
-    fixed_lg_step: weight rule 0 | 1 | 2 | 3 (module docstring; 3 = the paper).
-    lg_step_schedule: step of rules 0/1 over iterations (scalar or ≥ 1 positive values).
-    ent_reg_schedule: S-step entropy regulariser over iterations (scalar ≥ 0 or positive values).
-    exp_step_lower, exp_step_upper: rule 3 band mean(kl) − lower·std, mean(kl) + upper·std.
-    exp_step_decrease, exp_step_increase: rule 3 factors below / above the band.
-    policy_dual_rate, policy_dual_rate_covar: α, α_K of the dual step.
-    inner_iterations: C/S alternations per sample batch.
-    target_shift: S-step target shift 'coded' (ν Σ λ, normative) | 'derived' (Σ λ / ν) | 'sub' (Σ λ).
-    """
-
-    init_pol_wt: float = 0.01
-    fixed_lg_step: int = 3
-    lg_step_schedule: Schedule = 10.0
-    ent_reg_schedule: Schedule = (1e-3, 1e-3, 1e-2, 1e-2)
-    exp_step_lower: float = 1.0
-    exp_step_upper: float = 0.5
-    exp_step_decrease: float = 0.5
-    exp_step_increase: float = 2.0
-    policy_dual_rate: float = 0.1
-    policy_dual_rate_covar: float = 0.0
-    inner_iterations: int = 4
-    target_shift: str = "coded"
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite(self.init_pol_wt) and self.init_pol_wt > 0):
-            raise ValueError(f"init_pol_wt must be > 0, got {self.init_pol_wt}")
-        if self.fixed_lg_step not in WEIGHT_RULES:
-            raise ValueError(f"fixed_lg_step must be one of {WEIGHT_RULES}, got {self.fixed_lg_step}")
-        if int(self.inner_iterations) != self.inner_iterations or self.inner_iterations < 1:
-            raise ValueError(f"inner_iterations must be an integer >= 1, got {self.inner_iterations}")
-        if self.target_shift not in TARGET_SHIFTS:
-            raise ValueError(f"target_shift must be one of {TARGET_SHIFTS}, got {self.target_shift!r}")
-        for name in ("policy_dual_rate", "policy_dual_rate_covar", "exp_step_lower", "exp_step_upper"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("exp_step_decrease", "exp_step_increase"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lg_step_schedule", "ent_reg_schedule"):
-            _check_schedule(name, getattr(self, name))
-
-
-def _check_schedule(name: str, schedule: Schedule) -> None:
-    values = np.atleast_1d(np.asarray(schedule, dtype=np.float64))
-    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} must be a number or a non-empty list of numbers, got {schedule!r}")
-    if np.ndim(schedule) == 0:
-        if name == "ent_reg_schedule" and values[0] < 0:
-            raise ValueError(f"{name} must be >= 0, got {schedule!r}")
-    elif np.any(values <= 0):
-        raise ValueError(f"{name}: a list schedule is interpolated in log space, its values must be > 0, got {schedule!r}")
-
 
 CODE_DEFAULTS = BadmmConfig(fixed_lg_step=0, ent_reg_schedule=0.0)
 """The gps code's ALG_BADMM defaults (not what the paper ran)."""
@@ -211,7 +119,7 @@ def schedule_value(schedule: Schedule, itr: int, iterations: int) -> float:
 
 
 def ent_reg_at(cfg: BadmmConfig, itr: int, iterations: int) -> float:
-    """S-step entropy regulariser of iteration itr (feeds s_step.SStepConfig.ent_reg)."""
+    """S-step entropy regulariser of iteration itr (feeds configs.SStepConfig.ent_reg)."""
     return schedule_value(cfg.ent_reg_schedule, itr, iterations)
 
 

@@ -85,7 +85,8 @@ class InnerLoop:
     # ------------------------------------------------------------------ InnerOps
 
     def s_step(self, step: badmm.InnerStep) -> None:
-        from gps_core.s_step import SStepConfig, train_policy
+        from gps_core.s_step import train_policy
+        from gps_core.configs import SStepConfig
         from stages.progress import progress_bar
 
         pcfg = self.settings.policy

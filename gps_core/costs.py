@@ -29,13 +29,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from gps_core.configs import RAMPS
 from gps_core.lqr import QuadraticCost
 
 if TYPE_CHECKING:
     from gps_core.sim.task import Task
-
-RAMPS = ("constant", "linear", "quadratic", "final_only")
-
 
 @dataclass(frozen=True)
 class CostTerms:
@@ -137,9 +135,6 @@ class ActionCost:
             luu=np.broadcast_to(np.diag(self.wu), terms.luu.shape).copy(),
             lux=terms.lux,
         )
-
-
-PENALTIES = ("sqrt", "log")
 
 
 @dataclass(frozen=True)

@@ -32,16 +32,7 @@ import numpy as np
 
 from gps_core.gmm import GMM, fit_gmm, fit_gmm_batched, niw_prior, niw_prior_batched, num_clusters
 from gps_core.regression import gauss_fit_joint_prior
-
-
-@dataclass(frozen=True)
-class PriorConfig:
-    """GMM prior hyperparameters (§5.2 / §6)."""
-
-    max_clusters: int
-    min_samples_per_cluster: int
-    max_samples: int
-    strength: float = 1.0
+from gps_core.configs import PriorConfig
 
 
 @dataclass(frozen=True)

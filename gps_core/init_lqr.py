@@ -12,22 +12,12 @@ Q_uu⁻¹ (smaller than init_var because Q_uu contains the value curvature).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.lqr import Dynamics, backward_pass
-
-
-@dataclass(frozen=True)
-class InitLQRConfig:
-    init_var: float = 1.0
-    stiffness: float = 1.0
-    stiffness_vel: float = 0.5
-    final_weight: float = 1.0
-    init_gains: tuple[float, ...] | None = None  # default ones
-    dt: float = 0.05
+from gps_core.configs import InitLQRConfig
 
 
 def init_lqr(x0: np.ndarray, dU: int, T: int, cfg: InitLQRConfig) -> LinearGaussianPolicy:

@@ -68,6 +68,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from gps_core.configs import TrajOptConfig
 from gps_core.lingauss import LinearGaussianPolicy, quadratic_form
 
 
@@ -99,30 +100,6 @@ class QuadraticCost:
     Cm: np.ndarray
     cv: np.ndarray
     cc: np.ndarray
-
-
-ON_FAULT = ("recover", "abort")
-
-
-@dataclass(frozen=True)
-class TrajOptConfig:
-    """Dual search settings (ALGORITHM §7.6); `on_fault` picks what a hopeless non-PD backward pass does.
-
-    on_fault: "abort" raises, as the reference code does; "recover" (the default) solves that
-    condition again relative to its KL reference and, if that fails too, keeps the reference
-    (module docstring, "Safeguards").
-    """
-
-    min_eta: float = 1e-4
-    max_eta: float = 1e16
-    del0: float = 1e-4
-    max_iterations: int = 50
-    tolerance: float = 0.1
-    on_fault: str = "recover"
-
-    def __post_init__(self):
-        if self.on_fault not in ON_FAULT:
-            raise ValueError(f"on_fault is {self.on_fault!r}, expected one of {', '.join(ON_FAULT)}")
 
 
 @dataclass(frozen=True)

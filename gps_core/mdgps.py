@@ -24,9 +24,7 @@ import numpy as np
 
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.lqr import Dynamics, QuadraticCost, estimate_cost
-
-STEP_RULES = ("classic", "global")
-
+from gps_core.configs import STEP_RULES
 
 @dataclass(frozen=True)
 class StepEstimates:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from gps_core.dynamics import PriorConfig
+from gps_core.configs import PriorConfig
 from gps_core.gmm import GMM, fit_gmm, fit_gmm_batched, niw_prior, niw_prior_batched, num_clusters
 from gps_core.regression import gauss_fit_joint_prior
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from gps_core.policy_net import PolicyParams, normalisation
+from gps_core.configs import SStepConfig
 
 WEIGHT_MEDIAN_THRESHOLD = 1e-2
 
@@ -59,20 +60,6 @@ class AdamState:
     exp_avg: list[np.ndarray]
     exp_avg_sq: list[np.ndarray]
     step: int
-
-
-@dataclass(frozen=True)
-class SStepConfig:
-    """S-step hyperparameters (§8.4, §8.5, §12.1)."""
-
-    iterations: int  # gradient steps per S-step (obstacle 3000, peg 4000)
-    batch_size: int = 25
-    lr: float = 1e-3
-    weight_decay: float = 0.005
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    ent_reg: float = 0.0
 
 
 def process_weights(weight: np.ndarray) -> np.ndarray:

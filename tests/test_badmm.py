@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from gps_core import badmm
-from gps_core.badmm import BadmmConfig, BadmmSurrogate, DualState
+from gps_core import badmm, configs
+from gps_core.badmm import BadmmSurrogate, DualState
+from gps_core.configs import BadmmConfig
 from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import (
-    Dynamics,
-    QuadraticCost,
-    TrajOptConfig,
-    backward_pass,
-    c_step_batched,
-    c_step_reference,
-    estimate_cost,
-    forward_pass,
-    mdgps_backward_batched,
-    quadratic_form_batched,
-    traj_kl,
-)
+from gps_core.lqr import Dynamics, QuadraticCost, backward_pass, c_step_batched, c_step_reference, estimate_cost, forward_pass, mdgps_backward_batched, quadratic_form_batched, traj_kl
+from gps_core.configs import TrajOptConfig
 from gps_core.mdgps import new_step_mult
 from gps_core.mdgps import s_step_dataset as mdgps_s_step_dataset
 from gps_core.s_step import policy_variance, process_weights
@@ -295,7 +285,7 @@ def test_derived_target_is_the_policy_step_stationary_point_and_modes_differ_by_
     duals = random_duals(rng, M)
     mu_p = mdgps_s_step_dataset(pols, X, O)[1].reshape(M, N, T, dU)
     lam = badmm.lambda_at(duals, X)
-    tgt = {mode: badmm.s_step_dataset(pols, X, O, duals, mode)[1].reshape(M, N, T, dU) for mode in badmm.TARGET_SHIFTS}
+    tgt = {mode: badmm.s_step_dataset(pols, X, O, duals, mode)[1].reshape(M, N, T, dU) for mode in configs.TARGET_SHIFTS}
     prc = np.stack([p.inv_covar for p in pols])
     nu = duals.pol_wt[:, None, :, None]
     grad = nu * np.einsum("mtuv,mntv->mntu", prc, tgt["derived"] - mu_p) + lam

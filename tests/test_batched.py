@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp as scipy_logsumexp
 
-from gps_core.dynamics import (
-    DynamicsPrior,
-    PriorConfig,
-    fit_all_dynamics,
-    fit_dynamics,
-    fit_initial_state,
-    update_dynamics_prior,
-)
+from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_dynamics, fit_initial_state, update_dynamics_prior
+
+from gps_core.configs import PriorConfig
 from gps_core.gmm import (
     _fit_gmm_with_history,
     fit_gmm,
@@ -28,25 +23,8 @@ from gps_core.gmm import (
     niw_prior_batched,
 )
 from gps_core.lingauss import LinearGaussianPolicy, quadratic_form
-from gps_core.lqr import (
-    ConditionError,
-    Dynamics,
-    NotPositiveDefinite,
-    QuadraticCost,
-    TrajOptConfig,
-    backward_pass,
-    backward_pass_batched,
-    c_step,
-    c_step_batched,
-    c_step_reference,
-    forward_pass,
-    forward_pass_batched,
-    mdgps_backward,
-    mdgps_backward_batched,
-    quadratic_form_batched,
-    traj_kl,
-    traj_kl_batched,
-)
+from gps_core.lqr import ConditionError, Dynamics, NotPositiveDefinite, QuadraticCost, backward_pass, backward_pass_batched, c_step, c_step_batched, c_step_reference, forward_pass, forward_pass_batched, mdgps_backward, mdgps_backward_batched, quadratic_form_batched, traj_kl, traj_kl_batched
+from gps_core.configs import TrajOptConfig
 from gps_core.policy_lin import fit_policy_linearisation, fit_policy_linearisations
 
 ATOL = 1e-8

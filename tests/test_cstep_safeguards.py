@@ -9,21 +9,8 @@ import numpy as np
 import pytest
 
 from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import (
-    KL_REFERENCE,
-    NO_SAFEGUARD,
-    RELATIVE_COORDINATES,
-    ConditionError,
-    Dynamics,
-    QuadraticCost,
-    TrajOptConfig,
-    c_step_batched,
-    forward_pass_batched,
-    quadratic_form_batched,
-    relative_kl_batched,
-    relative_problem,
-    traj_kl_batched,
-)
+from gps_core.lqr import KL_REFERENCE, NO_SAFEGUARD, RELATIVE_COORDINATES, ConditionError, Dynamics, QuadraticCost, c_step_batched, forward_pass_batched, quadratic_form_batched, relative_kl_batched, relative_problem, traj_kl_batched
+from gps_core.configs import TrajOptConfig
 
 DATA = Path(__file__).parent / "data"
 # Inputs of real C-steps that the reference's rule aborts, with the outputs of the code before the

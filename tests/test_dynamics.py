@@ -3,13 +3,9 @@
 import numpy as np
 import pytest
 
-from gps_core.dynamics import (
-    DynamicsPrior,
-    PriorConfig,
-    fit_dynamics,
-    fit_initial_state,
-    update_dynamics_prior,
-)
+from gps_core.dynamics import DynamicsPrior, fit_dynamics, fit_initial_state, update_dynamics_prior
+
+from gps_core.configs import PriorConfig
 from gps_core.gmm import num_clusters
 from gps_core.regression import gauss_fit_joint_prior
 

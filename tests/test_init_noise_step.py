@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from gps_core.init_lqr import InitLQRConfig, init_lqr
+from gps_core.init_lqr import init_lqr
+
+from gps_core.configs import InitLQRConfig
 from gps_core.mdgps import new_step_mult
 from gps_core.noise import smoothed_noise
 

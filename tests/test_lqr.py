@@ -4,17 +4,8 @@ import numpy as np
 import pytest
 
 from gps_core.lingauss import LinearGaussianPolicy, quadratic_form
-from gps_core.lqr import (
-    Dynamics,
-    QuadraticCost,
-    TrajOptConfig,
-    backward_pass,
-    c_step,
-    estimate_cost,
-    forward_pass,
-    mdgps_backward,
-    traj_kl,
-)
+from gps_core.lqr import Dynamics, QuadraticCost, backward_pass, c_step, estimate_cost, forward_pass, mdgps_backward, traj_kl
+from gps_core.configs import TrajOptConfig
 
 dX, dU, T = 3, 2, 12
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gps_core.dynamics import PriorConfig
+from gps_core.configs import PriorConfig
 from gps_core.gmm import fit_gmm, niw_prior, num_clusters
 from gps_core.policy_lin import fit_policy_linearisation
 from gps_core.regression import gauss_fit_joint_prior

@@ -26,7 +26,8 @@ class FakeTerminal(io.StringIO):
 
 def test_train_policy_reports_progress_without_changing_the_result():
     from gps_core.policy_net import init_policy
-    from gps_core.s_step import SStepConfig, train_policy
+    from gps_core.s_step import train_policy
+    from gps_core.configs import SStepConfig
 
     rng = np.random.default_rng(0)
     S, T, dO, dU = 2, 5, 3, 2

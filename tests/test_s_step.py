@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from gps_core.policy_net import PolicyParams, init_policy, normalisation, policy_mean
-from gps_core.s_step import (
-    AdamState,
-    SStepConfig,
-    minibatch_indices,
-    policy_variance,
-    process_weights,
-    train_policy,
-)
+from gps_core.s_step import AdamState, minibatch_indices, policy_variance, process_weights, train_policy
+from gps_core.configs import SStepConfig
 
 
 # --------------------------------------------------------------------------- helpers

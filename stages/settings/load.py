@@ -89,7 +89,7 @@ class EvaluationSettings:
 
 
 def _prior(section: dict[str, Any]):
-    from gps_core.dynamics import PriorConfig
+    from gps_core.configs import PriorConfig
 
     return PriorConfig(
         max_clusters=int(section["max_clusters"]),
@@ -152,8 +152,8 @@ class Settings:
 
     @functools.cached_property
     def traj_opt(self):
-        """gps_core.lqr.TrajOptConfig of the `traj_opt` section."""
-        from gps_core.lqr import TrajOptConfig
+        """gps_core.configs.TrajOptConfig of the `traj_opt` section."""
+        from gps_core.configs import TrajOptConfig
 
         s = self.params["traj_opt"]
         return TrajOptConfig(min_eta=float(s["min_eta"]), max_eta=float(s["max_eta"]), del0=float(s["del0"]),
@@ -162,18 +162,18 @@ class Settings:
 
     @functools.cached_property
     def dynamics_prior(self):
-        """gps_core.dynamics.PriorConfig of `dynamics.prior`."""
+        """gps_core.configs.PriorConfig of `dynamics.prior`."""
         return _prior(self.dynamics.prior)
 
     @functools.cached_property
     def policy_prior(self):
-        """gps_core.dynamics.PriorConfig of `policy_prior` (the policy linearisation's GMM)."""
+        """gps_core.configs.PriorConfig of `policy_prior` (the policy linearisation's GMM)."""
         return _prior(self.params["policy_prior"])
 
     @functools.cached_property
     def init_lqr(self):
-        """gps_core.init_lqr.InitLQRConfig of `init_lqr` (with task.dt)."""
-        from gps_core.init_lqr import InitLQRConfig
+        """gps_core.configs.InitLQRConfig of `init_lqr` (with task.dt)."""
+        from gps_core.configs import InitLQRConfig
 
         s = self.params["init_lqr"]
         gains = s.get("init_gains")
@@ -185,8 +185,8 @@ class Settings:
 
     @functools.cached_property
     def badmm(self):
-        """gps_core.badmm.BadmmConfig of the `badmm` section (schedules as tuples)."""
-        from gps_core.badmm import BadmmConfig
+        """gps_core.configs.BadmmConfig of the `badmm` section (schedules as tuples)."""
+        from gps_core.configs import BadmmConfig
 
         return BadmmConfig(**{k: tuple(float(x) for x in v) if isinstance(v, list) else v
                               for k, v in self.params["badmm"].items()})

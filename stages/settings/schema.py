@@ -97,7 +97,7 @@ PRIOR = {
 
 ALGORITHMS = ("mdgps", "badmm")
 
-# BADMM hyperparameters (gps_core.badmm.BadmmConfig, ALGORITHM §10.7); read only when algorithm.name is badmm.
+# BADMM hyperparameters (gps_core.configs.BadmmConfig, ALGORITHM §10.7); read only when algorithm.name is badmm.
 BADMM = {
     "init_pol_wt": Field("float", gt=0),
     "fixed_lg_step": Field("int", lo=0, hi=3),

@@ -24,7 +24,8 @@ def s_step_cmd(
 ) -> None:
     """Train the network on the local controllers' actions at the sampled states."""
     from gps_core.mdgps import s_step_dataset
-    from gps_core.s_step import SStepConfig, train_policy
+    from gps_core.s_step import train_policy
+    from gps_core.configs import SStepConfig
     from stages.artifacts.convert import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
 
     s = load_settings(params_path)

@@ -18,7 +18,7 @@ import yaml
 
 old, run, itr, out = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 sys.path.insert(0, str(old))
-from gps_core import lqr  # noqa: E402  (the old code)
+from gps_core import configs, lqr  # noqa: E402  (the old code)
 from stages.artifacts.convert import costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step  # noqa: E402
 
 d = run / "data" / f"itr_{itr:02d}"
@@ -33,7 +33,7 @@ bounds = float(params["algorithm"]["kl_step"]) * np.asarray(step_mult, dtype=flo
 if len(sys.argv) > 5:
     sel = [int(m) for m in sys.argv[5].split(",")]
     costs, dyns, lins, eta, bounds = [costs[m] for m in sel], [dyns[m] for m in sel], [lins[m] for m in sel], eta[sel], bounds[sel]
-cfg = lqr.TrajOptConfig(**{k: v for k, v in params["traj_opt"].items() if k != "on_fault"})
+cfg = configs.TrajOptConfig(**{k: v for k, v in params["traj_opt"].items() if k != "on_fault"})
 M = len(costs)
 faulting = []
 while True:

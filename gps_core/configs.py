@@ -1,0 +1,183 @@
+"""The typed values gps_core's components take: one frozen dataclass per configurable component, and
+the choice lists of their settings.
+
+stages/settings/ builds these once, from a params.yaml that its schema has checked (the schema
+takes its choice lists from here), and gives each component its own; nothing in gps_core reads
+the settings object or a raw dict. They live apart from the algorithm so that a stage whose
+settings name a component does not depend on the component's code (stages/pipeline/code_deps.py):
+the sampling stages read `traj_opt` settings nowhere, and editing the C-step does not make them stale.
+
+Where each choice takes effect: ON_FAULT in gps_core.c_step (its safeguards), STEP_RULES in
+gps_core.mdgps.step_estimates, RAMPS and PENALTIES in gps_core.costs, WEIGHT_RULES and
+TARGET_SHIFTS in gps_core.badmm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+
+# --------------------------------------------------------------------------- costs (gps_core.costs)
+
+RAMPS = ("constant", "linear", "quadratic", "final_only")
+
+PENALTIES = ("sqrt", "log")
+
+
+# --------------------------------------------------------------------------- MDGPS (gps_core.mdgps)
+
+STEP_RULES = ("classic", "global")
+
+
+# --------------------------------------------------------------------------- the C-step (gps_core.c_step, gps_core.lqr)
+
+ON_FAULT = ("recover", "abort")
+
+
+@dataclass(frozen=True)
+class TrajOptConfig:
+    """Dual search settings (ALGORITHM §7.6); `on_fault` picks what a hopeless non-PD backward pass does.
+
+    on_fault: "abort" raises, as the reference code does; "recover" (the default) solves that
+    condition again relative to its KL reference and, if that fails too, keeps the reference
+    (module docstring, "Safeguards").
+    """
+
+    min_eta: float = 1e-4
+    max_eta: float = 1e16
+    del0: float = 1e-4
+    max_iterations: int = 50
+    tolerance: float = 0.1
+    on_fault: str = "recover"
+
+    def __post_init__(self):
+        if self.on_fault not in ON_FAULT:
+            raise ValueError(f"on_fault is {self.on_fault!r}, expected one of {', '.join(ON_FAULT)}")
+
+
+# --------------------------------------------------------------------------- priors of the fits (gps_core.dynamics, gps_core.policy_lin)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """GMM prior hyperparameters (§5.2 / §6)."""
+
+    max_clusters: int
+    min_samples_per_cluster: int
+    max_samples: int
+    strength: float = 1.0
+
+
+# --------------------------------------------------------------------------- initial controllers (gps_core.init_lqr)
+
+
+@dataclass(frozen=True)
+class InitLQRConfig:
+    init_var: float = 1.0
+    stiffness: float = 1.0
+    stiffness_vel: float = 0.5
+    final_weight: float = 1.0
+    init_gains: tuple[float, ...] | None = None  # default ones
+    dt: float = 0.05
+
+
+# --------------------------------------------------------------------------- the S-step (gps_core.s_step)
+
+
+@dataclass(frozen=True)
+class SStepConfig:
+    """S-step hyperparameters (§8.4, §8.5, §12.1)."""
+
+    iterations: int  # gradient steps per S-step (obstacle 3000, peg 4000)
+    batch_size: int = 25
+    lr: float = 1e-3
+    weight_decay: float = 0.005
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    ent_reg: float = 0.0
+
+
+# --------------------------------------------------------------------------- BADMM (gps_core.badmm)
+
+Schedule = Union[float, Sequence[float]]
+
+WEIGHT_RULES = (0, 1, 2, 3)
+TARGET_SHIFTS = ("coded", "derived", "sub")
+
+@dataclass(frozen=True)
+class BadmmConfig:
+    """BADMM hyperparameters (§10.7). Defaults: the CR paper values shared by peg and blind peg.
+
+    | field                   | peg (CR) | blind (CR) | obstacle (CR) | code default |
+    |-------------------------|----------|------------|---------------|--------------|
+    | init_pol_wt             | 0.01     | 0.01       | 0.005         | 0.01         |
+    | fixed_lg_step           | 3        | 3          | 3             | 0            |
+    | policy_dual_rate        | 0.1      | 0.1        | 0.1           | 0.1          |
+    | policy_dual_rate_covar  | 0        | 0          | 0             | 0            |
+    | ent_reg_schedule        | (1e-3, 1e-3, 1e-2, 1e-2) for all three  || 0            |
+    | lg_step_schedule        | 10 (unused by rule 3)                   || 10           |
+    | inner_iterations        | 4        | 4          | 4             | 4            |
+    | exp_step_lower / upper  | 1.0 / 0.5 (defaults)                    || 1.0 / 0.5    |
+    | exp_step_decrease / inc | 0.5 / 2.0 (defaults)                    || 0.5 / 2.0    |
+
+    Not here because they are shared with MDGPS (params `algorithm.*`): the local step size
+    kl_step [min_step_mult, max_step_mult] = peg 2.0 [0.01, 1], blind 1.0 [0.01, 3],
+    obstacle 2.0 [0.4, 1] (code default 0.2 [0.01, 10]); policy_sample_mode = 'replace' in CR
+    (code default 'add'; only 'replace' is implemented, gps_core.policy_lin). BADMM samples the
+    local controllers (no on-policy sampling).
+
+    init_pol_wt: ν_t at the start of the run, every t (> 0: the S-step weights are ν).
+    fixed_lg_step: weight rule 0 | 1 | 2 | 3 (module docstring; 3 = the paper).
+    lg_step_schedule: step of rules 0/1 over iterations (scalar or ≥ 1 positive values).
+    ent_reg_schedule: S-step entropy regulariser over iterations (scalar ≥ 0 or positive values).
+    exp_step_lower, exp_step_upper: rule 3 band mean(kl) − lower·std, mean(kl) + upper·std.
+    exp_step_decrease, exp_step_increase: rule 3 factors below / above the band.
+    policy_dual_rate, policy_dual_rate_covar: α, α_K of the dual step.
+    inner_iterations: C/S alternations per sample batch.
+    target_shift: S-step target shift 'coded' (ν Σ λ, normative) | 'derived' (Σ λ / ν) | 'sub' (Σ λ).
+    """
+
+    init_pol_wt: float = 0.01
+    fixed_lg_step: int = 3
+    lg_step_schedule: Schedule = 10.0
+    ent_reg_schedule: Schedule = (1e-3, 1e-3, 1e-2, 1e-2)
+    exp_step_lower: float = 1.0
+    exp_step_upper: float = 0.5
+    exp_step_decrease: float = 0.5
+    exp_step_increase: float = 2.0
+    policy_dual_rate: float = 0.1
+    policy_dual_rate_covar: float = 0.0
+    inner_iterations: int = 4
+    target_shift: str = "coded"
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.init_pol_wt) and self.init_pol_wt > 0):
+            raise ValueError(f"init_pol_wt must be > 0, got {self.init_pol_wt}")
+        if self.fixed_lg_step not in WEIGHT_RULES:
+            raise ValueError(f"fixed_lg_step must be one of {WEIGHT_RULES}, got {self.fixed_lg_step}")
+        if int(self.inner_iterations) != self.inner_iterations or self.inner_iterations < 1:
+            raise ValueError(f"inner_iterations must be an integer >= 1, got {self.inner_iterations}")
+        if self.target_shift not in TARGET_SHIFTS:
+            raise ValueError(f"target_shift must be one of {TARGET_SHIFTS}, got {self.target_shift!r}")
+        for name in ("policy_dual_rate", "policy_dual_rate_covar", "exp_step_lower", "exp_step_upper"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("exp_step_decrease", "exp_step_increase"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("lg_step_schedule", "ent_reg_schedule"):
+            _check_schedule(name, getattr(self, name))
+
+
+def _check_schedule(name: str, schedule: Schedule) -> None:
+    values = np.atleast_1d(np.asarray(schedule, dtype=np.float64))
+    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be a number or a non-empty list of numbers, got {schedule!r}")
+    if np.ndim(schedule) == 0:
+        if name == "ent_reg_schedule" and values[0] < 0:
+            raise ValueError(f"{name} must be >= 0, got {schedule!r}")
+    elif np.any(values <= 0):
+        raise ValueError(f"{name}: a list schedule is interpolated in log space, its values must be > 0, got {schedule!r}")
