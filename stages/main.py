@@ -16,22 +16,16 @@ import sys
 
 from stages.worker.client import WORKER_COMMANDS, command_name, run_in_worker, socket_path, start_worker
 
-# The order of `gps --help`: an iteration's steps in order, then the user tools.
-STEP_MODULES = (
-    "init", "sample", "fit_dynamics", "fit_policy", "adjust_step", "badmm", "c_step", "s_step", "evaluate",
-    "summary", "plot", "evaluate_gym",
-)
-
-
 def registered_app():
-    """The Typer application with every `gps` command registered."""
-    import importlib
-
+    """The Typer application with every `gps` command registered (in the order of `gps --help`: an
+    iteration's steps in order, then the user tools)."""
     from stages.app import app
+    from stages.steps import (  # noqa: F401  (each registers its command on import)
+        init, sample, fit_dynamics, fit_policy, adjust_step, badmm, c_step, s_step, evaluate, summary, plot,
+        evaluate_gym,
+    )
+    from stages.tools import commands  # noqa: F401
 
-    for name in STEP_MODULES:
-        importlib.import_module(f"stages.steps.{name}")
-    importlib.import_module("stages.tools.commands")
     return app
 
 

@@ -17,8 +17,8 @@ from stages.settings.load import load_settings
 def sample(
     iteration: int = ItrOpt,
     params_path: Path = ParamsOpt,
-    controllers: Path = typer.Option(..., "--controllers", help="local controllers to sample (off-policy, or iteration 0)"),
-    policy: Path = typer.Option(..., "--policy", help="global policy to sample (on-policy, iteration > 0)"),
+    controllers: Path = typer.Option(..., "--controllers", help="local controllers: sampled off-policy and at iteration 0, read and checked always"),
+    policy: Path = typer.Option(..., "--policy", help="global policy: sampled on-policy from iteration 1, read and checked always"),
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """Draw N samples per condition and evaluate their costs and cost expansions."""
@@ -43,13 +43,13 @@ def sample(
         return smoothed_noise(rng, (T, sim.dU), **noise_settings)
 
     on_policy = s.algorithm.sample_on_policy and iteration > 0
-    if on_policy:
-        known = {"dO": (sim.dO, "the observation of task.observation"), "dU": (sim.dU, "actions of the model")}
-        run = policy_episodes(sim, load_policy(policy, known, hidden=s.policy.hidden))
-    else:
-        known = {"M": (M, "conditions in params"), "T": (T, "task.T in params"),
-                 "dX": (sim.dX, "states of the model"), "dU": (sim.dU, "actions of the model")}
-        run = controller_episodes(sim, load_controllers(controllers, known))
+    # Both inputs are declared (which one draws the samples is a param, `algorithm.sample_on_policy`, that
+    # `dvc exp run -S` may change without a new pipeline), so both are read and checked, the other one too.
+    local = load_controllers(controllers, {"M": (M, "conditions in params"), "T": (T, "task.T in params"),
+                                           "dX": (sim.dX, "states of the model"), "dU": (sim.dU, "actions of the model")})
+    network = load_policy(policy, {"dO": (sim.dO, "the observation of task.observation"),
+                                   "dU": (sim.dU, "actions of the model")}, hidden=s.policy.hidden)
+    run = policy_episodes(sim, network) if on_policy else controller_episodes(sim, local)
     max_draws = agent.redraw_limit
     with progress_bar(f"sample {iteration}: {M}x{N} {'policy' if on_policy else 'controller'} rollouts, time step") as progress:
         drawn = draw_samples(run, noise, redraw_noise, max_draws, progress)
