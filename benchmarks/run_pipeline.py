@@ -54,7 +54,7 @@ def main() -> None:
         repo = ws / "repo"
         subprocess.run(["git", "checkout", "-q", args.commit], cwd=repo, check=True)
         env["PYTHONPATH"] = str(repo)  # the clone's code, not this checkout's editable install
-        has_worker = (repo / "stages" / "launch.py").exists()
+        has_worker = any((repo / "stages" / f).exists() for f in ("launch.py", "worker/client.py"))  # before and after the layout of issue 25
         (ws / "workers").mkdir(mode=0o700)
         env["GPS_WORKER_DIR"] = str(ws / "workers")
         env["GPS_WORKER"] = "0" if args.no_worker or not has_worker else "1"
