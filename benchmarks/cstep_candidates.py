@@ -35,7 +35,9 @@ from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
 
 
 def load_c_step(run: Path, itr: int):
-    from stages.artifacts.convert import costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step
+    from stages.artifacts.checks import known_from, load_eta, load_samples, load_step
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.models import costs_from_datasets, load_dynamics
     from stages.settings.load import Settings
 
     d = run / "data" / f"itr_{itr:02d}"

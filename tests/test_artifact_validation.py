@@ -502,7 +502,8 @@ def test_a_given_file_without_the_datasets_read_is_an_error(run0, init_dir, tmp_
 
 def test_badmm_inner_reads_the_policy_prior_only_from_a_file_that_has_it(run0):
     """badmm-inner's --policy-lin GMMs (the refits' warm start) go through the same required loader."""
-    from stages.artifacts.convert import gmms_from_datasets, known_from, load_policy_lin_prior, load_samples
+    from stages.artifacts.checks import known_from, load_samples
+    from stages.artifacts.priors import gmms_from_datasets, load_policy_lin_prior
     from stages.artifacts.io import read_artifact
     from stages.errors import UserError
 

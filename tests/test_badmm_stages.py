@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from gps_core import badmm
 from gps_core.sim.task import compile_task
-from stages.artifacts.convert import load_duals
+from stages.artifacts.duals import load_duals
 from stages.main import registered_app
 
 app = registered_app()

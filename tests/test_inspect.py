@@ -179,3 +179,13 @@ def test_reports_nan_and_other_schema_versions(tmp_path):
     row = next(line for line in out.splitlines() if line.split()[:1] == ["weird"])
     assert row.endswith("1 NaN") and " 4 " in row  # max over the finite entries
     assert "algorithm.kl_step: 2.0" in out
+
+
+def test_the_docs_tables_are_the_layout_table():
+    """docs/artifacts.md's dataset tables are stages/artifacts/layouts.py's (python -m stages.artifacts.doc_tables)."""
+    from stages.artifacts.doc_tables import DOC, BLOCK, render
+    from stages.artifacts.layouts import LAYOUTS
+
+    text = DOC.read_text()
+    assert sorted(m.group(2) for m in BLOCK.finditer(text)) == sorted(LAYOUTS), "a kind without its table in the doc"
+    assert render(text) == text, "docs/artifacts.md differs from the layout table: run python -m stages.artifacts.doc_tables"

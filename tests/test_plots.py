@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from stages.artifacts.io import write_artifact
 from stages.main import registered_app
 
 app = registered_app()
@@ -63,8 +64,7 @@ def test_cost_model_from_samples_file_reproduces_the_recorded_costs(run, tmp_pat
     samples = (run if task == "obstacle" else peg_start(tmp_path_factory)) / "data" / "itr_00" / "samples.h5"
     with h5py.File(samples) as f:
         X, U, cost = f["X"][:, 1], f["U"][:, 1], f["cost"][:, 1]
-    with h5py.File(tmp_path / "eval.h5", "w") as f:
-        f["X"], f["U"] = X, U
+    write_artifact(tmp_path / "eval.h5", "evaluate", 0, {}, {"X": X, "U": U})
     np.testing.assert_allclose(policy_cost(tmp_path / "eval.h5", samples), cost.sum(-1), rtol=1e-12)
 
 

@@ -89,7 +89,9 @@ def test_dual_search_and_gmm_fits_report_progress_without_changing_the_result(tm
 
     from gps_core.dynamics import fit_all_dynamics
     from gps_core.lqr import c_step_batched
-    from stages.artifacts.convert import load_controllers, load_cost_models, load_dynamics, load_eta, load_step
+    from stages.artifacts.checks import load_eta, load_step
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.models import load_cost_models, load_dynamics
     from stages.settings.load import load_settings
 
     run = obstacle_run(tmp_path_factory)

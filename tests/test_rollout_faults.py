@@ -27,7 +27,7 @@ from gps_core.noise import smooth_along_time, smoothed_noise
 from gps_core.sim.sampling import controller_episodes
 from gps_core.sim.task import compile_task
 from stages.settings.load import Settings
-from stages.artifacts.convert import load_controllers
+from stages.artifacts.controllers import load_controllers
 from stages.main import registered_app
 
 app = registered_app()

@@ -169,7 +169,7 @@ def test_held_out_conditions_are_evaluated_but_never_sampled(tmp_path):
     gps("evaluate-gym", *p, "--policy", d / "p1.h5", "--out", d / "gym.json")
     result = json.loads((d / "gym.json").read_text())
     from gps_core.policy_net import policy_mean
-    from stages.artifacts.convert import load_policy
+    from stages.artifacts.policy import load_policy
 
     net = load_policy(d / "p1.h5", {}, hidden=tuple(params["policy"]["hidden"]))
     env = gymnasium.make("Reacher-v5")

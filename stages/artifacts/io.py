@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -51,8 +51,11 @@ def write_artifact(
         raise
 
 
-def open_artifact(path: str | Path) -> h5py.File:
-    """The artifact opened for reading, after checking it exists, is HDF5 and has our schema version."""
+def open_artifact(path: str | Path, any_version: bool = False) -> h5py.File:
+    """The artifact opened for reading, after checking it exists, is HDF5 and has our schema version.
+
+    any_version: open files of another schema version too (`gps inspect` shows the files the stages refuse).
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
@@ -62,28 +65,38 @@ def open_artifact(path: str | Path) -> h5py.File:
         raise UserError(f"{path}: not an HDF5 file") from None
     version = f.attrs.get("schema_version")
     version = version.item() if isinstance(version, np.generic) else version
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION and not any_version:
         f.close()
         raise UserError(f"{path}: schema_version is {version!r}, expected {SCHEMA_VERSION}")
     return f
 
 
-def read_artifact(path: str | Path, required: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """All datasets (flattened names) and root attributes of an artifact."""
-    with open_artifact(path) as f:
+def read_artifact(path: str | Path, names: Sequence[str] | None = None, optional: Sequence[str] = (),
+                  any_version: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Datasets (flattened names, in file order) and root attributes of an artifact, through open_artifact's checks.
+
+    names None: every dataset. Otherwise only those, each required (a one-line UserError naming the file and the
+    dataset when it is missing), and the `optional` ones where present: `gps status` reads a few small datasets of
+    a run that may still be going. What the datasets hold is checked by the loaders (stages/artifacts/checks.py).
+    """
+    with open_artifact(path, any_version) as f:
         data: dict[str, np.ndarray] = {}
+        if names is None:
 
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                data[name] = obj[()]
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    data[name] = obj[()]
 
-        f.visititems(visit)
+            f.visititems(visit)
+        else:
+            for name in names:
+                if not isinstance(f.get(name), h5py.Dataset):
+                    raise UserError(f"{path}: dataset {name!r} is missing")
+                data[name] = np.asarray(f[name][()])
+            for name in optional:
+                if isinstance(f.get(name), h5py.Dataset):
+                    data[name] = np.asarray(f[name][()])
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    for name in required:
-        if name not in data:
-            raise UserError(f"{path}: dataset {name!r} is missing")
-        if np.issubdtype(data[name].dtype, np.floating) and not np.all(np.isfinite(data[name])):
-            raise UserError(f"{path}: dataset {name!r} contains NaN or Inf")
     return data, attrs
 
 

@@ -30,7 +30,7 @@ def adjust_step(
 ) -> None:
     """New step multipliers from predicted vs actual improvement (classic or global rule)."""
     from gps_core.mdgps import step_estimates
-    from stages.artifacts.convert import load_controllers
+    from stages.artifacts.controllers import load_controllers
 
     s = load_settings(params_path)
     alg = s.algorithm
@@ -63,7 +63,8 @@ def badmm_adjust_step(
 ) -> None:
     """BADMM step multipliers: Laplace cost plus ν-weighted KL to the policy linearisation, predicted vs actual."""
     from gps_core.badmm import badmm_step_estimates
-    from stages.artifacts.convert import load_controllers, load_duals
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.duals import load_duals
 
     s = load_settings(params_path)
     alg = s.algorithm
@@ -96,7 +97,9 @@ class TwoIterations:
 def load_two_iterations(prev_samples: Path, samples: Path, prev_dynamics: Path, dynamics: Path,
                         prev_policy_lin: Path, policy_lin: Path, prev_step: Path):
     """TwoIterations of the files (MDGPS's and BADMM's step rules), and the sizes every other file must have."""
-    from stages.artifacts.convert import costs_from_datasets, known_from, load_controllers, load_cost_models, load_dynamics, load_samples, load_step
+    from stages.artifacts.checks import known_from, load_samples, load_step
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.models import costs_from_datasets, load_cost_models, load_dynamics
 
     sdata_prev, sizes = load_samples(prev_samples)
     known = known_from(sizes, prev_samples)  # every other file must describe the same problem

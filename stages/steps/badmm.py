@@ -33,11 +33,13 @@ def badmm_inner_cmd(
     import json
 
     from gps_core.lqr import SAFEGUARDS
-    from stages.artifacts.convert import (
-        controllers_to_datasets, costs_from_datasets, duals_to_datasets, gmms_from_datasets, gmms_to_datasets, known_from,
-        load_controllers, load_duals, load_dynamics, load_eta, load_policy_and_adam, load_policy_lin_prior, load_samples,
-        load_step, policy_to_datasets,
-    )
+    from stages.artifacts.checks import known_from, load_eta, load_samples, load_step
+    from stages.artifacts.controllers import controllers_to_datasets, load_controllers
+    from stages.artifacts.duals import duals_to_datasets, load_duals
+    from stages.artifacts.models import costs_from_datasets, load_dynamics
+    from stages.artifacts.optimiser import load_policy_and_adam
+    from stages.artifacts.policy import policy_to_datasets
+    from stages.artifacts.priors import gmms_from_datasets, gmms_to_datasets, load_policy_lin_prior
     from gps_core.badmm_inner import InnerLoop
 
     s = load_settings(params_path)

@@ -28,9 +28,9 @@ def c_step_cmd(
     import json
 
     from gps_core.lqr import KL_REFERENCE, SAFEGUARDS, c_step_batched
-    from stages.artifacts.convert import (
-        costs_from_datasets, known_from, load_controllers, load_dynamics, load_eta, load_samples, load_step,
-    )
+    from stages.artifacts.checks import known_from, load_eta, load_samples, load_step
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.models import costs_from_datasets, load_dynamics
 
     s = load_settings(params_path)
     sdata, sizes = load_samples(samples)

@@ -29,7 +29,8 @@ def evaluate(
     """One noise-free rollout of the global policy per condition (training and held-out); distance to the target."""
     from gps_core.sim.sampling import rollout_policy
     from gps_core.scoring import final_distance, success
-    from stages.artifacts.convert import check_controller_stats, load_policy, load_samples, load_step
+    from stages.artifacts.checks import check_controller_stats, load_samples, load_step
+    from stages.artifacts.policy import load_policy
 
     s = load_settings(params_path)
     agent, ev = s.agent, s.evaluation

@@ -91,7 +91,7 @@ def score_in_gym(s, policy: Path, episodes: int, source: str = "params.yaml", pr
     from gymnasium.error import Error as GymError
 
     from gps_core.policy_net import policy_mean
-    from stages.artifacts.convert import load_policy
+    from stages.artifacts.policy import load_policy
 
     task = s.task
     net = load_policy(policy, {"dO": (task.dO, "the observation of task.observation"),

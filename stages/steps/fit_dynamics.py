@@ -24,7 +24,8 @@ def fit_dynamics_cmd(
 ) -> None:
     """Per-time-step linear-Gaussian dynamics with the GMM prior, and the initial-state Gaussian."""
     from gps_core.dynamics import DynamicsPrior, fit_all_dynamics
-    from stages.artifacts.convert import gmms_from_datasets, gmms_to_datasets, known_from, load_dynamics_prior, load_samples
+    from stages.artifacts.checks import known_from, load_samples
+    from stages.artifacts.priors import gmms_from_datasets, gmms_to_datasets, load_dynamics_prior
 
     s = load_settings(params_path)
     sdata, sizes = load_samples(samples)

@@ -25,7 +25,9 @@ def fit_policy_cmd(
     """Linearise the global policy at the current samples (regression with a GMM prior)."""
     from gps_core.policy_lin import fit_policy_linearisations
     from gps_core.policy_net import policy_mean
-    from stages.artifacts.convert import gmms_from_datasets, gmms_to_datasets, known_from, load_policy, load_policy_lin_prior, load_samples
+    from stages.artifacts.checks import known_from, load_samples
+    from stages.artifacts.policy import load_policy
+    from stages.artifacts.priors import gmms_from_datasets, gmms_to_datasets, load_policy_lin_prior
 
     s = load_settings(params_path)
     sdata, sizes = load_samples(samples)

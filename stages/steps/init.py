@@ -24,7 +24,8 @@ def init(
     """Initial local controllers (init_lqr), untrained network, step multipliers of 1 (and BADMM's duals)."""
     from gps_core.init_lqr import init_lqr
     from gps_core.policy_net import init_policy
-    from stages.artifacts.convert import controllers_to_datasets, policy_to_datasets
+    from stages.artifacts.controllers import controllers_to_datasets
+    from stages.artifacts.policy import policy_to_datasets
 
     s = load_settings(params_path)
     sp = s.recorded("init" if duals_out is None else "init_badmm")
@@ -42,7 +43,7 @@ def init(
     write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})
     if duals_out is not None:
         from gps_core.badmm import init_duals
-        from stages.artifacts.convert import duals_to_datasets
+        from stages.artifacts.duals import duals_to_datasets
 
         duals = init_duals(sim.M, T, sim.dU, sim.dX, s.badmm.init_pol_wt)
         write_artifact(duals_out, "init", 0, sp, duals_to_datasets(duals))

@@ -30,7 +30,9 @@ import numpy as np
 import typer
 
 from stages.app import app, debugging, user_errors
-from stages.artifacts.io import write_text_atomic
+from stages.artifacts.checks import array, check
+from stages.artifacts.io import read_artifact, write_text_atomic
+from stages.artifacts.layouts import LAYOUTS, spec
 from stages.errors import UserError
 
 FIGURES = ("success.png", "final_distance.png", "cost.png", "kl.png", "step_mult.png")
@@ -69,39 +71,36 @@ def _per(metrics: dict[str, Any], key: str) -> np.ndarray | None:
 def policy_cost(eval_path: Path, samples_path: Path) -> np.ndarray | None:
     """Total cost [M] of the evaluation rollouts, under the cost model recorded in the samples file.
 
-    None when either file is missing. The cost value needs no site Jacobians
-    (they only enter its derivatives), so zeros of the recorded shape stand in.
+    None when either file is missing. Both are read through the checked reader: eval.h5's X, U against
+    the layout table and the samples' M and T. The cost value needs no site Jacobians (they only enter
+    its derivatives), so zeros of the recorded shape stand in.
     """
-    import h5py
-
     from gps_core.costs import build_cost
     from gps_core.sim.task import TaskError, compile_task
 
     if not (eval_path.exists() and samples_path.exists()):
         return None
+    sdata, sattrs = read_artifact(samples_path, ("ee_jac",))
+    jac = array(str(samples_path), sdata, "ee_jac")
+    if jac.ndim != 5:
+        raise UserError(f"{samples_path}: dataset 'ee_jac' has shape {jac.shape}, expected [{LAYOUTS['samples']['ee_jac'].dims}]")
+    ev, _ = read_artifact(eval_path, ("X", "U"))
+    sizes = check(str(eval_path), ev, spec("eval", "X", "U"),
+                  {"M": (jac.shape[0], f"as in {samples_path}"), "T": (jac.shape[2], f"as in {samples_path}")})
     try:
-        with h5py.File(eval_path, "r") as f:
-            X, U = f["X"][()], f["U"][()]
-        with h5py.File(samples_path, "r") as f:
-            recorded = json.loads(f.attrs["params"])
-            jac_shape = f["ee_jac"].shape[-2:]
-        spec, task = recorded["cost"], compile_task(recorded["task"])
-    except (OSError, KeyError, ValueError, TaskError) as exc:
+        recorded = json.loads(sattrs["params"])
+        cost_spec, task = recorded["cost"], compile_task(recorded["task"])
+    except (KeyError, TypeError, ValueError, TaskError) as exc:
         raise UserError(f"{eval_path}: cannot compute the policy's cost ({exc})") from None
-    J = np.zeros((*X.shape[:2], *jac_shape))
-    return build_cost(spec, task).evaluate(X, U, J).l.sum(-1)
+    J = np.zeros((sizes["M"], sizes["T"], *jac.shape[-2:]))
+    return build_cost(cost_spec, task).evaluate(ev["X"], ev["U"], J).l.sum(-1)
 
 
 def _on_policy(samples_path: Path) -> str | None:
-    import h5py
-
+    """Who drew the samples (the samples.h5 attribute), None when there is no samples file."""
     if not samples_path.exists():
         return None
-    try:
-        with h5py.File(samples_path, "r") as f:
-            return "policy" if bool(f.attrs.get("on_policy", False)) else "controllers"
-    except OSError:
-        return None
+    return "policy" if bool(read_artifact(samples_path, ())[1].get("on_policy", False)) else "controllers"
 
 
 def collect(data: Path, curve: Path | None) -> Series:

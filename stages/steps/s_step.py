@@ -26,7 +26,10 @@ def s_step_cmd(
     from gps_core.mdgps import s_step_dataset
     from gps_core.s_step import train_policy
     from gps_core.configs import SStepConfig
-    from stages.artifacts.convert import known_from, load_controllers, load_policy_and_adam, load_samples, policy_to_datasets
+    from stages.artifacts.checks import known_from, load_samples
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.optimiser import load_policy_and_adam
+    from stages.artifacts.policy import policy_to_datasets
 
     s = load_settings(params_path)
     pcfg = s.policy

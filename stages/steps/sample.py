@@ -27,7 +27,8 @@ def sample(
     from gps_core.costs import build_cost, expand_cost
     from gps_core.noise import smoothed_noise
     from gps_core.sim.sampling import controller_episodes, draw_samples, policy_episodes, redraw_summary
-    from stages.artifacts.convert import load_controllers, load_policy
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.policy import load_policy
 
     s = load_settings(params_path)
     agent = s.agent

@@ -2,7 +2,7 @@
 
 The header gives the root attributes (stage, iteration, schema version, the
 params that made the file, and any other attribute); then every dataset,
-recursively through groups, with its documented layout (docs/artifacts.md),
+recursively through groups, with its documented layout (stages/artifacts/layouts.py),
 shape, dtype and summary statistics. One dataset can be printed, and sliced on
 its condition (M), sample (N, or Nb for the dynamics prior's buffer) and time
 (T) axes, located through the documented layout: `K [M,T,dU,dX]` with
@@ -23,86 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from stages.artifacts.io import SCHEMA_VERSION
-
+from stages.artifacts.io import SCHEMA_VERSION, read_artifact
+from stages.artifacts.layouts import inspect_layouts, numbered_layouts
 from stages.errors import UserError
 
-# Documented layouts (docs/artifacts.md), by dataset name; a name with two layouts
+# The documented layouts (stages/artifacts/layouts.py), by dataset name; a name with two layouts
 # (X and U of samples [M,N,T,.] and of eval [M,T,.]) is told apart by its rank.
-_LAYOUTS: dict[str, tuple[str, ...]] = {
-    # samples
-    "X": ("M,N,T,dX", "M,T,dX"),
-    "U": ("M,N,T,dU", "M,T,dU"),
-    "obs": ("M,N,T,dO",),
-    "noise": ("M,N,T,dU",),
-    "ee_jac": ("M,N,T,J,dU",),  # J: rows of the state's position and relative blocks
-    "cost": ("M,N,T",),
-    "draws": ("M,N",),
-    "Cm": ("M,T,D,D",),
-    "cv": ("M,T,D",),
-    "cc": ("M,T",),
-    # dynamics
-    "Fm": ("M,T,dX,D",),
-    "fv": ("M,T,dX",),
-    "dyn_covar": ("M,T,dX,dX",),
-    "x0mu": ("M,dX",),
-    "x0sigma": ("M,dX,dX",),
-    "prior/X": ("M,Nb,T,dX",),
-    "prior/U": ("M,Nb,T,dU",),
-    "prior/gmm_mu": ("M,K,E",),
-    "prior/gmm_sigma": ("M,K,E,E",),
-    "prior/gmm_logmass": ("M,K",),
-    "prior/gmm_n_init": ("M",),
-    # controllers, policy linearisation, init
-    "K": ("M,T,dU,dX",),
-    "k": ("M,T,dU",),
-    "pol_covar": ("M,T,dU,dU",),
-    "U_pol": ("M,N,T,dU",),
-    "x0": ("M,dX",),
-    "eta": ("M", "J,M"),  # J,M: BADMM's inner.h5, one row per inner iteration
-    "kl_step": ("M", "J,M"),
-    "kl": ("M", "J,M"),
-    "converged": ("M", "J,M"),
-    "dual_iterations": ("M", "J,M"),
-    "safeguard": ("M", "J,M"),
-    # step
-    "step_mult": ("M",),
-    "J_prev": ("M",),
-    "J_predicted": ("M",),
-    "J_actual": ("M",),
-    "predicted_improvement": ("M",),
-    "actual_improvement": ("M",),
-    # eval
-    "final_distance": ("M",),
-    "diverged": ("M",),
-    "diverged_at": ("M",),
-    # eval: the held-out conditions (Mt of them)
-    "test/X": ("Mt,T,dX",),
-    "test/U": ("Mt,T,dU",),
-    "test/final_distance": ("Mt",),
-    "test/diverged": ("Mt",),
-    "test/diverged_at": ("Mt",),
-    # BADMM: duals.h5 and inner.h5 (J inner iterations)
-    "lam_k": ("M,T,dU", "J,M,T,dU"),
-    "lam_K": ("M,T,dU,dX",),
-    "pol_wt": ("M,T", "J,M,T"),
-    "prev_kl": ("M,T",),
-    "policy_kl": ("J,M,T",),
-    "residual": ("J,M,T,dU",),
-    "s_step": ("J",),
-    "dual_step": ("J",),
-    "s_step_loss": ("J,iterations",),
-    # policy
-    "policy/obs_scale": ("dO",),
-    "policy/obs_bias": ("dO",),
-    "policy/var": ("dU",),
-    "loss": ("iterations",),
-}
-_NUMBERED = [  # policy/W0, policy/b0, adam/exp_avg0, ...
-    (re.compile(r"policy/W\d+"), "out,in"),
-    (re.compile(r"policy/b\d+"), "out"),
-    (re.compile(r"adam/exp_avg(_sq)?\d+"), ""),  # as the parameter: [out,in] or [out]
-]
+_LAYOUTS = inspect_layouts()
+_NUMBERED = [(re.compile(pattern), dims) for pattern, dims in numbered_layouts()]  # policy/W0, adam/exp_avg0, ...
 
 # The axes that can be sliced: option name -> the layout symbols it indexes.
 AXES = {"condition": ("M",), "sample": ("N", "Nb"), "time": ("T",)}
@@ -117,6 +45,7 @@ def layout(name: str, ndim: int) -> list[str] | None:
             return symbols
     for pattern, dims in _NUMBERED:
         if pattern.fullmatch(name):
+            # "" (the Adam moments): as the parameter, [out,in] or [out]
             symbols = dims.split(",") if dims else (["out", "in"] if ndim == 2 else ["out"])
             return symbols if len(symbols) == ndim else None
     return None
@@ -141,27 +70,11 @@ def _plain(v: Any) -> Any:
 
 def read_any(path: str | Path) -> Artifact:
     """Every dataset and root attribute of an HDF5 file, whatever its schema version."""
-    import h5py
-
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected an HDF5 file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{path}: not an HDF5 file") from None
-    datasets: dict[str, np.ndarray] = {}
-    with f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                datasets[name] = obj[()]
-
-        f.visititems(visit)
-    return Artifact(path, attrs, datasets)
+    datasets, attrs = read_artifact(path, any_version=True)
+    return Artifact(path, {k: _plain(v) for k, v in attrs.items()}, datasets)
 
 
 # ------------------------------------------------------------------ formatting

@@ -285,7 +285,8 @@ def policy_rollout(s: "Settings", path: Path, condition: int, held_out: bool = F
     """(simulator, Rollout) of the policy or controllers in `path`, noise-free, in one condition
     (held_out: one of the task's held-out conditions, where only the global policy acts)."""
     from gps_core.sim.sampling import rollout_controllers, rollout_policy
-    from stages.artifacts.convert import load_controllers, load_policy
+    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.policy import load_policy
     from stages.tools.inspect import read_any
 
     art = read_any(path)

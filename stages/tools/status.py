@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gps_core.scoring import success
-from stages.artifacts.io import open_artifact
+from stages.artifacts.io import read_artifact
 from stages.errors import UserError
 
 PENDING = "-"  # a cell whose file is not written yet
@@ -81,20 +81,8 @@ def _read_h5(path: Path, datasets: tuple[str, ...], attrs: tuple[str, ...] = (),
     """Some datasets and root attributes of an artifact (a UserError naming the file if it cannot be read).
 
     `optional` datasets (those that runs from before issue 15 lack) are read where present."""
-    with open_artifact(path) as f:
-        out: dict[str, Any] = {}
-        for name in datasets:
-            if name not in f:
-                raise UserError(f"{path}: dataset {name!r} is missing")
-            out[name] = np.asarray(f[name][()])
-        for name in optional:
-            if name in f:
-                out[name] = np.asarray(f[name][()])
-        for name in attrs:
-            if name in f.attrs:
-                v = f.attrs[name]
-                out[name] = v.item() if isinstance(v, np.generic) else v
-    return out
+    data, found = read_artifact(path, datasets, optional)
+    return {**data, **{name: found[name] for name in attrs if name in found}}
 
 
 def _g(x: float) -> str:

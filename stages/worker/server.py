@@ -39,7 +39,8 @@ from stages.worker.client import HEADER, STATUS
 # What the pipeline commands import (found by running each with an eye on sys.modules).
 PRELOAD = (
     "matplotlib.backends.backend_agg", "matplotlib.pyplot", "PIL.Image", "rich.console", "rich.progress",
-    "scipy.special", "scipy.ndimage", "stages.artifacts.convert", "stages.pipeline.generate",
+    "scipy.special", "scipy.ndimage", "stages.pipeline.generate",
+    *(f"stages.artifacts.{name}" for name in ("checks", "controllers", "duals", "models", "optimiser", "policy", "priors")),
 )
 
 
