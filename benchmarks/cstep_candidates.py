@@ -8,7 +8,7 @@ traj_kl loses these KLs to cancellation), the bound, η, and the Laplace estimat
 cost under the fitted model relative to π̄'s own (log10 of the ratio; below 0 = predicted better).
 
 Candidates:
-- relative: the project's default (gps_core/lqr.py, "Safeguards"): the dual search relative to π̄.
+- relative: the project's default (gps_core/c_step.py, "Safeguards"): the dual search relative to π̄.
 - kl_reference: keep π̄ (the η → ∞ limit; KL 0).
 - lm_quu: the reference's arithmetic with Levenberg-Marquardt regularisation: where Q_uu is not
   PD, add μI (μ from 1e-6 · mean |diag Q_uu|, ×10 until Cholesky succeeds), as iLQG does; the
@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gps_core import lqr  # noqa: E402
+from gps_core import c_step, lqr  # noqa: E402
 from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
 
 
@@ -61,12 +61,12 @@ def exact_kl(pol: LinearGaussianPolicy, ref: LinearGaussianPolicy, dyn: lqr.Dyna
     mu, S = lqr.forward_pass_batched(pol.K[None], pol.k[None], pol.covar[None], dyn.Fm[None], dyn.fv[None],
                                      dyn.covar[None], dyn.x0mu[None], dyn.x0sigma[None])
     q = lqr.quadratic_form_batched(ref.K[None], ref.k[None], ref.covar[None])
-    return float(lqr.relative_kl_batched(mu[..., :dX], S[..., :dX, :dX], pol.K[None] - ref.K[None], pol.k[None] - ref.k[None],
-                                         pol.covar[None], q[0][..., dX:, dX:], q[3]).sum())
+    return float(c_step.relative_kl_batched(mu[..., :dX], S[..., :dX, :dX], pol.K[None] - ref.K[None], pol.k[None] - ref.k[None],
+                                            pol.covar[None], q[0][..., dX:, dX:], q[3]).sum())
 
 
 def lm_backward(Cs, cs, dyn: lqr.Dynamics, dX: int, where: str) -> tuple[LinearGaussianPolicy, float]:
-    """lqr.backward_pass with Levenberg-Marquardt regularisation (on Q_uu or on V) where Q_uu is not PD."""
+    """The one-condition backward pass (tests/reference_impl.py's backward_pass) with Levenberg-Marquardt regularisation (on Q_uu or on V) where Q_uu is not PD."""
     T, D, _ = Cs.shape
     dU = D - dX
     K, k, covar = np.zeros((T, dU, dX)), np.zeros((T, dU)), np.zeros((T, dU, dU))
@@ -135,8 +135,8 @@ def main() -> None:
                 growth.append(f"{run.name} itr {itr} c{m}: fitted model grows by 10^{log10_growth(A):.1f} over the horizon, "
                               f"10^{log10_growth(A + B @ ref.K[:-1]):.1f} in closed loop under pibar")
                 out = {}
-                r = lqr.c_step_batched([cost], [ref], [dyn], bounds[m:m + 1], etas[m:m + 1], cfg)
-                out["relative"] = (lqr.SAFEGUARDS[r.safeguard[0]], exact_kl(r[0].policy, ref, dyn), r.eta[0], r[0].policy)
+                r = c_step.c_step_batched([cost], [ref], [dyn], bounds[m:m + 1], etas[m:m + 1], cfg)
+                out["relative"] = (c_step.SAFEGUARDS[r.safeguard[0]], exact_kl(r[0].policy, ref, dyn), r.eta[0], r[0].policy)
                 out["kl_reference"] = ("kept", 0.0, np.inf, ref)
                 for where in ("quu", "vxx"):
                     try:

@@ -1,5 +1,8 @@
 """Micro-benchmark of the numeric core: the one-condition reference code against the batched code.
 
+The reference code is tests/reference_impl.py (nothing in gps_core keeps a one-condition copy), so
+this script puts tests/ on sys.path, as it does the project root.
+
 Times, for all M conditions of one iteration,
 
     C-step             c_step_reference per condition        vs  c_step_batched
@@ -43,14 +46,16 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # reference_impl: the one-condition reference code
 
-from gps_core.configs import PriorConfig  # noqa: E402
-from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_dynamics, fit_initial_state, update_dynamics_prior  # noqa: E402
+from gps_core.c_step import c_step_batched  # noqa: E402
+from gps_core.configs import PriorConfig, TrajOptConfig  # noqa: E402
+from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_initial_state  # noqa: E402
 from gps_core.gmm import GMM  # noqa: E402
 from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
-from gps_core.lqr import Dynamics, QuadraticCost, c_step_batched, c_step_reference  # noqa: E402
-from gps_core.configs import TrajOptConfig
-from gps_core.policy_lin import fit_policy_linearisation, fit_policy_linearisations  # noqa: E402
+from gps_core.lqr import Dynamics, QuadraticCost  # noqa: E402
+from gps_core.policy_lin import fit_policy_linearisations  # noqa: E402
+from reference_impl import c_step_reference, fit_dynamics, fit_policy_linearisation, update_dynamics_prior  # noqa: E402
 
 # Peg settings (params of the peg run): priors, regulariser, C-step constants.
 DYN_PRIOR = PriorConfig(max_clusters=20, min_samples_per_cluster=40, max_samples=5, strength=1.0)

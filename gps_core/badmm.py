@@ -23,8 +23,9 @@ max-entropy backward pass (lqr, §7.3) then carries the value of step t+1 into s
 β_t = (η + ν_{t+1}) / (η + ν_t), because each step's cost is in units of its own η + ν_t. The
 same recursion with β = 1 on Ĉ_t = ((η + ν_t)/η) C̃_t = Cm'_t/η + M_p̄,t + (ν_t/η) M̄_t (and
 ĉ_t likewise) gives the same K_t, k_t and V_t scaled by (η + ν_t)/η, so Σ_t = ((η + ν_t)/η) Q̂_uu⁻¹:
-that is how BadmmSurrogate plugs into lqr.c_step_batched (surrogate hook); with ν = 0, λ = 0 it
-is the MDGPS C-step against p̄. η is searched so that KL(p ‖ p̄) ≈ ε (§7.6).
+that is how BadmmSurrogate plugs into c_step.c_step_batched (surrogate hook); with ν = 0, λ = 0 it
+is the MDGPS C-step against p̄. η is searched so that KL(p ‖ p̄) ≈ ε (§7.6). The literal form (C̃ with
+the β rescaling, one condition) is the reference it is tested against: tests/reference_impl.py.
 
 S-step (§10.4). Controller c = the latest C-step output of this iteration (inner > 0), else p̄:
 
@@ -61,7 +62,7 @@ last inner only) → C-step against p̄ with warm-started η. See inner_plan.
 
 Step adjustment (§10.6), itr ≥ 1, per condition, with ν^cur the weights at the start of itr:
 
-    E_B(c, info, π̄) = Σ_t Ĵ_t + Σ_t ν^cur_t KL̂_t        (Ĵ: Laplace cost, lqr.estimate_cost)
+    E_B(c, info, π̄) = Σ_t Ĵ_t + Σ_t ν^cur_t KL̂_t        (Ĵ: Laplace cost, lqr.predicted_cost)
     KL̂_t = ½ (μ_u − K̄ μ_x − k̄)ᵀ S̄⁻¹ (…) + ½ tr(Σ_c S̄⁻¹) + ½ tr(S_xx (K_c − K̄)ᵀ S̄⁻¹ (K_c − K̄))
            + ½ log|S̄| − ½ log|Σ_c| + ½ dU           (the code's +½ dU; cancels in differences)
     prev = E_B(p̄_prev, info_prev, π̄_prev), predicted = E_B(p̄_cur, info_prev, π̄_prev),
@@ -79,24 +80,11 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from gps_core.configs import TARGET_SHIFTS, BadmmConfig, Schedule, TrajOptConfig
-from gps_core.lingauss import LinearGaussianPolicy, quadratic_form
-from gps_core.lqr import (
-    BatchCStepResult, ConditionError, CStepResult, Dynamics, NotPositiveDefinite, QuadraticCost, c_step_batched,
-    forward_pass, quadratic_form_batched, traj_kl,
-)
+from gps_core.c_step import BatchCStepResult, c_step_batched
+from gps_core.lingauss import LinearGaussianPolicy
+from gps_core.lqr import ConditionError, Dynamics, QuadraticCost, controller_marginals, predicted_cost, quadratic_form_batched
 from gps_core.mdgps import StepEstimates
 from gps_core.mdgps import s_step_dataset as _mdgps_s_step_dataset
-
-CODE_DEFAULTS = BadmmConfig(fixed_lg_step=0, ent_reg_schedule=0.0)
-"""The gps code's ALG_BADMM defaults (not what the paper ran)."""
-
-TASK_CONFIGS: dict[str, BadmmConfig] = {
-    "obstacle": BadmmConfig(init_pol_wt=0.005),
-    "peg": BadmmConfig(),
-    "peg_blind": BadmmConfig(),
-}
-"""The CR settings of the paper's three tasks (names as configs/<task>.yaml)."""
-
 
 # --------------------------------------------------------------------------- schedules
 
@@ -182,130 +170,6 @@ def lagrangian_cost(cost: QuadraticCost, lam_K: np.ndarray, lam_k: np.ndarray) -
     return QuadraticCost(Cm=Cm, cv=cv, cc=np.asarray(cost.cc, dtype=np.float64))
 
 
-def badmm_surrogate(
-    eta: float,
-    cost: QuadraticCost,
-    lam_K: np.ndarray,
-    lam_k: np.ndarray,
-    prev: LinearGaussianPolicy,
-    lin: LinearGaussianPolicy,
-    pol_wt: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The §10.3 surrogate of one condition as written: C̃ [T, D, D], c̃ [T, D].
-
-    C̃_t = (Cm'_t + η M_p̄,t + ν_t M̄_t)/(η + ν_t), c̃_t = (cv'_t + η v_p̄,t + ν_t v̄_t)/(η + ν_t), with
-    (Cm', cv') = lagrangian_cost, p̄ = prev, π̄ = lin, ν = pol_wt [T]. Solve with β = value_rescaling.
-    """
-    lc = lagrangian_cost(cost, lam_K, lam_k)
-    Mp, vp, _ = quadratic_form(prev)
-    Ml, vl, _ = quadratic_form(lin)
-    nu = np.asarray(pol_wt, dtype=np.float64)
-    den = eta + nu
-    Cs = (lc.Cm + eta * Mp + nu[:, None, None] * Ml) / den[:, None, None]
-    cs = (lc.cv + eta * vp + nu[:, None] * vl) / den[:, None]
-    return Cs, cs
-
-
-def value_rescaling(eta: float, pol_wt: np.ndarray) -> np.ndarray:
-    """β_t = (η + ν_{t+1})/(η + ν_t) for t < T−1 (β_{T−1} = 1, unused): [T]."""
-    den = eta + np.asarray(pol_wt, dtype=np.float64)
-    beta = np.ones_like(den)
-    beta[:-1] = den[1:] / den[:-1]
-    return beta
-
-
-def backward_pass_rescaled(Cs: np.ndarray, cs: np.ndarray, beta: np.ndarray, dyn: Dynamics, dX: int) -> LinearGaussianPolicy:
-    """§7.3 backward pass with the next step's value scaled by β_t (one condition, loop over t).
-
-    Cs [T, D, D], cs [T, D], beta [T]. Raises lqr.NotPositiveDefinite. With β = 1 it is
-    lqr.backward_pass.
-    """
-    T, D, _ = Cs.shape
-    dU = D - dX
-    K, k, covar = np.zeros((T, dU, dX)), np.zeros((T, dU)), np.zeros((T, dU, dU))
-    V, v = np.zeros((dX, dX)), np.zeros(dX)
-    for t in range(T - 1, -1, -1):
-        Qzz, qz = Cs[t].copy(), cs[t].copy()
-        if t < T - 1:
-            F = dyn.Fm[t]
-            Qzz += beta[t] * (F.T @ V @ F)
-            qz += beta[t] * (F.T @ (v + V @ dyn.fv[t]))
-        Qzz = 0.5 * (Qzz + Qzz.T)
-        Quu = Qzz[dX:, dX:]
-        try:
-            L = np.linalg.cholesky(Quu)
-        except np.linalg.LinAlgError:
-            raise NotPositiveDefinite(t) from None
-        L_inv = np.linalg.solve(L, np.eye(dU))
-        Quu_inv = L_inv.T @ L_inv
-        K[t] = -Quu_inv @ Qzz[dX:, :dX]
-        k[t] = -Quu_inv @ qz[dX:]
-        covar[t] = Quu_inv
-        Qxu = Qzz[:dX, dX:]
-        V = Qzz[:dX, :dX] + Qxu @ K[t]
-        V = 0.5 * (V + V.T)
-        v = qz[:dX] + Qxu @ k[t]
-    return LinearGaussianPolicy(K=K, k=k, covar=covar)
-
-
-def badmm_backward_reference(
-    eta: float,
-    cost: QuadraticCost,
-    lam_K: np.ndarray,
-    lam_k: np.ndarray,
-    prev: LinearGaussianPolicy,
-    lin: LinearGaussianPolicy,
-    pol_wt: np.ndarray,
-    dyn: Dynamics,
-    cfg: TrajOptConfig,
-) -> tuple[LinearGaussianPolicy, float]:
-    """BADMM backward pass at η exactly as §10.3/§7.3 state it (normalised C̃, β rescaling), with the
-    non-PD handling η ← η0 + δ, δ ← 2δ. Reference for BadmmSurrogate + lqr.c_step_batched."""
-    eta0, delta = eta, cfg.del0
-    while True:
-        Cs, cs = badmm_surrogate(eta, cost, lam_K, lam_k, prev, lin, pol_wt)
-        try:
-            return backward_pass_rescaled(Cs, cs, value_rescaling(eta, pol_wt), dyn, prev.dX), eta
-        except NotPositiveDefinite:
-            eta = eta0 + delta
-            delta *= 2.0
-            if eta >= 1e16:
-                raise FloatingPointError("Q_uu stayed non-positive-definite while eta was raised to 1e16") from None
-
-
-def badmm_c_step_reference(
-    cost: QuadraticCost,
-    lam_K: np.ndarray,
-    lam_k: np.ndarray,
-    prev: LinearGaussianPolicy,
-    lin: LinearGaussianPolicy,
-    pol_wt: np.ndarray,
-    dyn: Dynamics,
-    kl_bound: float,
-    eta: float,
-    cfg: TrajOptConfig,
-) -> CStepResult:
-    """One condition's BADMM C-step: the §7.6 dual search on η with KL(p ‖ p̄) ≈ kl_bound, using
-    badmm_backward_reference (the literal form). badmm_c_step is the batched version."""
-    eta_lo, eta_hi = cfg.min_eta, cfg.max_eta
-    pol, kl, converged, itr = None, np.inf, False, 0
-    for itr in range(1, cfg.max_iterations + 1):
-        pol, eta = badmm_backward_reference(eta, cost, lam_K, lam_k, prev, lin, pol_wt, dyn, cfg)
-        mu, S = forward_pass(pol, dyn)
-        kl = float(np.sum(traj_kl(mu, S, pol, prev)))
-        con = kl - kl_bound
-        if abs(con) < cfg.tolerance * kl_bound:
-            converged = True
-            break
-        if con < 0:
-            eta_hi = eta
-            eta = max(np.sqrt(eta_lo * eta_hi), 0.1 * eta_hi)
-        else:
-            eta_lo = eta
-            eta = min(np.sqrt(eta_lo * eta_hi), 10.0 * eta_lo)
-    return CStepResult(policy=pol, eta=float(eta), kl=kl, kl_bound=kl_bound, converged=converged, dual_iterations=itr)
-
-
 def _stack(pols: Sequence[LinearGaussianPolicy]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         np.stack([np.asarray(p.K, dtype=np.float64) for p in pols]),
@@ -315,7 +179,7 @@ def _stack(pols: Sequence[LinearGaussianPolicy]) -> tuple[np.ndarray, np.ndarray
 
 
 class BadmmSurrogate:
-    """The BADMM C-step cost of M conditions as an lqr.SurrogateCost hook of lqr.c_step_batched.
+    """The BADMM C-step cost of M conditions as an lqr.SurrogateCost hook of c_step.c_step_batched.
 
     costs: M cost models (Cm [T, D, D], cv [T, D]); prevs: p̄ per condition (the KL reference);
     lins: π̄ per condition; duals: λ, ν of the M conditions. Called with η [B] and condition
@@ -371,7 +235,7 @@ def badmm_c_step(
     etas: np.ndarray,
     cfg: TrajOptConfig,
 ) -> BatchCStepResult:
-    """BADMM C-step of M conditions (§10.3): lqr.c_step_batched with the BADMM surrogate and the
+    """BADMM C-step of M conditions (§10.3): c_step.c_step_batched with the BADMM surrogate and the
     KL measured against p̄ = prevs. kl_bounds [M] = kl_step · step_mult · T; etas [M] warm starts
     (the η of this condition's previous C-step, also across inner iterations)."""
     return c_step_batched(list(costs), list(prevs), list(dyns), kl_bounds, etas, cfg,
@@ -615,14 +479,10 @@ def augmented_laplace(
     """Per-step Laplace cost Ĵ [T] and policy KL KL̂ [T] of controller pol (§10.6) under dyn/cost,
     against the linearisation lin = π̄ (covariance S̄). KL̂ carries the code's +½ dU (it equals
     E_p(x)[KL(p(u|x) ‖ π̄(u|x))] + dU)."""
-    mu, S = forward_pass(pol, dyn)
+    mu, S = controller_marginals(pol, dyn)
     dX = pol.dX
-    J = (
-        cost.cc
-        + 0.5 * np.einsum("tij,tji->t", S, cost.Cm)
-        + 0.5 * np.einsum("ti,tij,tj->t", mu, cost.Cm, mu)
-        + np.einsum("ti,ti->t", mu, cost.cv)
-    )
+    J = predicted_cost(mu[None], S[None], np.asarray(cost.Cm)[None], np.asarray(cost.cv)[None],
+                       np.asarray(cost.cc, dtype=np.float64)[None])[0]
     Sinv = lin.inv_covar
     diff = mu[:, dX:] - (np.einsum("tux,tx->tu", lin.K, mu[:, :dX]) + lin.k)
     dK = pol.K - lin.K

@@ -25,7 +25,8 @@ import numpy as np
 
 from gps_core import badmm
 from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import BatchCStepResult, Dynamics, QuadraticCost
+from gps_core.c_step import BatchCStepResult
+from gps_core.lqr import Dynamics, QuadraticCost
 from stages.settings.load import Settings
 
 
@@ -128,7 +129,7 @@ class InnerLoop:
 
     def c_step(self, step: badmm.InnerStep) -> None:
         res = badmm.badmm_c_step(self.costs, self.prevs, self.lins(), self.dyns, self.duals, self.kl_bounds, self.eta, self.topt)
-        kept = np.flatnonzero(res.safeguard)  # BADMM has one safeguard: keep p̄ (gps_core.lqr, "Safeguards")
+        kept = np.flatnonzero(res.safeguard)  # BADMM has one safeguard: keep p̄ (gps_core.c_step, "Safeguards")
         if kept.size:
             self.log(f"iteration {self.iteration}.{step.inner}: safeguard: Q_uu stayed non-positive-definite up to eta 1e16; "
                      f"condition(s) {', '.join(map(str, kept))} kept the previous controllers (the eta -> infinity limit, KL 0)")

@@ -1,6 +1,9 @@
 """Gaussian mixture model fitted by EM, and the Normal-inverse-Wishart prior it induces.
 
-Used by both the dynamics prior (ALGORITHM §5.2) and the policy prior (§6).
+Used by both the dynamics prior (ALGORITHM §5.2) and the policy prior (§6). Every function fits or
+queries B mixtures at once (one per condition; a single data set is a batch of one): data
+[B, N, D], per mixture mu [K, D], sigma [K, D, D], logmass [K] (GMM). The one-data-set reference
+the batched code is tested against is tests/reference_impl.py (fit_gmm, niw_prior).
 
 Mixture
     p(y) = Σ_k π_k N(y; μ_k, Σ_k),   y ∈ R^D,  k = 1…K,   stored as log π_k.
@@ -36,16 +39,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import scipy.linalg
 from scipy.linalg.lapack import dtrtrs as _dtrtrs
-
-
-def logsumexp(a, axis=None, keepdims=False):
-    """scipy.special.logsumexp, imported on first use (scipy.special adds ~0.1–0.2 s to a stage's
-    start-up, and the batched code below uses the bit-identical logsumexp_np instead)."""
-    from scipy.special import logsumexp as scipy_logsumexp
-
-    return scipy_logsumexp(a, axis=axis, keepdims=keepdims)
 
 
 INIT_COVARIANCE_JITTER = 2e-6
@@ -82,27 +76,6 @@ def num_clusters(n_points: int, max_clusters: int, min_samples_per_cluster: int)
     return int(max(2, min(int(max_clusters), int(n_points) // int(min_samples_per_cluster))))
 
 
-def _log_joint(mu: np.ndarray, sigma: np.ndarray, logmass: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """L[..., n, k] = log N(y_n; μ_k, Σ_k) + log π_k.
-
-    mu: [K, D], sigma: [K, D, D], logmass: [K], points: [..., N, D] -> [..., N, K].
-    """
-    n_clusters, dim = mu.shape
-    batch_shape = points.shape[:-1]
-    chol_lower = np.linalg.cholesky(sigma)  # [K, D, D], L Lᵀ = Σ
-    half_logdet = np.sum(np.log(np.diagonal(chol_lower, axis1=-2, axis2=-1)), axis=-1)  # [K]
-    chol_inv = scipy.linalg.solve_triangular(
-        chol_lower, np.broadcast_to(np.eye(dim), chol_lower.shape), lower=True
-    )  # [K, D, D], L⁻¹
-    flat = points.reshape(-1, dim)  # [M, D]
-    diff = flat[None, :, :] - mu[:, None, :]  # [K, M, D]
-    whitened = diff @ np.swapaxes(chol_inv, 1, 2)  # [K, M, D], rows L⁻¹ (y − μ_k)
-    mahalanobis = np.sum(whitened**2, axis=2)  # [K, M]
-    log_density = -0.5 * dim * np.log(2.0 * np.pi) - half_logdet[:, None] - 0.5 * mahalanobis
-    log_joint = log_density.T + logmass[None, :]  # [M, K]
-    return log_joint.reshape(*batch_shape, n_clusters)
-
-
 def _initial_parameters(data: np.ndarray, n_clusters: int, rng: np.random.Generator):
     """Random hard assignment (§5.3). data: [N, D] -> mu [K, D], sigma [K, D, D], logmass [K].
 
@@ -123,116 +96,13 @@ def _initial_parameters(data: np.ndarray, n_clusters: int, rng: np.random.Genera
     return mu, sigma, logmass
 
 
-def _m_step(data: np.ndarray, log_resp: np.ndarray):
-    """One M-step. data: [N, D], log_resp: [N, K] -> mu [K, D], sigma [K, D, D], logmass [K]."""
-    n_points, dim = data.shape
-    n_clusters = log_resp.shape[1]
-    log_cluster_total = logsumexp(log_resp, axis=0)  # [K]
-    logmass = log_cluster_total - logsumexp(log_cluster_total)
-    reboot = np.exp(logmass) < REBOOT_MASS_FRACTION / n_clusters  # [K]
-    safe_total = np.where(reboot, 0.0, log_cluster_total)
-    weights = np.exp(log_resp - safe_total[None, :])  # [N, K]
-    weights = np.where(reboot[None, :], 1.0 / n_points, weights)
-    mu = weights.T @ data  # [K, D]
-    diff = data[None, :, :] - mu[:, None, :]  # [K, N, D]
-    weighted = diff * np.sqrt(weights.T)[:, :, None]
-    cov = np.swapaxes(weighted, 1, 2) @ weighted  # [K, D, D]
-    sigma = 0.5 * (cov + np.swapaxes(cov, 1, 2)) + EM_COVARIANCE_JITTER * np.eye(dim)[None]
-    return mu, sigma, logmass
-
-
-def _fit_gmm_with_history(
-    data: np.ndarray,
-    n_clusters: int,
-    rng: np.random.Generator,
-    prev: GMM | None = None,
-    max_iter: int = 100,
-) -> tuple[GMM, list[float]]:
-    """fit_gmm that also returns the log-likelihood computed at every E-step (incl. the stopping one)."""
-    data = np.asarray(data, dtype=np.float64)
-    if data.ndim != 2:
-        raise ValueError(f"data must be [N, D], got shape {data.shape}")
-    n_points, dim = data.shape
-    warm = prev is not None and prev.mu.shape == (n_clusters, dim)
-    if warm:
-        mu, sigma, logmass = prev.mu, prev.sigma, prev.logmass
-        n_init = prev.n_init
-    else:
-        mu, sigma, logmass = _initial_parameters(data, n_clusters, rng)
-        n_init = n_points
-
-    history: list[float] = []
-    ll_prev = -np.inf
-    for _ in range(max_iter):
-        log_joint = _log_joint(mu, sigma, logmass, data)  # [N, K]
-        log_norm = logsumexp(log_joint, axis=1)  # [N]
-        ll = float(np.sum(log_norm))
-        history.append(ll)
-        if ll < ll_prev:
-            break
-        if abs(ll - ll_prev) < EM_RELATIVE_TOLERANCE * ll_prev:
-            break
-        ll_prev = ll
-        mu, sigma, logmass = _m_step(data, log_joint - log_norm[:, None])
-
-    gmm = GMM(mu=np.array(mu), sigma=np.array(sigma), logmass=np.array(logmass), n_init=int(n_init))
-    return gmm, history
-
-
-def fit_gmm(
-    data: np.ndarray,
-    n_clusters: int,
-    rng: np.random.Generator,
-    prev: GMM | None = None,
-    max_iter: int = 100,
-) -> GMM:
-    """EM fit of a K-cluster GMM (§5.3).
-
-    data: [N, D]. Warm start from `prev` when it has `n_clusters` clusters of dimension D
-    (n_init is then carried over); otherwise random re-initialisation via
-    rng.integers(0, K, size=N) and n_init = N.
-    """
-    gmm, _ = _fit_gmm_with_history(data, n_clusters, rng, prev=prev, max_iter=max_iter)
-    return gmm
-
-
-def gmm_log_likelihood(gmm: GMM, data: np.ndarray) -> float:
-    """Σ_n logsumexp_k [log N(y_n; μ_k, Σ_k) + log π_k]. data: [N, D]."""
-    log_joint = _log_joint(gmm.mu, gmm.sigma, gmm.logmass, np.asarray(data, dtype=np.float64))
-    return float(np.sum(logsumexp(log_joint, axis=-1)))
-
-
-def niw_prior(
-    gmm: GMM, points: np.ndarray, strength: float
-) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Normal-inverse-Wishart prior from the GMM for a set of query points (§5.2).
-
-    points: [..., N, D] (leading batch dims, e.g. time) ->
-    mu0 [..., D], Phi [..., D, D], m (float), n0 (float).
-    """
-    points = np.asarray(points, dtype=np.float64)
-    log_joint = _log_joint(gmm.mu, gmm.sigma, gmm.logmass, points)  # [..., N, K]
-    log_resp = log_joint - logsumexp(log_joint, axis=-1, keepdims=True)
-    cluster_weights = np.mean(np.exp(log_resp), axis=-2)  # [..., K]
-    mu0 = cluster_weights @ gmm.mu  # [..., D]
-    dim = gmm.dim
-    offset = gmm.mu - mu0[..., None, :]  # [..., K, D]
-    within = (cluster_weights @ gmm.sigma.reshape(gmm.n_clusters, dim * dim)).reshape(*mu0.shape, dim)
-    between = np.swapaxes(offset * cluster_weights[..., None], -1, -2) @ offset  # Σ_k w_k d_k d_kᵀ
-    phi_mix = within + between  # [..., D, D]
-    m = float(strength)
-    n0 = float(strength) * (gmm.n_init - 2.0 - dim) / gmm.n_init
-    phi = m * phi_mix
-    return mu0, phi, m, n0
-
-
-# --------------------------------------------------------------------------- batched over conditions
+# --------------------------------------------------------------------------- EM and prior, batched over data sets
 #
-# The functions below run the same EM and prior evaluation for B data sets at once (one per
-# condition), with a leading batch axis on every array. They perform the same numpy/LAPACK
-# operations per data set as the one-data-set functions above, so the results are the same
-# to round-off (in practice bit for bit), and the random initialisation draws from the rng
-# in condition order, exactly as a loop over conditions calling fit_gmm does.
+# The functions below run EM and the prior evaluation for B data sets at once (one per
+# condition), with a leading batch axis on every array. Per data set they perform the
+# numpy/LAPACK operations of the one-data-set reference (tests/reference_impl.py), so the results
+# agree to round-off (in practice bit for bit), and the random initialisation draws from the rng
+# in condition order, as a loop over conditions would.
 
 
 def logsumexp_np(a: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
@@ -256,7 +126,7 @@ def logsumexp_np(a: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray
 
 
 def _lower_triangular_inverse(chol_lower: np.ndarray) -> np.ndarray:
-    """L⁻¹ of stacked lower-triangular matrices [..., D, D], as _log_joint computes it.
+    """L⁻¹ of stacked lower-triangular matrices [..., D, D].
 
     scipy.linalg.solve_triangular(L, I, lower=True) loops over the stack in Python and
     validates every slice; this calls the same LAPACK routine (?trtrs on the transposed,
@@ -277,7 +147,7 @@ def _lower_triangular_inverse(chol_lower: np.ndarray) -> np.ndarray:
 
 
 def log_joint_batched(mu: np.ndarray, sigma: np.ndarray, logmass: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """_log_joint for B mixtures at once.
+    """L[b, ..., n, k] = log N(y_n; μ_bk, Σ_bk) + log π_bk for B mixtures at once (Cholesky of Σ).
 
     mu [B, K, D], sigma [B, K, D, D], logmass [B, K], points [B, ..., N, D] -> [B, ..., N, K]
     (points of batch entry b are scored under mixture b).
@@ -297,7 +167,7 @@ def log_joint_batched(mu: np.ndarray, sigma: np.ndarray, logmass: np.ndarray, po
 
 
 def _m_step_batched(data: np.ndarray, log_resp: np.ndarray):
-    """_m_step for B data sets: data [B, N, D], log_resp [B, N, K] -> mu [B, K, D], sigma [B, K, D, D], logmass [B, K]."""
+    """One M-step (module docstring) for B data sets: data [B, N, D], log_resp [B, N, K] -> mu [B, K, D], sigma [B, K, D, D], logmass [B, K]."""
     _, n_points, dim = data.shape
     n_clusters = log_resp.shape[-1]
     log_cluster_total = logsumexp_np(log_resp, axis=-2)  # [B, K]
@@ -316,7 +186,7 @@ def _m_step_batched(data: np.ndarray, log_resp: np.ndarray):
 
 
 def _em_batched(data, mu, sigma, logmass, histories, max_iter: int) -> None:
-    """The EM loop of _fit_gmm_with_history for B data sets [B, N, D]; updates mu, sigma, logmass
+    """The EM loop (module docstring) for B data sets [B, N, D]; updates mu, sigma, logmass
     [B, ...] in place and appends every E-step's log-likelihood to histories[b]."""
     n_batch = data.shape[0]
     ll_prev = np.full(n_batch, -np.inf)
@@ -350,9 +220,10 @@ def fit_gmm_batched(
     chunk_bytes: int = 1 << 21,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[GMM], list[list[float]]]:
-    """fit_gmm on B data sets (one per condition) at once: data [B, N, D].
+    """EM fit of a K-cluster GMM (§5.3) on each of B data sets (one per condition) at once: data [B, N, D].
 
-    Equivalent to [fit_gmm(data[b], n_clusters, rng, prev=prevs[b]) for b in range(B)]:
+    Data set b is warm-started from prevs[b] when that has n_clusters clusters of dimension D
+    (its n_init is then carried over); otherwise it is re-initialised at random and n_init = N:
     the data sets that need a random (re)initialisation draw from rng in the order b = 0…B−1;
     then EM runs on groups of data sets together, each with its own stopping test (a data set
     that has stopped keeps its parameters while the others continue). A group holds as many
@@ -403,7 +274,8 @@ def stack_gmms(gmms: list[GMM]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def niw_prior_batched(
     gmms: list[GMM], points: np.ndarray, strength: float
 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """niw_prior for B mixtures of equal size: points [B, ..., N, D] (entry b queries gmms[b]) ->
+    """Normal-inverse-Wishart prior (§5.2) from each of B mixtures of equal size for its query points:
+    points [B, ..., N, D] (entry b queries gmms[b]; leading dims e.g. time) ->
     mu0 [B, ..., D], Phi [B, ..., D, D], m (float), n0 [B]."""
     points = np.asarray(points, dtype=np.float64)
     mu, sigma, logmass, n_init = stack_gmms(gmms)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import Dynamics, backward_pass
+from gps_core.lqr import backward_pass_batched
 from gps_core.configs import InitLQRConfig
 
 
@@ -32,13 +32,6 @@ def init_lqr(x0: np.ndarray, dU: int, T: int, cfg: InitLQRConfig) -> LinearGauss
     F[dU : 2 * dU, dU : 2 * dU] = np.eye(dU)
     F[:dU, dX:] = dt**2 * G
     F[dU : 2 * dU, dX:] = dt * G
-    dyn = Dynamics(
-        Fm=np.broadcast_to(F, (T, dX, dX + dU)),
-        fv=np.zeros((T, dX)),
-        covar=np.zeros((T, dX, dX)),
-        x0mu=x0,
-        x0sigma=np.zeros((dX, dX)),
-    )
     diag = np.concatenate(
         [cfg.stiffness * np.ones(dU), cfg.stiffness * cfg.stiffness_vel * np.ones(dU), np.zeros(dX - 2 * dU), np.ones(dU)]
     )
@@ -48,4 +41,8 @@ def init_lqr(x0: np.ndarray, dU: int, T: int, cfg: InitLQRConfig) -> LinearGauss
     ls = np.broadcast_to(l, (T, dX + dU)).copy()
     Ls[-1] *= cfg.final_weight
     ls[-1] *= cfg.final_weight
-    return backward_pass(Ls, ls, dyn, dX)
+    Fm = np.broadcast_to(F, (1, T, dX, dX + dU))
+    K, k, covar, failed = backward_pass_batched(Ls[None], ls[None], Fm, np.zeros((1, T, dX)), dX)
+    if failed[0]:  # L is positive definite in u, so Q_uu is too; this would be a bad config
+        raise FloatingPointError("the initial LQR's Q_uu is not positive definite")
+    return LinearGaussianPolicy(K=K[0], k=k[0], covar=covar[0])

@@ -13,7 +13,7 @@ With P = Σ⁻¹ and z = [x; u], its negative log-density is the quadratic
     M = [[Kᵀ P K, −Kᵀ P], [−P K, P]],   v = [Kᵀ P k; −P k],   c = ½ kᵀ P k
 
 which is the form in which controllers enter the C-step surrogate cost and the
-trajectory KL divergence.
+trajectory KL divergence (gps_core.lqr.quadratic_form_batched computes it, for any batch of controllers).
 """
 
 from __future__ import annotations
@@ -71,20 +71,3 @@ class LinearGaussianPolicy:
     def act(self, t: int, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """Action at step t for a batch: x [B, dX], eps [B, dU] -> u [B, dU]."""
         return x @ self.K[t].T + self.k[t] + eps @ self.chol[t]
-
-
-def quadratic_form(pol: LinearGaussianPolicy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(M, v, c) of −log pol(u|x) without the log-determinant term.
-
-    Returns M: [T, dX+dU, dX+dU], v: [T, dX+dU], c: [T].
-    """
-    P = pol.inv_covar
-    PK = P @ pol.K  # [T, dU, dX]
-    Pk = np.einsum("tuv,tv->tu", P, pol.k)
-    KT = np.swapaxes(pol.K, -1, -2)
-    top = np.concatenate([KT @ PK, -np.swapaxes(PK, -1, -2)], axis=-1)
-    bottom = np.concatenate([-PK, P], axis=-1)
-    M = np.concatenate([top, bottom], axis=-2)
-    v = np.concatenate([np.einsum("txu,tu->tx", KT, Pk), -Pk], axis=-1)
-    c = 0.5 * np.einsum("tu,tu->t", pol.k, Pk)
-    return M, v, c

@@ -20,44 +20,10 @@ from typing import Callable
 import numpy as np
 
 from gps_core.configs import PriorConfig
-from gps_core.gmm import GMM, fit_gmm, fit_gmm_batched, niw_prior, niw_prior_batched, num_clusters
+from gps_core.gmm import GMM, fit_gmm_batched, niw_prior_batched, num_clusters
 from gps_core.regression import gauss_fit_joint_prior
 
 FIRST_STEP_REGULARIZATION = 1e-8
-
-
-def fit_policy_linearisation(
-    X: np.ndarray,
-    U_pol: np.ndarray,
-    pol_var: np.ndarray,
-    gmm_prev: GMM | None,
-    cfg: PriorConfig,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, GMM]:
-    """Fit π̄ by per-time-step regression with a GMM prior.
-
-    X: [N, T, dX] sample states; U_pol: [N, T, dU] network mean actions at those states;
-    pol_var: [dU] network diagonal variance; gmm_prev: previous policy-prior GMM or None.
-    Returns K [T, dU, dX], k [T, dU], pol_covar [T, dU, dU], gmm (the refitted prior GMM).
-    """
-    X = np.asarray(X, dtype=np.float64)
-    U_pol = np.asarray(U_pol, dtype=np.float64)
-    pol_var = np.asarray(pol_var, dtype=np.float64)
-    n_samples, T, dX = X.shape
-    dU = U_pol.shape[2]
-
-    points = np.concatenate([X, U_pol], axis=-1)  # [N, T, dX+dU]
-    data = points.reshape(n_samples * T, dX + dU)  # sample-major
-    n_clusters = num_clusters(n_samples * T, cfg.max_clusters, cfg.min_samples_per_cluster)
-    gmm = fit_gmm(data, n_clusters, rng, prev=gmm_prev)
-
-    per_step = np.swapaxes(points, 0, 1)  # [T, N, dX+dU]
-    mu0, Phi, m, n0 = niw_prior(gmm, per_step, cfg.strength)
-    reg = np.zeros(T)
-    reg[0] = FIRST_STEP_REGULARIZATION
-    gain, offset, cond_cov = gauss_fit_joint_prior(per_step, mu0, Phi, m, n0, reg, dX)
-    pol_covar = cond_cov + np.diag(pol_var)[None, :, :]
-    return gain, offset, pol_covar, gmm
 
 
 def fit_policy_linearisations(
@@ -69,12 +35,13 @@ def fit_policy_linearisations(
     rng: np.random.Generator,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[GMM]]:
-    """fit_policy_linearisation for all M conditions at once, batched across conditions.
+    """Fit π̄ of all M conditions (module docstring) by per-time-step regression with a GMM prior.
 
-    X: [M, N, T, dX], U_pol: [M, N, T, dU], pol_var: [dU], gmms_prev: one per condition (or None).
-    Same results as [fit_policy_linearisation(X[m], U_pol[m], pol_var, gmms_prev[m], cfg, rng)
-    for m in order] (the rng is consumed in condition order), with the EM of all conditions run
-    together (fit_gmm_batched); prior and regressions stay per condition (batched over t).
+    X: [M, N, T, dX] sample states; U_pol: [M, N, T, dU] network mean actions at those states;
+    pol_var: [dU] network diagonal variance; gmms_prev: the previous policy-prior GMM per condition
+    (or None). The EM of all conditions runs together (fit_gmm_batched; the rng is consumed in
+    condition order); prior and regressions stay per condition (batched over t). The
+    one-condition reference is tests/reference_impl.py (fit_policy_linearisation).
     `progress(done, M)`, if given, follows the GMM fits.
     Returns K [M, T, dU, dX], k [M, T, dU], pol_covar [M, T, dU, dU] and the refitted GMMs.
     """

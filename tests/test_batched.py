@@ -2,7 +2,8 @@
 
 c_step_batched, fit_all_dynamics, fit_policy_linearisations, fit_gmm_batched and
 niw_prior_batched must reproduce c_step_reference, update_dynamics_prior + fit_dynamics +
-fit_initial_state, fit_policy_linearisation, fit_gmm and niw_prior to floating-point round-off
+fit_initial_state, fit_policy_linearisation, fit_gmm and niw_prior of tests/reference_impl.py
+to floating-point round-off
 (checked here to 1e-8 in float64), including the random GMM initialisation drawn from a shared
 rng in condition order.
 """
@@ -11,21 +12,20 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp as scipy_logsumexp
 
-from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_dynamics, fit_initial_state, update_dynamics_prior
-
-from gps_core.configs import PriorConfig
-from gps_core.gmm import (
-    _fit_gmm_with_history,
-    fit_gmm,
-    fit_gmm_batched,
-    logsumexp_np,
-    niw_prior,
-    niw_prior_batched,
+from gps_core.c_step import c_step_batched
+from gps_core.configs import PriorConfig, TrajOptConfig
+from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_initial_state
+from gps_core.gmm import fit_gmm_batched, logsumexp_np, niw_prior_batched
+from gps_core.lingauss import LinearGaussianPolicy
+from gps_core.lqr import (
+    ConditionError, Dynamics, QuadraticCost, backward_pass_batched, forward_pass_batched, mdgps_backward_batched,
+    quadratic_form_batched, traj_kl_batched,
 )
-from gps_core.lingauss import LinearGaussianPolicy, quadratic_form
-from gps_core.lqr import ConditionError, Dynamics, NotPositiveDefinite, QuadraticCost, backward_pass, backward_pass_batched, c_step, c_step_batched, c_step_reference, forward_pass, forward_pass_batched, mdgps_backward, mdgps_backward_batched, quadratic_form_batched, traj_kl, traj_kl_batched
-from gps_core.configs import TrajOptConfig
-from gps_core.policy_lin import fit_policy_linearisation, fit_policy_linearisations
+from gps_core.policy_lin import fit_policy_linearisations
+from reference_impl import (
+    NotPositiveDefinite, _fit_gmm_with_history, backward_pass, c_step_reference, fit_dynamics, fit_gmm,
+    fit_policy_linearisation, forward_pass, mdgps_backward, niw_prior, quadratic_form, traj_kl, update_dynamics_prior,
+)
 
 ATOL = 1e-8
 
@@ -141,7 +141,7 @@ def test_c_step_wrapper_and_errors_name_the_condition():
     rng = np.random.default_rng(6)
     problems = [random_condition(rng, 8, 3, 2) for _ in range(3)]
     costs, refs, dyns = map(list, zip(*problems))
-    one = c_step(costs[1], refs[1], dyns[1], 3.0, 0.5, TrajOptConfig())
+    one = c_step_batched([costs[1]], [refs[1]], [dyns[1]], np.array([3.0]), np.array([0.5]), TrajOptConfig())[0]
     ref = c_step_reference(costs[1], refs[1], dyns[1], 3.0, 0.5, TrajOptConfig())
     np.testing.assert_allclose(one.policy.K, ref.policy.K, rtol=0, atol=ATOL)
     assert one.eta == ref.eta and one.dual_iterations == ref.dual_iterations

@@ -1,4 +1,4 @@
-"""The C-step safeguards (gps_core/lqr.py, "Safeguards"): real faulting C-steps, crafted ones, the
+"""The C-step safeguards (gps_core/c_step.py, "Safeguards"): real faulting C-steps, crafted ones, the
 relative-coordinate arithmetic against the reference's, and the reference's abort as a setting."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import KL_REFERENCE, NO_SAFEGUARD, RELATIVE_COORDINATES, ConditionError, Dynamics, QuadraticCost, c_step_batched, forward_pass_batched, quadratic_form_batched, relative_kl_batched, relative_problem, traj_kl_batched
+from gps_core.c_step import KL_REFERENCE, NO_SAFEGUARD, RELATIVE_COORDINATES, c_step_batched, relative_kl_batched, relative_problem
+from gps_core.lqr import ConditionError, Dynamics, QuadraticCost, forward_pass_batched, quadratic_form_batched, traj_kl_batched
 from gps_core.configs import TrajOptConfig
 
 DATA = Path(__file__).parent / "data"
@@ -168,7 +169,7 @@ def test_relative_kl_equals_traj_kl_where_nothing_cancels():
 
 def test_relative_dual_search_finds_the_reference_solution_on_a_problem_that_does_not_fault():
     """Forced through the relative path, a well-conditioned C-step gives the reference's controller."""
-    from gps_core import lqr
+    from gps_core import c_step
 
     problems = [well_conditioned(s) for s in (6, 7)]
     costs, refs, dyns = map(list, zip(*problems))
@@ -181,10 +182,10 @@ def test_relative_dual_search_finds_the_reference_solution_on_a_problem_that_doe
                                                 ("dual_iterations", ref.dual_iterations), ("safeguard", ref.safeguard))}
     stack = lambda objs, f: np.stack([getattr(o, f) for o in objs])  # noqa: E731
     Kq, kq, Sq = stack(refs, "K"), stack(refs, "k"), stack(refs, "covar")
-    pb = lqr._Problem(Cm=stack(costs, "Cm"), cv=stack(costs, "cv"), Kq=Kq, kq=kq, Sq=Sq, Fm=stack(dyns, "Fm"),
+    pb = c_step._Problem(Cm=stack(costs, "Cm"), cv=stack(costs, "cv"), Kq=Kq, kq=kq, Sq=Sq, Fm=stack(dyns, "Fm"),
                       fv=stack(dyns, "fv"), W=stack(dyns, "covar"), x0mu=stack(dyns, "x0mu"), x0sigma=stack(dyns, "x0sigma"),
                       q_terms=quadratic_form_batched(Kq, kq, Sq), kl_bounds=bounds)
-    left = lqr._dual_search(pb, np.arange(2), etas, cfg, pb_out, relative=True)
+    left = c_step._dual_search(pb, np.arange(2), etas, cfg, pb_out, relative=True)
     assert left.size == 0 and np.all(pb_out["converged"])
     np.testing.assert_allclose(pb_out["eta"], ref.eta, rtol=1e-4)
     np.testing.assert_allclose(pb_out["K"], ref.K, rtol=1e-4, atol=1e-6)

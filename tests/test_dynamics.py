@@ -3,11 +3,22 @@
 import numpy as np
 import pytest
 
-from gps_core.dynamics import DynamicsPrior, fit_dynamics, fit_initial_state, update_dynamics_prior
+from gps_core.dynamics import DynamicsPrior, fit_dynamics_batched, fit_initial_state, update_dynamics_priors
 
 from gps_core.configs import PriorConfig
 from gps_core.gmm import num_clusters
 from gps_core.regression import gauss_fit_joint_prior
+
+
+def update_dynamics_prior(prior, X, U, cfg, rng):
+    """gps_core.dynamics.update_dynamics_priors for one condition (a batch of one): X [N, T, dX], U [N, T, dU]."""
+    return update_dynamics_priors([prior], X[None], U[None], cfg, rng)[0]
+
+
+def fit_dynamics(X, U, prior, strength, regularization, regularization_shape="all_entries"):
+    """gps_core.dynamics.fit_dynamics_batched for one condition (a batch of one): Fm [T, dX, D], fv [T, dX], W [T, dX, dX]."""
+    Fm, fv, W = fit_dynamics_batched(X[None], U[None], [prior], strength, regularization, regularization_shape)
+    return Fm[0], fv[0], W[0]
 
 
 def _exact_noise(rng, inputs, cov):

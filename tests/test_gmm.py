@@ -4,15 +4,37 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from gps_core.gmm import (
-    GMM,
-    _fit_gmm_with_history,
-    _m_step,
-    fit_gmm,
-    gmm_log_likelihood,
-    niw_prior,
-    num_clusters,
-)
+from gps_core.gmm import GMM, _m_step_batched, fit_gmm_batched, log_joint_batched, logsumexp_np, niw_prior_batched, num_clusters
+
+# gps_core.gmm fits and queries batches of mixtures; these tests use batches of one.
+
+
+def _fit_gmm_with_history(data, n_clusters, rng, prev=None, max_iter=100):
+    """fit_gmm_batched on one data set [N, D]: the GMM and the log-likelihood of every E-step."""
+    gmms, histories = fit_gmm_batched(data[None], n_clusters, rng, prevs=[prev], max_iter=max_iter)
+    return gmms[0], histories[0]
+
+
+def fit_gmm(data, n_clusters, rng, prev=None, max_iter=100):
+    return _fit_gmm_with_history(data, n_clusters, rng, prev=prev, max_iter=max_iter)[0]
+
+
+def _m_step(data, log_resp):
+    """_m_step_batched on one data set: data [N, D], log_resp [N, K] -> mu [K, D], sigma [K, D, D], logmass [K]."""
+    mu, sigma, logmass = _m_step_batched(data[None], log_resp[None])
+    return mu[0], sigma[0], logmass[0]
+
+
+def gmm_log_likelihood(gmm, data):
+    """Σ_n logsumexp_k [log N(y_n; μ_k, Σ_k) + log π_k], data [N, D]."""
+    log_joint = log_joint_batched(gmm.mu[None], gmm.sigma[None], gmm.logmass[None], np.asarray(data, dtype=np.float64)[None])
+    return float(np.sum(logsumexp_np(log_joint[0], axis=-1)))
+
+
+def niw_prior(gmm, points, strength):
+    """niw_prior_batched of one mixture: points [..., N, D] -> mu0 [..., D], Phi [..., D, D], m, n0."""
+    mu0, Phi, m, n0 = niw_prior_batched([gmm], np.asarray(points, dtype=np.float64)[None], strength)
+    return mu0[0], Phi[0], m, float(n0[0])
 
 TRUE_MEANS = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
 TRUE_COVS = np.array(

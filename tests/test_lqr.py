@@ -3,9 +3,46 @@
 import numpy as np
 import pytest
 
-from gps_core.lingauss import LinearGaussianPolicy, quadratic_form
-from gps_core.lqr import Dynamics, QuadraticCost, backward_pass, c_step, estimate_cost, forward_pass, mdgps_backward, traj_kl
+from gps_core.c_step import c_step_batched
+from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.configs import TrajOptConfig
+from gps_core.lqr import (
+    Dynamics, QuadraticCost, backward_pass_batched, controller_marginals, estimate_cost, mdgps_backward_batched,
+    quadratic_form_batched, traj_kl_batched,
+)
+
+# The primitives of gps_core.lqr work on batches of problems; these tests use batches of one.
+
+
+def backward_pass(Cs, cs, dyn, dX):
+    """backward_pass_batched of one problem: Cs [T, D, D], cs [T, D] -> controller (Q_uu is PD here)."""
+    K, k, covar, failed = backward_pass_batched(Cs[None], cs[None], dyn.Fm[None], dyn.fv[None], dX)
+    assert not failed[0]
+    return LinearGaussianPolicy(K=K[0], k=k[0], covar=covar[0])
+
+
+def forward_pass(pol, dyn):
+    return controller_marginals(pol, dyn)
+
+
+def quadratic_form(pol):
+    """(M [T, D, D], v [T, D], c [T]) of −log pol(u|x) without the log-determinant."""
+    M, v, c, _ = quadratic_form_batched(pol.K, pol.k, pol.covar)
+    return M, v, c
+
+
+def traj_kl(mu, S, p, q):
+    """traj_kl_batched of one problem: μ [T, D], S [T, D, D] -> [T]."""
+    p_terms, q_terms = (quadratic_form_batched(c.K[None], c.k[None], c.covar[None]) for c in (p, q))
+    return traj_kl_batched(mu[None], S[None], p_terms, q_terms)[0]
+
+
+def mdgps_backward(eta, cost, ref, dyn, cfg):
+    """mdgps_backward_batched of one problem at η -> (controller, η used)."""
+    Mq, vq, _, _ = quadratic_form_batched(ref.K[None], ref.k[None], ref.covar[None])
+    K, k, covar, eta_used = mdgps_backward_batched(
+        np.array([eta]), cost.Cm[None], cost.cv[None], Mq, vq, dyn.Fm[None], dyn.fv[None], ref.dX, cfg)
+    return LinearGaussianPolicy(K=K[0], k=k[0], covar=covar[0]), float(eta_used[0])
 
 dX, dU, T = 3, 2, 12
 
@@ -66,7 +103,7 @@ def test_backward_pass_equals_riccati():
 
 def test_loose_kl_bound_gives_riccati_solution():
     dyn, cost, ref, (A, B, Q, R, target) = random_problem()
-    res = c_step(cost, ref, dyn, kl_bound=1e9, eta=1.0, cfg=TrajOptConfig())
+    res = c_step_batched([cost], [ref], [dyn], np.array([1e9]), np.array([1.0]), TrajOptConfig())[0]
     assert res.eta == pytest.approx(1e-4)
     K, k = riccati_gains(A, B, Q, R, target, dyn.fv)
     np.testing.assert_allclose(res.policy.K, K, atol=1e-3)
@@ -76,7 +113,7 @@ def test_loose_kl_bound_gives_riccati_solution():
 @pytest.mark.parametrize("bound", [0.5, 3.0, 20.0])
 def test_finite_kl_bound_is_met_within_ten_percent(bound):
     dyn, cost, ref, _ = random_problem(seed=1)
-    res = c_step(cost, ref, dyn, kl_bound=bound, eta=1.0, cfg=TrajOptConfig())
+    res = c_step_batched([cost], [ref], [dyn], np.array([bound]), np.array([1.0]), TrajOptConfig())[0]
     assert res.converged
     mu, S = forward_pass(res.policy, dyn)
     kl = traj_kl(mu, S, res.policy, ref).sum()
@@ -125,7 +162,7 @@ def simulate(pol, dyn, n, seed):
 
 def test_traj_kl_matches_monte_carlo():
     dyn, cost, ref, _ = random_problem(seed=2, noise=0.05)
-    p = c_step(cost, ref, dyn, kl_bound=5.0, eta=1.0, cfg=TrajOptConfig()).policy
+    p = c_step_batched([cost], [ref], [dyn], np.array([5.0]), np.array([1.0]), TrajOptConfig())[0].policy
     mu, S = forward_pass(p, dyn)
     kl = traj_kl(mu, S, p, ref)
     mc = np.zeros(T)
@@ -187,5 +224,5 @@ def test_hopeless_non_pd_problem_raises_floating_point_error():
     with pytest.raises(FloatingPointError, match="non-positive-definite"):
         mdgps_backward(1.0, bad, ref, dyn, TrajOptConfig())
     nan_dyn = Dynamics(Fm=np.full_like(dyn.Fm, np.nan), fv=dyn.fv, covar=dyn.covar, x0mu=dyn.x0mu, x0sigma=dyn.x0sigma)
-    with pytest.raises(FloatingPointError, match="NaN"):
-        mdgps_backward(1.0, cost, ref, nan_dyn, TrajOptConfig())
+    with pytest.raises(FloatingPointError, match="NaN"):  # the C-step checks its inputs before any pass
+        c_step_batched([cost], [ref], [nan_dyn], np.array([1.0]), np.array([1.0]), TrajOptConfig())

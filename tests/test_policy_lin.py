@@ -3,9 +3,17 @@
 import numpy as np
 
 from gps_core.configs import PriorConfig
-from gps_core.gmm import fit_gmm, niw_prior, num_clusters
-from gps_core.policy_lin import fit_policy_linearisation
+from gps_core.gmm import num_clusters
+from gps_core.policy_lin import fit_policy_linearisations
 from gps_core.regression import gauss_fit_joint_prior
+from reference_impl import fit_gmm, niw_prior
+
+
+def fit_policy_linearisation(X, U_pol, pol_var, gmm_prev, cfg, rng):
+    """gps_core.policy_lin.fit_policy_linearisations for one condition (a batch of one):
+    X [N, T, dX], U_pol [N, T, dU] -> K [T, dU, dX], k [T, dU], pol_covar [T, dU, dU], gmm."""
+    K, k, pol_covar, gmms = fit_policy_linearisations(X[None], U_pol[None], pol_var, [gmm_prev], cfg, rng)
+    return K[0], k[0], pol_covar[0], gmms[0]
 
 CFG = PriorConfig(max_clusters=20, min_samples_per_cluster=40, max_samples=20)
 

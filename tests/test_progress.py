@@ -88,7 +88,7 @@ def test_dual_search_and_gmm_fits_report_progress_without_changing_the_result(tm
     import h5py
 
     from gps_core.dynamics import fit_all_dynamics
-    from gps_core.lqr import c_step_batched
+    from gps_core.c_step import c_step_batched
     from stages.artifacts.checks import load_eta, load_step
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.models import load_cost_models, load_dynamics

@@ -32,7 +32,7 @@ def badmm_inner_cmd(
     """All inner C/S alternations of one BADMM iteration: S-step, refit, dual step, C-step (ALGORITHM §10.2)."""
     import json
 
-    from gps_core.lqr import SAFEGUARDS
+    from gps_core.c_step import SAFEGUARDS
     from stages.artifacts.checks import known_from, load_eta, load_samples, load_step
     from stages.artifacts.controllers import controllers_to_datasets, load_controllers
     from stages.artifacts.duals import duals_to_datasets, load_duals
