@@ -48,7 +48,7 @@ def gym_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
     from stages.steps.evaluate_gym import score_in_gym
 
     s = load_settings(run / "params.yaml")  # a relative model path is relative to that file
-    episodes = int(s.params["gym_evaluation"]["episodes"])
+    episodes = s.gym_evaluation.episodes
     steps, returns, total = [], [], 0
     for k in range(s.iterations):
         itr = run / "data" / f"itr_{k:02d}"

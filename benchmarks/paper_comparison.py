@@ -186,11 +186,13 @@ def cmd_summary(args) -> None:
     stopped, firsts = [], []
     import yaml
 
+    from stages.settings.schema import algorithm_name
     from stages.tools.report import method_name
 
     for d in sorted(p for p in out.iterdir() if (p / "params.yaml").exists()):
         params = yaml.safe_load((d / "params.yaml").read_text())
-        task, method = params["task"]["name"], method_name(params)
+        alg = params["algorithm"]
+        task, method = params["task"]["name"], method_name(algorithm_name(params), alg["sample_on_policy"], alg["step_rule"])
         res = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {"status": "not run"}
         status[task, method][res["status"]] += 1
         if res["status"] != "finished":

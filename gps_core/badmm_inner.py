@@ -18,16 +18,16 @@ gps_core (conditions first); no files are read or written here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from gps_core import badmm
+from gps_core.configs import BadmmConfig, PriorConfig, SStepConfig, TrajOptConfig
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.c_step import BatchCStepResult
 from gps_core.lqr import Dynamics, QuadraticCost
-from stages.settings.load import Settings
 
 
 def s_step_stream(inner: int) -> str:
@@ -43,7 +43,12 @@ class InnerLoop:
     """State and operations of one iteration's inner loop (a gps_core.badmm.InnerOps)."""
 
     iteration: int
-    settings: Settings
+    iterations: int  # of the run: the schedules of bcfg run over them
+    bcfg: BadmmConfig
+    s_step_cfg: SStepConfig  # its ent_reg is replaced by this iteration's of bcfg.ent_reg_schedule
+    prior_cfg: PriorConfig  # the policy linearisation's GMM prior
+    topt: TrajOptConfig
+    rng: Callable[[str], np.random.Generator]  # this iteration's generator of a stream name
     X: np.ndarray  # [M, N, T, dX]
     O: np.ndarray  # [M, N, T, dO]
     costs: Sequence[QuadraticCost]
@@ -64,15 +69,11 @@ class InnerLoop:
     result: BatchCStepResult | None = None  # the last C-step's
 
     def __post_init__(self) -> None:
-        self.bcfg = self.settings.badmm
-        iterations = self.settings.iterations
-        self.ent_reg = badmm.ent_reg_at(self.bcfg, self.iteration, iterations)
-        self.lg_step = badmm.lg_step_at(self.bcfg, self.iteration, iterations)
-        self.prior_cfg = self.settings.policy_prior
-        self.topt = self.settings.traj_opt
+        self.ent_reg = badmm.ent_reg_at(self.bcfg, self.iteration, self.iterations)
+        self.lg_step = badmm.lg_step_at(self.bcfg, self.iteration, self.iterations)
         M, N, T, _ = self.X.shape
         J, dU = self.bcfg.inner_iterations, self.duals.lam_k.shape[-1]
-        n_grad = self.settings.policy.iterations
+        n_grad = self.s_step_cfg.iterations
         self.diag = {  # inner.h5, one row per inner iteration
             "s_step": np.zeros(J, dtype=bool), "s_step_loss": np.zeros((J, n_grad)),
             "dual_step": np.zeros(J, dtype=bool), "policy_kl": np.zeros((J, M, T)),
@@ -87,17 +88,12 @@ class InnerLoop:
 
     def s_step(self, step: badmm.InnerStep) -> None:
         from gps_core.s_step import train_policy
-        from gps_core.configs import SStepConfig
         from stages.progress import progress_bar
 
-        pcfg = self.settings.policy
         pols = badmm.controller_for(step.inner, self.prevs, self.new)
         obs, target, precision, weight = badmm.s_step_dataset(pols, self.X, self.O, self.duals, self.bcfg.target_shift)
-        scfg = SStepConfig(
-            iterations=pcfg.iterations, batch_size=pcfg.batch_size, lr=pcfg.lr,
-            weight_decay=pcfg.weight_decay, ent_reg=self.ent_reg,
-        )
-        rng = self.settings.rng(self.iteration, s_step_stream(step.inner))
+        scfg = replace(self.s_step_cfg, ent_reg=self.ent_reg)
+        rng = self.rng(s_step_stream(step.inner))
         with progress_bar(f"badmm s-step {self.iteration}.{step.inner}: gradient step", scfg.iterations) as progress:
             self.net, self.adam, self.losses = train_policy(self.net, self.adam, obs, target, precision, weight, scfg, rng, progress)
         self.diag["s_step"][step.inner] = True
@@ -110,7 +106,7 @@ class InnerLoop:
         from gps_core.policy_net import policy_mean
 
         self.U_pol = policy_mean(self.net, self.O)
-        rng = self.settings.rng(self.iteration, refit_stream(step.inner))
+        rng = self.rng(refit_stream(step.inner))
         K, k, covar, self.gmms = fit_policy_linearisations(self.X, self.U_pol, self.net.var, self.gmms, self.prior_cfg, rng)
         self.lin = (K, k, covar)
 

@@ -12,6 +12,7 @@ from conftest import small_params
 from stages.main import registered_app
 
 app = registered_app()
+from stages.errors import UserError
 from stages.settings.schema import validate_params
 
 runner = CliRunner()
@@ -98,6 +99,45 @@ def test_bad_param_one_line_exit_2_no_output(tmp_path, change, words):
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [
+    dict(fixed_lg_step=4), dict(init_pol_wt=0.0), dict(inner_iterations=0), dict(target_shift="x"),
+    dict(ent_reg_schedule=[0.0, 1e-2]), dict(policy_dual_rate=-1.0), dict(exp_step_increase=0.0),
+], ids=lambda bad: next(iter(bad)))
+def test_badmm_values_the_core_cannot_take_are_refused(bad):
+    """gps_core.configs.BadmmConfig checks nothing: the schema refuses these, naming the key."""
+    params = copy.deepcopy(small_params())
+    params["badmm"].update(bad)
+    with pytest.raises(UserError, match=f"badmm.{next(iter(bad))} is "):
+        validate_params(params)
+
+
+@pytest.mark.parametrize("change,words", [
+    (edit("render.camera.lookat", [0.0, 0.0]), ["render.camera.lookat", "a list of numbers of length 3"]),
+    (edit("render.camera.distance", 0.0), ["render.camera.distance", "> 0"]),
+    (edit("render.markers", [{"at": "goal", "radius": 0.1, "rgba": [1.0, 0.0, 0.0, 1.0]}]),
+     ["render.markers[0].at", "'goal'", "target, point"]),
+    (edit("render.markers", [{"at": "target", "radius": 0.1, "rgba": [1.0, 0.0, 2.0, 1.0]}]),
+     ["render.markers[0].rgba", "<= 1"]),
+    (edit("render.markers", {"at": "target"}), ["render.markers", "a list of mappings"]),
+    (edit("render.zoom", 2.0), ["unknown key 'render.zoom'", "camera, markers"]),
+], ids=["lookat", "distance", "at", "rgba", "not_a_list", "unknown"])
+def test_render_settings_are_checked(change, words):
+    params = copy.deepcopy(small_params())
+    change(params)
+    with pytest.raises(UserError) as info:
+        validate_params(params)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def test_render_section_may_be_left_out():
+    params = copy.deepcopy(small_params())
+    del params["render"]["camera"], params["render"]["markers"]
+    validate_params(params)
+    del params["render"]
+    validate_params(params)
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path):

@@ -50,11 +50,11 @@ def test_rollouts_report_each_time_step():
     from conftest import small_params
     from gps_core.policy_net import init_policy
     from gps_core.sim.sampling import rollout_policy
+    from gps_core.sim.env import Simulator
     from gps_core.sim.task import compile_task
-    from stages.settings.load import Settings
 
     params = small_params()
-    sim = Settings.from_params(params, compile_task(params["task"])).simulator()
+    sim = Simulator(compile_task(params["task"]))
     net = init_policy(sim.dO, sim.dU, (8,), 0.1, 1)
     T = 12
     noise = np.random.default_rng(0).normal(size=(sim.M, 2, T, sim.dU))
@@ -109,7 +109,7 @@ def test_dual_search_and_gmm_fits_report_progress_without_changing_the_result(tm
     assert [c for c, _ in calls] == sorted(c for c, _ in calls)
     with h5py.File(d / "itr_01/samples.h5") as f:
         X, U = f["X"][()], f["U"][()]
-    prior_cfg = s.dynamics_prior
+    prior_cfg = s.dynamics.prior
     calls = []
     args = ([None] * M, X, U, prior_cfg, 1e-6, "all_entries", 1e-6)
     _, with_bar = fit_all_dynamics(*args, np.random.default_rng(3), lambda c, m: calls.append((c, m)))

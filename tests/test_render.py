@@ -38,12 +38,14 @@ def invoke(*args):
 
 
 def scene_for(params: dict, condition: int, width: int = 320, height: int = 240):
+    from gps_core.sim.env import Simulator
     from gps_core.sim.task import compile_task
     from stages.settings.load import Settings
 
     task = compile_task(params["task"])
-    sim = Settings.from_params(params, task).simulator()
-    scene = render.Scene(sim.models[condition], render.view_for(task.model_path, sim.models[condition]), width, height)
+    sim = Simulator(task)
+    view = render.view_for(Settings.from_params(params, task).render, sim.models[condition])
+    scene = render.Scene(sim.models[condition], view, width, height)
     return sim, scene
 
 

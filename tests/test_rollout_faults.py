@@ -246,7 +246,7 @@ def test_a_sample_that_diverges_on_its_first_draw_is_drawn_again(tmp_path, tiny_
     others[1, n] = False
     np.testing.assert_array_equal(data["noise"][others], noise[others])
     # The kept sample is the second draw's rollout; the first draw was a real MuJoCo reset at t + 1.
-    sim = Settings.from_params(params, compile_task(params["task"])).simulator()
+    sim = Simulator(compile_task(params["task"]))
     assert sim.task.model_path == str(tiny_task.resolve())  # the tiny model, not the obstacle's
     run = controller_episodes(sim, load_controllers(controllers))
     again, before = run(np.array([1]), second[None], None), run(np.array([1]), noise[1, n][None], None)

@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from stages.pipeline.code_deps import stage_code
-from stages.settings.params import STAGE_PARAMS, get
+from stages.settings.params import STAGE_PARAMS
+from stages.settings.schema import algorithm_name
 from stages.artifacts.io import write_text_atomic
 from stages.errors import UserError
 
@@ -84,12 +85,9 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
     """Every stage of `iterations` MDGPS (or BADMM) iterations, in execution order, as one flat dvc.yaml document.
 
     gym: also score the last policy in Gymnasium (the evaluate_gym stage; params has gym_evaluation).
-    `split_pipeline` cuts it into the files `gps pipeline` writes.
+    `split_pipeline` cuts it into the files `gps pipeline` writes. The arguments are schema-checked settings
+    (stages.settings.schema: iterations >= 1, algorithm one of ALGORITHMS).
     """
-    if iterations < 1:
-        raise UserError(f"params: iterations is {iterations}, expected an integer >= 1")
-    if algorithm not in ("mdgps", "badmm"):
-        raise UserError(f"params: algorithm.name is {algorithm!r}, expected one of mdgps, badmm")
     p = [] if params_file == "params.yaml" else ["--params", params_file]
     init_c, init_p, init_s = "data/init/controllers.h5", "data/init/policy.h5", "data/init/step.h5"
     if algorithm == "badmm":
@@ -301,8 +299,8 @@ def project_model_file(params: dict[str, Any], root: Path | None = None) -> str 
     `task` params depend on it."""
     from gps_core.sim.task import resolve_model
 
-    model = params.get("task", {}).get("model") if isinstance(params.get("task"), dict) else None
-    if not isinstance(model, str) or Path(model).is_absolute():
+    model = params["task"]["model"]
+    if Path(model).is_absolute():
         return None
     root = (root or Path.cwd()).resolve()
     resolved = resolve_model(model, root).resolve()
@@ -313,12 +311,9 @@ def project_model_file(params: dict[str, Any], root: Path | None = None) -> str 
 
 
 def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml", root: Path | None = None) -> dict[str, str]:
-    """{path relative to the project root: text} of every dvc.yaml of the run."""
-    iterations = get(params, "iterations")
-    if not isinstance(iterations, int) or isinstance(iterations, bool):
-        raise UserError(f"params: iterations is {iterations!r}, expected an integer >= 1")
-    algorithm = params["algorithm"].get("name", "mdgps") if isinstance(params.get("algorithm"), dict) else "mdgps"
-    doc = build_pipeline(iterations, params_file, algorithm, gym=params.get("gym_evaluation") is not None)
+    """{path relative to the project root: text} of every dvc.yaml of the run, for params that passed the schema
+    (stages.settings.params.load_params)."""
+    doc = build_pipeline(params["iterations"], params_file, algorithm_name(params), gym="gym_evaluation" in params)
     model = project_model_file(params, root)
     if model is not None:  # the stages that simulate depend on the model file too
         for stage in doc["stages"].values():
@@ -370,7 +365,7 @@ def check_in_sync(params: dict[str, Any], params_path: Path, root: Path) -> None
     if differ or stale:
         what = differ[0] if differ else f"{stale[0].relative_to(root)} (left over)"
         raise UserError(
-            f"{what} does not match params.yaml (iterations={get(params, 'iterations')}, "
-            f"algorithm.name={params['algorithm'].get('name', 'mdgps')}): "
+            f"{what} does not match params.yaml (iterations={params['iterations']}, "
+            f"algorithm.name={algorithm_name(params)}): "
             "run `gps pipeline` to regenerate the pipeline, then `dvc repro`"
         )

@@ -1,31 +1,37 @@
-"""params.yaml as typed settings, built once where it is loaded (`load_settings`).
+"""params.yaml as one typed settings object, built and validated once where it is loaded (`load_settings`).
 
-The stages read their settings as attributes (`s.task.T`, `s.traj_opt`) instead of looking
-up dotted strings. The file is validated first (stages.settings.schema: each field; stages.settings.model_check:
-the fields against the task's MuJoCo model), so building these objects cannot fail. The
-gps_core configuration objects (TrajOptConfig, PriorConfig, ...) are built on first use, so
-that a stage imports only the gps_core modules it needs (the S-step's torch above all).
+The stages and tools read their settings as attributes (`s.task.T`, `s.traj_opt`) instead of
+looking up dotted strings. The file is validated first (stages.settings.schema: each field;
+stages.settings.model_check: the fields against the task's MuJoCo model), so building these
+objects cannot fail and casts nothing the schema has not checked. Each gps_core component gets
+its own config dataclass from gps_core.configs (traj_opt, dynamics.prior, policy_prior,
+init_lqr, s_step, badmm), never this object or a raw dict.
+
+This module imports gps_core.configs and gps_core.sim.task only, never an algorithm module
+or the simulator: every stage imports it, so every stage would depend on them
+(stages/pipeline/code_deps.py). The steps that simulate build gps_core.sim.env.Simulator themselves.
 """
 
 from __future__ import annotations
 
-import functools
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from gps_core.sim.task import Task
+from gps_core.configs import BadmmConfig, InitLQRConfig, PriorConfig, SStepConfig, TrajOptConfig
+from gps_core.sim.task import Task
+from stages.settings import schema
+from stages.settings.schema import typed
 
 
 @dataclass(frozen=True)
 class AlgorithmSettings:
-    name: str  # mdgps | badmm
+    name: str  # stages.settings.schema.ALGORITHMS
     sample_on_policy: bool
-    step_rule: str  # classic | global
+    step_rule: str  # gps_core.configs.STEP_RULES
     kl_step: float
     min_step_mult: float
     max_step_mult: float
@@ -59,22 +65,17 @@ class AgentSettings:
 @dataclass(frozen=True)
 class DynamicsSettings:
     regularization: float
-    regularization_shape: str  # all_entries | identity
-    prior: dict[str, Any]
+    regularization_shape: str  # gps_core.configs.REGULARIZATION_SHAPES
+    prior: PriorConfig
 
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """The network and its S-step."""
+    """The network (its S-step's settings are Settings.s_step)."""
 
     hidden: tuple[int, ...]
     init_var: float
     init_seed: int
-    iterations: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    ent_reg: float
 
 
 @dataclass(frozen=True)
@@ -88,113 +89,115 @@ class EvaluationSettings:
     success_thresholds: tuple[float, ...]
 
 
-def _prior(section: dict[str, Any]):
-    from gps_core.configs import PriorConfig
+@dataclass(frozen=True)
+class GymEvaluationSettings:
+    """The trained policy scored in gymnasium.make(env) over `episodes` episodes reset with seeds seed, seed + 1, ..."""
 
-    return PriorConfig(
-        max_clusters=int(section["max_clusters"]),
-        min_samples_per_cluster=int(section["min_samples_per_cluster"]),
-        max_samples=int(section["max_samples"]),
-        strength=float(section.get("strength", 1.0)),
+    env: str
+    episodes: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """MuJoCo's free camera (mjvCamera's fields)."""
+
+    lookat: tuple[float, float, float]
+    distance: float
+    azimuth: float
+    elevation: float
+
+
+@dataclass(frozen=True)
+class MarkerSettings:
+    """A sphere of `radius` at the evaluation target or the scored point (`at`), or with `pole` a capsule
+    from there to there + pole, drawn on every frame."""
+
+    at: str  # target | point
+    radius: float
+    rgba: tuple[float, float, float, float]
+    pole: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """`gps render`'s camera (None: the model's own extent decides) and markers."""
+
+    camera: CameraSettings | None = None
+    markers: tuple[MarkerSettings, ...] = ()
+
+
+def _prior(section: dict[str, Any]) -> PriorConfig:
+    return PriorConfig(**typed(schema.PRIOR, section))
+
+
+def _render(section: dict[str, Any] | None) -> RenderSettings:
+    if section is None:
+        return RenderSettings()
+    camera = section.get("camera")
+    return RenderSettings(
+        camera=None if camera is None else CameraSettings(**typed(schema.RENDER["camera"], camera)),
+        markers=tuple(MarkerSettings(**typed(schema.RENDER["markers"].schema, m)) for m in section.get("markers", [])),
     )
 
 
 @dataclass(frozen=True)
 class Settings:
-    """A validated params.yaml. `params` is the file as read: what the artifacts record (`recorded`)."""
+    """A validated params.yaml. `params` is the file as read: only what the artifacts record (`recorded`)."""
 
     params: dict[str, Any]
     seed: int
     iterations: int
-    task: "Task"
+    task: Task
     algorithm: AlgorithmSettings
     agent: AgentSettings
     dynamics: DynamicsSettings
     policy: PolicySettings
     evaluation: EvaluationSettings
+    cost_terms: list[dict[str, Any]]  # the `cost` list, as gps_core.costs.build_cost takes it
+    traj_opt: TrajOptConfig
+    policy_prior: PriorConfig  # the policy linearisation's GMM
+    init_lqr: InitLQRConfig
+    s_step: SStepConfig
+    badmm: BadmmConfig | None  # None: the file has no badmm section (an MDGPS run)
+    gym_evaluation: GymEvaluationSettings | None
+    render: RenderSettings
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], task: "Task") -> "Settings":
+    def from_params(cls, params: dict[str, Any], task: Task) -> "Settings":
         """Settings of a params dict that has passed stages.settings.params.load_params, with its compiled task."""
-        alg, agent, dyn, pol, ev = (params[k] for k in ("algorithm", "agent", "dynamics", "policy", "evaluation"))
+        section = lambda key: typed(schema.SCHEMA[key], params[key])  # noqa: E731
+        agent, policy = section("agent"), section("policy")
+        network = {k: policy.pop(k) for k in ("hidden", "init_var", "init_seed")}  # the rest is the S-step's
+        ev, evaluation = params["evaluation"], section("evaluation")
+        gym = params.get("gym_evaluation")
         return cls(
             params=params,
-            seed=int(params["seed"]),
-            iterations=int(params["iterations"]),
+            seed=params["seed"],
+            iterations=params["iterations"],
             task=task,
-            algorithm=AlgorithmSettings(
-                name=str(alg.get("name", "mdgps")), sample_on_policy=bool(alg["sample_on_policy"]),
-                step_rule=str(alg["step_rule"]), kl_step=float(alg["kl_step"]),
-                min_step_mult=float(alg["min_step_mult"]), max_step_mult=float(alg["max_step_mult"]),
-                initial_state_var=float(alg["initial_state_var"]),
-            ),
+            algorithm=AlgorithmSettings(**{**section("algorithm"), "name": schema.algorithm_name(params)}),
             agent=AgentSettings(
-                num_samples=int(agent["num_samples"]),
-                noise=NoiseSettings(smooth=bool(agent["smooth_noise"]), sigma=float(agent["smooth_noise_var"]),
-                                    renormalize=bool(agent["smooth_noise_renormalize"])),
-                on_divergence=str(agent["on_divergence"]), max_draws=int(agent["max_draws"]),
+                num_samples=agent["num_samples"],
+                noise=NoiseSettings(smooth=agent["smooth_noise"], sigma=agent["smooth_noise_var"],
+                                    renormalize=agent["smooth_noise_renormalize"]),
+                on_divergence=agent["on_divergence"], max_draws=agent["max_draws"],
             ),
-            dynamics=DynamicsSettings(regularization=float(dyn["regularization"]),
-                                      regularization_shape=str(dyn["regularization_shape"]), prior=dyn["prior"]),
-            policy=PolicySettings(
-                hidden=tuple(int(h) for h in pol["hidden"]), init_var=float(pol["init_var"]),
-                init_seed=int(pol["init_seed"]), iterations=int(pol["iterations"]), batch_size=int(pol["batch_size"]),
-                lr=float(pol["lr"]), weight_decay=float(pol["weight_decay"]), ent_reg=float(pol["ent_reg"]),
-            ),
+            dynamics=DynamicsSettings(**section("dynamics"), prior=_prior(params["dynamics"]["prior"])),
+            policy=PolicySettings(**network),
             evaluation=EvaluationSettings(
-                point=str(ev["point"]), point_start=task.point_slice(str(ev["point"]))[0].start,
-                target=np.asarray(ev["target"], dtype=float),
-                success_thresholds=tuple(float(t) for t in ev.get("success_thresholds", [])),
+                point=ev["point"], point_start=task.point_slice(ev["point"])[0].start,
+                target=np.asarray(ev["target"], dtype=float), success_thresholds=evaluation["success_thresholds"],
             ),
+            cost_terms=params["cost"],
+            traj_opt=TrajOptConfig(**section("traj_opt")),
+            policy_prior=_prior(params["policy_prior"]),
+            init_lqr=InitLQRConfig(**section("init_lqr"), dt=task.dt),
+            s_step=SStepConfig(**policy),
+            badmm=BadmmConfig(**typed(schema.BADMM, params["badmm"])) if "badmm" in params else None,
+            gym_evaluation=None if gym is None else GymEvaluationSettings(**typed(schema.SCHEMA["gym_evaluation"], gym)),
+            render=_render(params.get("render")),
         )
-
-    # gps_core configuration objects, built on first use (each imports only its own module)
-
-    @functools.cached_property
-    def traj_opt(self):
-        """gps_core.configs.TrajOptConfig of the `traj_opt` section."""
-        from gps_core.configs import TrajOptConfig
-
-        s = self.params["traj_opt"]
-        return TrajOptConfig(min_eta=float(s["min_eta"]), max_eta=float(s["max_eta"]), del0=float(s["del0"]),
-                             max_iterations=int(s["max_iterations"]), tolerance=float(s["tolerance"]),
-                             on_fault=str(s["on_fault"]))
-
-    @functools.cached_property
-    def dynamics_prior(self):
-        """gps_core.configs.PriorConfig of `dynamics.prior`."""
-        return _prior(self.dynamics.prior)
-
-    @functools.cached_property
-    def policy_prior(self):
-        """gps_core.configs.PriorConfig of `policy_prior` (the policy linearisation's GMM)."""
-        return _prior(self.params["policy_prior"])
-
-    @functools.cached_property
-    def init_lqr(self):
-        """gps_core.configs.InitLQRConfig of `init_lqr` (with task.dt)."""
-        from gps_core.configs import InitLQRConfig
-
-        s = self.params["init_lqr"]
-        gains = s.get("init_gains")
-        return InitLQRConfig(
-            init_var=float(s["init_var"]), stiffness=float(s["stiffness"]), stiffness_vel=float(s["stiffness_vel"]),
-            final_weight=float(s["final_weight"]), init_gains=None if gains is None else tuple(float(g) for g in gains),
-            dt=self.task.dt,
-        )
-
-    @functools.cached_property
-    def badmm(self):
-        """gps_core.configs.BadmmConfig of the `badmm` section (schedules as tuples)."""
-        from gps_core.configs import BadmmConfig
-
-        return BadmmConfig(**{k: tuple(float(x) for x in v) if isinstance(v, list) else v
-                              for k, v in self.params["badmm"].items()})
-
-    @property
-    def cost_terms(self) -> list[dict[str, Any]]:
-        """The `cost` list, as gps_core.costs.build_cost takes it."""
-        return self.params["cost"]
 
     def rng(self, iteration: int, stage: str) -> np.random.Generator:
         """Independent, reproducible generator per (seed, iteration, stage)."""
@@ -205,12 +208,6 @@ class Settings:
         from stages.settings.params import stage_params
 
         return stage_params(self.params, stage)
-
-    def simulator(self, held_out: bool = False):
-        """The MuJoCo simulator of the task, one model per training condition (held_out: per test condition)."""
-        from gps_core.sim.env import Simulator
-
-        return Simulator(self.task, self.task.test if held_out else self.task.train)
 
 
 def load_settings(path: str | Path) -> Settings:

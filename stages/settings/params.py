@@ -1,6 +1,8 @@
-"""params.yaml: loading (validated against the schema and the model) and the params each stage reads.
+"""params.yaml as read: loading it (checked against the schema, then against the task's model) and the
+params each stage reads (STAGE_PARAMS), which its artifacts record and its dvc.yaml lists.
 
-stages.settings.load turns the loaded dict into typed settings; this module keeps the dict-level work."""
+The stages and tools read typed settings (stages.settings.load); the dict stays for what is recorded,
+and for `gps pipeline`, which lays the stages out from the checked dict."""
 
 from __future__ import annotations
 

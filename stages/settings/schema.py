@@ -1,8 +1,11 @@
-"""The typed schema of params.yaml, checked every time a stage loads it.
+"""The schema of params.yaml: every setting's type, bounds and choices, checked once where the file loads.
 
-Each leaf is a `Field`: a kind (int, float, bool, str, choice, floats, matrix),
+Each leaf is a `Field`: a kind (int, float, bool, str, choice, floats, matrix, ...),
 optional bounds and whether it may be omitted. Errors are one line naming the
-key, the value and what is allowed.
+key, the value and what is allowed. The choice lists are gps_core's own, from where
+their meaning is implemented (gps_core.configs, gps_core.sim.task). `typed` gives a
+checked section's values as the Python types its fields name, from which
+stages.settings.load builds the typed settings.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from gps_core.configs import (
+    ON_FAULT, PENALTIES, RAMPS, REGULARIZATION_SHAPES, STEP_RULES, TARGET_SHIFTS, WEIGHT_RULES,
+)
+from gps_core.sim.task import STEPPING
 from stages.errors import UserError
 
 
@@ -45,6 +52,16 @@ class Field:
         if self.length is not None:
             what += f" of length {self.length}"
         return what + (" " + " and ".join(bounds) if bounds else "")
+
+    def typed(self, v: Any) -> Any:
+        """A valid value as the Python type of its kind: a float setting written as 2 is 2.0, a list a tuple."""
+        if self.kind == "float" or (self.kind == "schedule" and _num(v)):
+            return float(v)
+        if self.kind in ("floats", "schedule"):
+            return tuple(float(x) for x in v)
+        if self.kind in ("ints", "names"):
+            return tuple(v)
+        return v
 
 
 def _num(x: Any) -> bool:
@@ -95,12 +112,18 @@ PRIOR = {
     "strength": Field("float", gt=0),
 }
 
-ALGORITHMS = ("mdgps", "badmm")
+ALGORITHMS = ("mdgps", "badmm")  # the layouts of an iteration (stages.pipeline.generate)
+
+
+def algorithm_name(params: dict[str, Any]) -> str:
+    """algorithm.name of checked params; absent (files written before BADMM) is mdgps."""
+    return params["algorithm"].get("name", ALGORITHMS[0])
+
 
 # BADMM hyperparameters (gps_core.configs.BadmmConfig, ALGORITHM §10.7); read only when algorithm.name is badmm.
 BADMM = {
     "init_pol_wt": Field("float", gt=0),
-    "fixed_lg_step": Field("int", lo=0, hi=3),
+    "fixed_lg_step": Field("int", lo=min(WEIGHT_RULES), hi=max(WEIGHT_RULES)),
     "lg_step_schedule": Field("schedule"),
     "ent_reg_schedule": Field("schedule", lo=0),
     "exp_step_lower": Field("float", lo=0),
@@ -110,11 +133,37 @@ BADMM = {
     "policy_dual_rate": Field("float", lo=0),
     "policy_dual_rate_covar": Field("float", lo=0),
     "inner_iterations": Field("int", lo=1),
-    "target_shift": Field("choice", choices=("coded", "derived", "sub")),
+    "target_shift": Field("choice", choices=TARGET_SHIFTS),
+}
+
+
+@dataclass(frozen=True)
+class Items:
+    """A list of mappings, each checked against `schema` (an empty list is allowed)."""
+
+    schema: dict[str, Field]
+
+
+# `gps render`'s picture (stages/tools/render.py); no stage reads it. A marker is drawn at the
+# evaluation target or at the scored point (evaluation.point), a sphere or, with `pole`, a capsule
+# from there to there + pole.
+RENDER = {
+    "camera": {  # MuJoCo's free camera; absent: looking at the model's centre from twice its extent
+        "lookat": Field("floats", length=3),
+        "distance": Field("float", gt=0),
+        "azimuth": Field("float"),
+        "elevation": Field("float"),
+    },
+    "markers": Items({
+        "at": Field("choice", choices=("target", "point")),
+        "radius": Field("float", gt=0),
+        "rgba": Field("floats", lo=0, hi=1, length=4),
+        "pole": Field("floats", length=3, optional=True),
+    }),
 }
 
 # Sections that may be left out (params files written before they existed); see validate_params.
-OPTIONAL_SECTIONS = ("badmm", "gym_evaluation")
+OPTIONAL_SECTIONS = ("badmm", "gym_evaluation", "render", "render.camera", "render.markers")
 
 SCHEMA: dict[str, Any] = {
     "seed": Field("int", lo=0),
@@ -122,7 +171,7 @@ SCHEMA: dict[str, Any] = {
     "algorithm": {
         "name": Field("choice", choices=ALGORITHMS, optional=True),  # absent: mdgps
         "sample_on_policy": Field("bool"),
-        "step_rule": Field("choice", choices=("classic", "global")),
+        "step_rule": Field("choice", choices=STEP_RULES),
         "kl_step": Field("float", gt=0),
         "min_step_mult": Field("float", gt=0),
         "max_step_mult": Field("float", gt=0),
@@ -135,7 +184,7 @@ SCHEMA: dict[str, Any] = {
         "T": Field("int", lo=2),
         "dt": Field("float", gt=0),
         "substeps": Field("int", lo=1),
-        "stepping": Field("choice", choices=("split", "mj_step")),
+        "stepping": Field("choice", choices=STEPPING),
         "blocks": Field("any"),
         "state": Field("names"),
         "observation": Field("names"),
@@ -161,7 +210,7 @@ SCHEMA: dict[str, Any] = {
     "cost": "cost",  # a list of terms, checked by _check_cost
     "dynamics": {
         "regularization": Field("float", lo=0),
-        "regularization_shape": Field("choice", choices=("all_entries", "identity")),
+        "regularization_shape": Field("choice", choices=REGULARIZATION_SHAPES),
         "prior": PRIOR,
     },
     "policy_prior": PRIOR,
@@ -171,7 +220,7 @@ SCHEMA: dict[str, Any] = {
         "del0": Field("float", gt=0),
         "max_iterations": Field("int", lo=1),
         "tolerance": Field("float", gt=0, hi=1),
-        "on_fault": Field("choice", choices=("recover", "abort")),
+        "on_fault": Field("choice", choices=ON_FAULT),
     },
     "policy": {
         "hidden": Field("ints", lo=1),
@@ -195,10 +244,9 @@ SCHEMA: dict[str, Any] = {
         "episodes": Field("int", lo=1),
         "seed": Field("int", lo=0, optional=True),  # episodes reset with seeds seed, seed + 1, ... (default 0)
     },
+    "render": RENDER,
 }
 
-RAMPS = ("constant", "linear", "quadratic", "final_only")
-PENALTIES = ("sqrt", "log")
 COST_TERMS: dict[str, dict[str, Field]] = {
     "action": {"wu": Field("floats", lo=0)},
     "state": {
@@ -231,12 +279,17 @@ def _check_mapping(source: str, schema: dict[str, Any], node: Any, prefix: str) 
     for key, spec in schema.items():
         dotted = f"{prefix}{key}"
         if key not in node:
-            if (isinstance(spec, Field) and spec.optional) or (not prefix and key in OPTIONAL_SECTIONS):
+            if (isinstance(spec, Field) and spec.optional) or dotted in OPTIONAL_SECTIONS:
                 continue
             raise UserError(f"{source}: missing key {dotted!r}")
         value = node[key]
         if spec == "cost":
             _check_cost(source, value)
+        elif isinstance(spec, Items):
+            if not isinstance(value, list):
+                _fail(source, dotted, value, "a list of mappings")
+            for i, item in enumerate(value):
+                _check_mapping(source, spec.schema, item, f"{dotted}[{i}].")
         elif isinstance(spec, dict):
             _check_mapping(source, spec, value, dotted + ".")
         elif not _valid(spec, value):
@@ -260,19 +313,12 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     """Raise a one-line UserError for the first problem found."""
     _check_mapping(source, SCHEMA, params, "")
     alg = params["algorithm"]
-    if alg.get("name", "mdgps") == "badmm":
+    if algorithm_name(params) == "badmm":
         if "badmm" not in params:
             raise UserError(f"{source}: missing key 'badmm' (the BADMM settings; algorithm.name is badmm)")
         if alg["sample_on_policy"]:
             raise UserError(f"{source}: algorithm.sample_on_policy is true, but BADMM (algorithm.name badmm) samples "
                             "the local controllers: set algorithm.sample_on_policy to false")
-    if "badmm" in params:
-        from gps_core.badmm import BadmmConfig  # the core's own checks (numpy only)
-
-        try:
-            BadmmConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params["badmm"].items()})
-        except ValueError as exc:
-            raise UserError(f"{source}: badmm: {exc}") from None
     if alg["min_step_mult"] > alg["max_step_mult"]:
         raise UserError(
             f"{source}: algorithm.min_step_mult ({alg['min_step_mult']}) is greater than "
@@ -285,3 +331,9 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     conditions = task["conditions"] if isinstance(task["conditions"], list) else []
     if params["policy"]["batch_size"] > task["T"] * params["agent"]["num_samples"] * max(len(conditions), 1):
         _fail(source, "policy.batch_size", params["policy"]["batch_size"], "at most the number of S-step rows (conditions x samples x T)")
+
+
+def typed(schema: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a checked section that it sets, as their Python types (Field.typed); nested sections
+    (dynamics.prior, say) are left out: the caller builds them on their own."""
+    return {key: spec.typed(section[key]) for key, spec in schema.items() if isinstance(spec, Field) and key in section}

@@ -49,7 +49,8 @@ def badmm_inner_cmd(
     net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=s.policy.hidden)
     step_mult = load_step(step, known)
     loop = InnerLoop(
-        iteration=iteration, settings=s, X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
+        iteration=iteration, iterations=s.iterations, bcfg=s.badmm, s_step_cfg=s.s_step, prior_cfg=s.policy_prior,
+        topt=s.traj_opt, rng=lambda stream: s.rng(iteration, stream), X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
         dyns=load_dynamics(dynamics, known), prevs=prevs, eta=np.asarray(load_eta(prev_controllers, known), dtype=float),
         kl_bounds=s.algorithm.kl_step * np.asarray(step_mult, dtype=float) * sizes["T"],
         duals=load_duals(duals, known), net=net, adam=adam,

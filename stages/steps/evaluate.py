@@ -27,6 +27,7 @@ def evaluate(
     metrics: Path = typer.Option(..., "--metrics"),
 ) -> None:
     """One noise-free rollout of the global policy per condition (training and held-out); distance to the target."""
+    from gps_core.sim.env import Simulator
     from gps_core.sim.sampling import rollout_policy
     from gps_core.scoring import final_distance, success
     from stages.artifacts.checks import check_controller_stats, load_samples, load_step
@@ -34,7 +35,7 @@ def evaluate(
 
     s = load_settings(params_path)
     agent, ev = s.agent, s.evaluation
-    sim = s.simulator()
+    sim = Simulator(s.task)
     T = s.task.T
     # Every input is read and checked before anything is simulated or written.
     known = {"M": (sim.M, "conditions in params"), "T": (T, "task.T in params"),
@@ -54,7 +55,7 @@ def evaluate(
                 "diverged": diverged_at >= 0, "diverged_at": diverged_at}
 
     train = run(sim)
-    test = run(s.simulator(held_out=True)) if len(s.task.test) else None
+    test = run(Simulator(s.task, s.task.test)) if len(s.task.test) else None
     dist, diverged, diverged_at = train["final_distance"], train["diverged"], train["diverged_at"]
     sample_cost = sdata["cost"].sum(-1).mean(-1)
     datasets = dict(train)

@@ -84,7 +84,7 @@ class GymScore:
 
 def score_in_gym(s, policy: Path, episodes: int, source: str = "params.yaml", progress=None) -> GymScore:
     """Run the policy file in gymnasium.make(gym_evaluation.env) for `episodes` seeded episodes (settings s)."""
-    spec = s.params.get("gym_evaluation")
+    spec = s.gym_evaluation
     if spec is None:
         raise UserError(f"{source}: no gym_evaluation section: name the Gymnasium environment to score the policy in")
     import gymnasium
@@ -97,12 +97,12 @@ def score_in_gym(s, policy: Path, episodes: int, source: str = "params.yaml", pr
     net = load_policy(policy, {"dO": (task.dO, "the observation of task.observation"),
                                "dU": (task.dU, "actions of the model")}, hidden=s.policy.hidden)
     try:
-        env = gymnasium.make(spec["env"])
+        env = gymnasium.make(spec.env)
     except GymError as exc:
-        raise UserError(f"{source}: gym_evaluation.env is {spec['env']!r}: {exc}") from None
+        raise UserError(f"{source}: gym_evaluation.env is {spec.env!r}: {exc}") from None
     space = env.action_space
     if env.observation_space.shape != (task.dO,) or space.shape != (task.dU,):
-        raise UserError(f"{source}: gym_evaluation.env {spec['env']} observes {env.observation_space.shape} and "
+        raise UserError(f"{source}: gym_evaluation.env {spec.env} observes {env.observation_space.shape} and "
                         f"acts {space.shape}, but the task's observation has {task.dO} entries and its model {task.dU} "
                         "actuators")
     low, high = np.asarray(space.low, dtype=float), np.asarray(space.high, dtype=float)
@@ -110,14 +110,14 @@ def score_in_gym(s, policy: Path, episodes: int, source: str = "params.yaml", pr
     def act(obs: np.ndarray) -> np.ndarray:
         return np.clip(policy_mean(net, obs), low, high).astype(space.dtype)
 
-    seeds = [int(spec.get("seed", 0)) + i for i in range(episodes)]
+    seeds = [spec.seed + i for i in range(episodes)]
     returns, lengths, worst = episode_returns(env, act, task_observer(task), seeds, progress)
     env.close()
     if worst > OBSERVATION_TOLERANCE:
-        raise UserError(f"{source}: task.observation is not {spec['env']}'s observation (they differ by up to "
+        raise UserError(f"{source}: task.observation is not {spec.env}'s observation (they differ by up to "
                         f"{worst:.3g}): the policy was trained on other inputs than the environment gives it")
     threshold = env.spec.reward_threshold
-    return GymScore(spec["env"], seeds, returns, lengths, worst, None if threshold is None else float(threshold))
+    return GymScore(spec.env, seeds, returns, lengths, worst, None if threshold is None else float(threshold))
 
 
 @stage_command("evaluate-gym")
@@ -133,11 +133,11 @@ def evaluate_gym(
     from stages.progress import progress_bar
 
     s = load_settings(params_path)
-    spec = s.params.get("gym_evaluation")
+    spec = s.gym_evaluation
     if spec is None:
         raise UserError(f"{params_path}: no gym_evaluation section: name the Gymnasium environment to score the policy in")
-    n = episodes or int(spec["episodes"])
-    with progress_bar(f"evaluate-gym: {spec['env']}, episode", n) as progress:
+    n = episodes or spec.episodes
+    with progress_bar(f"evaluate-gym: {spec.env}, episode", n) as progress:
         score = score_in_gym(s, policy, n, str(params_path), progress)
     returns, threshold = score.returns, score.reward_threshold
     M, N = len(s.task.train), s.agent.num_samples

@@ -39,7 +39,7 @@ def fit_dynamics_cmd(
     rng = s.rng(iteration, "fit_dynamics")
     with progress_bar(f"fit-dynamics {iteration}: GMM prior, condition", M) as progress:
         new_priors, data = fit_all_dynamics(  # all conditions at once; same results as a loop over conditions
-            priors, X, U, s.dynamics_prior, s.dynamics.regularization, s.dynamics.regularization_shape,
+            priors, X, U, s.dynamics.prior, s.dynamics.regularization, s.dynamics.regularization_shape,
             s.algorithm.initial_state_var, rng, progress,
         )
     data.update({"prior/X": np.stack([p.X for p in new_priors]), "prior/U": np.stack([p.U for p in new_priors])})

@@ -23,13 +23,14 @@ def init(
 ) -> None:
     """Initial local controllers (init_lqr), untrained network, step multipliers of 1 (and BADMM's duals)."""
     from gps_core.init_lqr import init_lqr
+    from gps_core.sim.env import Simulator
     from gps_core.policy_net import init_policy
     from stages.artifacts.controllers import controllers_to_datasets
     from stages.artifacts.policy import policy_to_datasets
 
     s = load_settings(params_path)
     sp = s.recorded("init" if duals_out is None else "init_badmm")
-    sim = s.simulator()
+    sim = Simulator(s.task)
     T = s.task.T
     x0 = sim.initial_states()
     pols = [init_lqr(x0[m], sim.dU, T, s.init_lqr) for m in range(sim.M)]

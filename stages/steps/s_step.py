@@ -25,25 +25,17 @@ def s_step_cmd(
     """Train the network on the local controllers' actions at the sampled states."""
     from gps_core.mdgps import s_step_dataset
     from gps_core.s_step import train_policy
-    from gps_core.configs import SStepConfig
     from stages.artifacts.checks import known_from, load_samples
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.optimiser import load_policy_and_adam
     from stages.artifacts.policy import policy_to_datasets
 
     s = load_settings(params_path)
-    pcfg = s.policy
     sdata, sizes = load_samples(samples)
     pols = load_controllers(controllers, known_from(sizes, samples))
-    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=pcfg.hidden)
+    net, adam = load_policy_and_adam(policy, known_from(sizes, samples, ("dO", "dU")), hidden=s.policy.hidden)
     obs, target, precision, weight = s_step_dataset(pols, sdata["X"], sdata["obs"])
-    scfg = SStepConfig(
-        iterations=pcfg.iterations,
-        batch_size=pcfg.batch_size,
-        lr=pcfg.lr,
-        weight_decay=pcfg.weight_decay,
-        ent_reg=pcfg.ent_reg,
-    )
+    scfg = s.s_step
     rng = s.rng(iteration, stream)
     with progress_bar(f"{stream.replace('_', '-')} {iteration}: gradient step", scfg.iterations) as progress:
         net, adam, losses = train_policy(net, adam, obs, target, precision, weight, scfg, rng, progress)

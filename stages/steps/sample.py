@@ -26,13 +26,14 @@ def sample(
 
     from gps_core.costs import build_cost, expand_cost
     from gps_core.noise import smoothed_noise
+    from gps_core.sim.env import Simulator
     from gps_core.sim.sampling import controller_episodes, draw_samples, policy_episodes, redraw_summary
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.policy import load_policy
 
     s = load_settings(params_path)
     agent = s.agent
-    sim = s.simulator()
+    sim = Simulator(s.task)
     M, N, T = sim.M, agent.num_samples, s.task.T
     noise_settings = vars(agent.noise)
     noise = smoothed_noise(s.rng(iteration, "sample"), (M, N, T, sim.dU), **noise_settings)

@@ -4,8 +4,10 @@ The rollout is the one the stages would run: the global policy of a policy.h5
 (as the evaluate stage: noise-free), or the local controller of a
 controllers.h5 (mean action, no noise), in the chosen condition of the task
 in params.yaml. Its states are replayed into MuJoCo and drawn from a fixed
-camera. The obstacle model shows its own green target; for the peg the hole's
-floor (evaluation.target) gets a green pole and the peg bottom a yellow ball.
+camera, with markers at the evaluation target and the scored point: both are
+the `render` section of params.yaml (configs/peg.yaml: the hole's floor gets a
+green pole and the peg bottom a yellow ball; the obstacle and Gymnasium's models
+show their own targets).
 
 Offscreen rendering needs an OpenGL backend without a display: EGL (Debian
 package libegl1, with Mesa's libegl-mesa0 for software rendering) or OSMesa
@@ -30,7 +32,7 @@ import numpy as np
 from stages.errors import UserError
 
 if TYPE_CHECKING:
-    from stages.settings.load import Settings
+    from stages.settings.load import RenderSettings, Settings
 
 BACKENDS = ("egl", "osmesa")
 INSTALL_HINT = ("install the system package for EGL (Debian: libegl1 libegl-mesa0) or OSMesa (libosmesa6), "
@@ -132,20 +134,11 @@ class View:
     elevation: float
 
 
-VIEWS = {
-    "obstacle": View(lookat=(1.5, 0.0, 0.0), distance=6.0, azimuth=90.0, elevation=-89.9),  # from above, x to the right
-    "peg": View(lookat=(0.15, 0.15, -0.35), distance=1.4, azimuth=-90.0, elevation=-35.0),  # facing the arm, hole in front
-    # Gymnasium's models (by file name): the arena from above; the pusher's table from the side of the arm
-    "reacher": View(lookat=(0.0, 0.0, 0.0), distance=0.75, azimuth=90.0, elevation=-89.9),
-    "pusher_v5": View(lookat=(0.3, -0.25, -0.3), distance=1.5, azimuth=-135.0, elevation=-40.0),
-}
-
-
-def view_for(model_path: str, model) -> View:
-    """The paper models' own views (by file name); for any other model MuJoCo's free camera of its extent."""
-    name = Path(model_path).stem
-    if name in VIEWS:
-        return VIEWS[name]
+def view_for(settings: "RenderSettings", model) -> View:
+    """The camera of the settings (render.camera); without one, MuJoCo's free camera of the model's extent."""
+    cam = settings.camera
+    if cam is not None:
+        return View(lookat=cam.lookat, distance=cam.distance, azimuth=cam.azimuth, elevation=cam.elevation)
     return View(lookat=tuple(float(v) for v in model.stat.center), distance=2.0 * float(model.stat.extent),
                 azimuth=90.0, elevation=-60.0)
 
@@ -160,19 +153,13 @@ class Marker:
     to: np.ndarray | None = None
 
 
-def markers_for(model_path: str, target: np.ndarray, point: np.ndarray) -> list[Marker]:
-    """The target (green) and the scored point (yellow), for the peg model.
-
-    The peg's target, the hole's floor, sits below the table top, so it gets a
-    green pole rising out of the hole; the peg bottom gets a yellow ball a little
-    wider than the peg. Other models (the obstacle, Gymnasium's) show their own
-    targets, so nothing is added there.
-    """
-    if Path(model_path).stem != "peg":
-        return []
-    return [Marker(target, 0.008, (0.1, 0.9, 0.1, 1.0), to=target + np.array([0.0, 0.0, 0.25])),
-            Marker(target, 0.02, (0.1, 0.9, 0.1, 1.0)),
-            Marker(point, 0.035, (1.0, 0.85, 0.0, 1.0))]
+def markers_for(settings: "RenderSettings", target: np.ndarray, point: np.ndarray) -> list[Marker]:
+    """The markers of the settings (render.markers) at the evaluation target or the scored point [3]."""
+    out = []
+    for mk in settings.markers:
+        at = target if mk.at == "target" else point
+        out.append(Marker(at, mk.radius, mk.rgba, to=None if mk.pole is None else at + np.asarray(mk.pole)))
+    return out
 
 
 class Scene:
@@ -284,13 +271,14 @@ def _pad3(v: np.ndarray) -> np.ndarray:
 def policy_rollout(s: "Settings", path: Path, condition: int, held_out: bool = False):
     """(simulator, Rollout) of the policy or controllers in `path`, noise-free, in one condition
     (held_out: one of the task's held-out conditions, where only the global policy acts)."""
+    from gps_core.sim.env import Simulator
     from gps_core.sim.sampling import rollout_controllers, rollout_policy
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.policy import load_policy
     from stages.tools.inspect import read_any
 
     art = read_any(path)
-    sim = s.simulator(held_out)
+    sim = Simulator(s.task, s.task.test if held_out else s.task.train)
     ev = s.evaluation
     T = s.task.T
     what_conditions = "held-out conditions (task.test_conditions)" if held_out else "conditions"
@@ -406,9 +394,9 @@ def render_rollout(params_path: Path, policy: Path, condition: int, out: Path, w
     config = task.block(task.state[0])
     dU = len(config.qadr)
     frames = []
-    with Scene(sim.models[m], view_for(task.model_path, sim.models[m]), width, height, shadows) as scene:
+    with Scene(sim.models[m], view_for(settings.render, sim.models[m]), width, height, shadows) as scene:
         for t in steps:
-            scene.markers = markers_for(task.model_path, r.target, r.scored_point[t])
+            scene.markers = markers_for(settings.render, r.target, r.scored_point[t])
             qpos, qvel = sim.qpos0[m].copy(), np.zeros(sim.nv)
             qpos[config.qadr], qvel[config.dadr] = r.X[t, :dU], r.X[t, dU:2 * dU]
             scene.set_state(qpos, qvel)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from gps_core.scoring import success_table
 from stages.errors import UserError
+from stages.settings.schema import algorithm_name
 
 TASK_TITLES = {"obstacle": "Obstacle", "peg": "Peg", "peg_blind": "Blind Peg", "reacher": "Reacher", "pusher": "Pusher"}
 METHOD_ORDER = ["BADMM", "Off/Classic", "Off/Global", "On/Classic", "On/Global"]
@@ -53,12 +53,11 @@ class Run:
     curve: dict[str, np.ndarray]
 
 
-def method_name(params: dict) -> str:
-    """The paper's label of the method a params.yaml runs."""
-    alg = params["algorithm"]
-    if alg.get("name", "mdgps") == "badmm":
+def method_name(algorithm: str, sample_on_policy: bool, step_rule: str) -> str:
+    """The paper's label of a run's method, from its algorithm settings (algorithm.name, .sample_on_policy, .step_rule)."""
+    if algorithm == "badmm":
         return "BADMM"
-    return f"{'On' if alg['sample_on_policy'] else 'Off'}/{alg['step_rule'].capitalize()}"
+    return f"{'On' if sample_on_policy else 'Off'}/{step_rule.capitalize()}"
 
 
 def stopped_run(path: Path) -> bool:
@@ -71,7 +70,9 @@ def load_run(path: Path) -> Run:
     for f in (params_file, curve_file):
         if not f.exists():
             raise UserError(f"{f}: file not found (expected a finished run: params.yaml and data/learning_curve.csv)")
-    params = yaml.safe_load(params_file.read_text())
+    from stages.settings.load import load_settings
+
+    s = load_settings(params_file)
     with curve_file.open() as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -82,7 +83,8 @@ def load_run(path: Path) -> Run:
         raise UserError(f"{curve_file}: not a learning curve ({exc})") from None
     if not np.array_equal(curve["iteration"], np.arange(1, len(rows) + 1)):
         raise UserError(f"{curve_file}: iterations are not 1, 2, ..., {len(rows)}")
-    return Run(path, params["task"]["name"], method_name(params), int(params["seed"]), curve)
+    alg = s.algorithm
+    return Run(path, s.task.name, method_name(alg.name, alg.sample_on_policy, alg.step_rule), s.seed, curve)
 
 
 def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
@@ -112,7 +114,10 @@ def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
                 if not np.array_equal(curve["iteration"], np.arange(1, len(per_itr) + 1)):
                     failed.append(name)  # an unfinished run: iterations missing
                     continue
-                runs.append(Run(Path(name), params["task"]["name"], method_name(params), int(params["seed"]), curve))
+                # the params DVC recorded for the experiment (a run of any version of this code): read as recorded
+                alg = params["algorithm"]
+                method = method_name(algorithm_name(params), alg["sample_on_policy"], alg["step_rule"])
+                runs.append(Run(Path(name), params["task"]["name"], method, int(params["seed"]), curve))
     return runs, failed
 
 

@@ -25,13 +25,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gps_core.scoring import success
 from stages.artifacts.io import read_artifact
 from stages.errors import UserError
+
+if TYPE_CHECKING:
+    from stages.settings.load import Settings
 
 PENDING = "-"  # a cell whose file is not written yet
 
@@ -61,10 +64,10 @@ def init_files(algorithm: str = "mdgps") -> tuple[str, ...]:
     return INIT_FILES + (("duals.h5",) if algorithm == "badmm" else ())
 
 
-def run_algorithm(data: Path, params: dict[str, Any] | None) -> str:
-    """mdgps or badmm: from the params if given, else from the files (BADMM's init writes duals.h5)."""
-    if params is not None and isinstance(params.get("algorithm"), dict):
-        return str(params["algorithm"].get("name", "mdgps"))
+def run_algorithm(data: Path, settings: "Settings | None") -> str:
+    """mdgps or badmm: from the settings if given, else from the files (BADMM's init writes duals.h5)."""
+    if settings is not None:
+        return settings.algorithm.name
     return "badmm" if (data / "init" / "duals.h5").exists() or any(data.glob("itr_*/duals.h5")) else "mdgps"
 
 
@@ -102,38 +105,35 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _load_params(params_path: Path | None) -> dict[str, Any] | None:
+def _load_settings(params_path: Path | None) -> "Settings | None":
     if params_path is None:
         default = Path("params.yaml")
-        return _load_params(default) if default.exists() else None
-    from stages.settings.params import load_params
+        return _load_settings(default) if default.exists() else None
+    from stages.settings.load import load_settings
 
-    return load_params(params_path)
+    return load_settings(params_path)
 
 
-def _iterations(data: Path, params: dict[str, Any] | None) -> int:
+def _iterations(data: Path, settings: "Settings | None") -> int:
     found = [int(p.name[4:]) for p in data.glob("itr_*") if p.is_dir() and p.name[4:].isdigit()]
-    planned = int(params["iterations"]) if params and isinstance(params.get("iterations"), int) else 0
+    planned = settings.iterations if settings is not None else 0
     return max([planned, *(k + 1 for k in found)])
 
 
-def _thresholds(params: dict[str, Any] | None, metrics: list[dict[str, Any] | None]) -> list[float]:
-    if params is not None:
-        try:
-            return [float(t) for t in params["evaluation"].get("success_thresholds", [])]
-        except (KeyError, TypeError, AttributeError, ValueError):
-            pass
+def _thresholds(settings: "Settings | None", metrics: list[dict[str, Any] | None]) -> list[float]:
+    if settings is not None:
+        return list(settings.evaluation.success_thresholds)
     found = {float(k.split("_", 1)[1]) for m in metrics if m for k in m if k.startswith("success_")}
     return sorted(found, reverse=True)
 
 
-def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], list[str], dict[str, Any] | None]:
-    """The rows of the table, its column names, and the params (None if there is no params file)."""
+def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], list[str], "Settings | None"]:
+    """The rows of the table, its column names, and the settings (None if there is no params file)."""
     data = Path(data)
     if not data.is_dir():
         raise UserError(f"{data}: no such directory (run from the project root, or pass --data)")
-    params = _load_params(params_path)
-    n_itr = _iterations(data, params)
+    settings = _load_settings(params_path)
+    n_itr = _iterations(data, settings)
     metrics_all: list[dict[str, Any] | None] = []
     for k in range(n_itr):
         path = data / f"itr_{k:02d}" / "metrics.json"
@@ -141,10 +141,9 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
             metrics_all.append(json.loads(path.read_text()) if path.exists() else None)
         except (OSError, ValueError):
             metrics_all.append(None)
-    thresholds = _thresholds(params, metrics_all)
-    algorithm = run_algorithm(data, params)
-    held_out = any("test_final_distance" in m for m in metrics_all if m) or bool(
-        isinstance(params, dict) and isinstance(params.get("task"), dict) and params["task"].get("test_conditions"))
+    thresholds = _thresholds(settings, metrics_all)
+    algorithm = run_algorithm(data, settings)
+    held_out = any("test_final_distance" in m for m in metrics_all if m) or bool(settings is not None and len(settings.task.test))
     columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds),
                *(["held-out"] if held_out else []), "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "safeguards", "time"]
     first = init_files(algorithm)
@@ -155,7 +154,7 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
         row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out)
         rows.append(row)
         prev_end = end if row.state == "done" else None
-    return rows, columns, params
+    return rows, columns, settings
 
 
 def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | None,
@@ -254,19 +253,15 @@ def format_table(rows: list[Row], columns: list[str]) -> str:
 
 def status_text(data: Path, params_path: Path | None = None) -> str:
     """What `gps status` prints: a summary line, the table, then notes on unreadable files."""
-    rows, columns, params = collect(data, params_path)
+    rows, columns, settings = collect(data, params_path)
     done = sum(r.state == "done" for r in rows)
     head = f"{data}: {done} of {len(rows)} iterations done"
-    if params is not None:
+    if settings is not None:
         from stages.tools.report import method_name
 
-        try:
-            task = params["task"]
-            held = len(task.get("test_conditions") or [])
-            head += (f" (task {task['name']}, {method_name(params)}, {len(task['conditions'])} conditions"
-                     + (f" + {held} held out" if held else "") + ")")
-        except (KeyError, TypeError):
-            pass
+        task, alg, held = settings.task, settings.algorithm, len(settings.task.test)
+        head += (f" (task {task.name}, {method_name(alg.name, alg.sample_on_policy, alg.step_rule)}, {len(task.train)} conditions"
+                 + (f" + {held} held out" if held else "") + ")")
     summary = Path(data) / "learning_curve.csv"
     head += "; summary written" if summary.exists() else ""
     lines = [head, "", format_table(rows, columns).rstrip("\n")]
@@ -283,4 +278,3 @@ def status_text(data: Path, params_path: Path | None = None) -> str:
     if not rows:
         lines.append("(no iterations: params has none and there is no itr_NN folder)")
     return "\n".join(lines) + "\n"
-
