@@ -13,20 +13,22 @@ variables, this iteration's latest controllers and η) and implements the four o
 
 Every random draw of inner step j comes from its own stream (seed, iteration, name + j), so an
 inner step's result does not depend on how many draws the earlier ones made. Arrays are as in
-gps_core (conditions first); no files are read or written here.
+gps_core (conditions first); no files are read or written here. The step (stages/steps/badmm.py)
+gives the typed configs (gps_core.configs), the random streams and the progress bars; nothing here
+imports from stages/.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 
 from gps_core import badmm
 from gps_core.configs import BadmmConfig, PriorConfig, SStepConfig, TrajOptConfig
-from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.c_step import BatchCStepResult
+from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.lqr import Dynamics, QuadraticCost
 
 
@@ -49,6 +51,8 @@ class InnerLoop:
     prior_cfg: PriorConfig  # the policy linearisation's GMM prior
     topt: TrajOptConfig
     rng: Callable[[str], np.random.Generator]  # this iteration's generator of a stream name
+    # progress_bar(description, total): a context manager yielding progress(done, total) (stages.progress)
+    progress_bar: Callable[[str, int], ContextManager[Callable[[int, int], None]]]
     X: np.ndarray  # [M, N, T, dX]
     O: np.ndarray  # [M, N, T, dO]
     costs: Sequence[QuadraticCost]
@@ -88,13 +92,12 @@ class InnerLoop:
 
     def s_step(self, step: badmm.InnerStep) -> None:
         from gps_core.s_step import train_policy
-        from stages.progress import progress_bar
 
         pols = badmm.controller_for(step.inner, self.prevs, self.new)
         obs, target, precision, weight = badmm.s_step_dataset(pols, self.X, self.O, self.duals, self.bcfg.target_shift)
         scfg = replace(self.s_step_cfg, ent_reg=self.ent_reg)
         rng = self.rng(s_step_stream(step.inner))
-        with progress_bar(f"badmm s-step {self.iteration}.{step.inner}: gradient step", scfg.iterations) as progress:
+        with self.progress_bar(f"badmm s-step {self.iteration}.{step.inner}: gradient step", scfg.iterations) as progress:
             self.net, self.adam, self.losses = train_policy(self.net, self.adam, obs, target, precision, weight, scfg, rng, progress)
         self.diag["s_step"][step.inner] = True
         self.diag["s_step_loss"][step.inner] = self.losses

@@ -60,6 +60,8 @@ from gps_core.lqr import (
 
 @dataclass(frozen=True)
 class CStepResult:
+    """One condition's C-step result (BatchCStepResult[m]): its controller (K [T, dU, dX], ...) and the search's outcome."""
+
     policy: LinearGaussianPolicy
     eta: float  # warm start for the next iteration
     kl: float  # achieved KL(p ‖ q)

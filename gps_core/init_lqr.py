@@ -43,6 +43,6 @@ def init_lqr(x0: np.ndarray, dU: int, T: int, cfg: InitLQRConfig) -> LinearGauss
     ls[-1] *= cfg.final_weight
     Fm = np.broadcast_to(F, (1, T, dX, dX + dU))
     K, k, covar, failed = backward_pass_batched(Ls[None], ls[None], Fm, np.zeros((1, T, dX)), dX)
-    if failed[0]:  # L is positive definite in u, so Q_uu is too; this would be a bad config
+    if failed[0]:  # cannot happen with init_var > 0 (the schema's check): L_uu and so Q_uu are PD
         raise FloatingPointError("the initial LQR's Q_uu is not positive definite")
     return LinearGaussianPolicy(K=K[0], k=k[0], covar=covar[0])

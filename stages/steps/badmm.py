@@ -41,6 +41,7 @@ def badmm_inner_cmd(
     from stages.artifacts.policy import policy_to_datasets
     from stages.artifacts.priors import gmms_from_datasets, gmms_to_datasets, load_policy_lin_prior
     from gps_core.badmm_inner import InnerLoop
+    from stages.progress import progress_bar
 
     s = load_settings(params_path)
     sdata, sizes = load_samples(samples)
@@ -50,7 +51,8 @@ def badmm_inner_cmd(
     step_mult = load_step(step, known)
     loop = InnerLoop(
         iteration=iteration, iterations=s.iterations, bcfg=s.badmm, s_step_cfg=s.s_step, prior_cfg=s.policy_prior,
-        topt=s.traj_opt, rng=lambda stream: s.rng(iteration, stream), X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
+        topt=s.traj_opt, rng=lambda stream: s.rng(iteration, stream), progress_bar=progress_bar,
+        X=sdata["X"], O=sdata["obs"], costs=costs_from_datasets(sdata, str(samples)),
         dyns=load_dynamics(dynamics, known), prevs=prevs, eta=np.asarray(load_eta(prev_controllers, known), dtype=float),
         kl_bounds=s.algorithm.kl_step * np.asarray(step_mult, dtype=float) * sizes["T"],
         duals=load_duals(duals, known), net=net, adam=adam,
