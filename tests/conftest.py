@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,28 @@ def small_peg_params(task: str = "peg", iterations: int = 1) -> dict:
     params["task"]["conditions"] = params["task"]["conditions"][:2]
     params["policy"]["iterations"] = 60
     return params
+
+
+@pytest.fixture(scope="session")
+def finished_dvc_run(tmp_path_factory) -> Path:
+    """A git + DVC workspace (test_dvc_pipeline.make_workspace: the project's code, the small 2-iteration
+    MDGPS params with long S-steps) after a finished `dvc repro`, made once per session.
+
+    Read it, never change it (not even by running DVC in it): a test that edits, breaks or reruns
+    it works on its own copy, copy_run(finished_dvc_run, tmp_path / "ws"), a few MB copied instead
+    of a repro of about 10 s."""
+    from test_dvc_pipeline import BIN, make_workspace, run
+
+    ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws")
+    run([str(BIN / "dvc"), "repro"], ws)
+    return ws
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of a finished run (its files, and for a DVC workspace its cache, run-cache and lock
+    files) for a test to change; file times are kept. Returns `to`."""
+    shutil.copytree(run, to, symlinks=True)
+    return to
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
-"""Small real runs shared by the tests of the inspection commands (inspect, status, plot, render).
+"""Small real runs shared by the tests that read them (inspect, status, plot, render, progress, worker,
+the reference runs, the BADMM pipeline through DVC).
 
 Each run is made once per test session (the first test module that asks makes
-it) so that the modules together add only a few seconds.
+it) so that the modules together add only a few seconds. Tests read these runs and never change
+them: a test that needs to change one works on a copy (conftest.copy_run).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import gps, run_stages_by_hand, small_params, small_peg_params
+from conftest import gps, run_badmm_stages_by_hand, run_stages_by_hand, small_badmm_params, small_params, small_peg_params
 
 _made: dict[str, Path] = {}
 
@@ -23,6 +25,16 @@ def obstacle_run(tmp_path_factory) -> Path:
         run_stages_by_hand(d / "data", d / "params.yaml", 2)
         _made["obstacle"] = d
     return _made["obstacle"]
+
+
+def badmm_run(tmp_path_factory) -> Path:
+    """Two iterations of every BADMM stage on the small obstacle task: <dir>/params.yaml and <dir>/data/."""
+    if "badmm" not in _made:
+        d = tmp_path_factory.mktemp("badmm_run")
+        (d / "params.yaml").write_text(yaml.safe_dump(small_badmm_params(2)))
+        run_badmm_stages_by_hand(d / "data", d / "params.yaml", 2)
+        _made["badmm"] = d
+    return _made["badmm"]
 
 
 def peg_start(tmp_path_factory) -> Path:

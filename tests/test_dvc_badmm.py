@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_badmm_stages_by_hand, small_badmm_params
+from conftest import small_badmm_params
+from small_runs import badmm_run
 from test_dvc_pipeline import BIN, make_workspace, run
 
 pytestmark = pytest.mark.slow
 
 
-def test_badmm_repro_runs_its_stages_and_matches_the_stages_run_by_hand(tmp_path):
+def test_badmm_repro_runs_its_stages_and_matches_the_stages_run_by_hand(tmp_path, tmp_path_factory):
     ws = make_workspace(tmp_path / "ws", small_badmm_params(2))
     proc = run([str(BIN / "dvc"), "repro"], ws)
     ran = [name.rsplit(":", 1)[-1] for name in re.findall(r"Running stage '([^']+)'", proc.stdout)]
@@ -30,9 +31,9 @@ def test_badmm_repro_runs_its_stages_and_matches_the_stages_run_by_hand(tmp_path
         for name in ("controllers.h5", "policy.h5", "duals.h5", "policy_lin_final.h5", "inner.h5", "eval.h5"):
             assert (ws / "data" / f"itr_{k:02d}" / name).exists(), name
     assert "up to date" in run([str(BIN / "dvc"), "repro"], ws).stdout
-    # the files DVC made are those of the commands run by hand in the same order
-    by_hand = tmp_path / "by_hand"
-    run_badmm_stages_by_hand(by_hand, ws / "params.yaml", 2)
+    # the files DVC made are those of the commands run by hand in the same order (the session's
+    # BADMM run: small_badmm_params(2) too)
+    by_hand = badmm_run(tmp_path_factory) / "data"
     made = sorted(p.relative_to(ws / "data") for p in (ws / "data").rglob("*.h5") if "plots" not in p.parts)
     assert made == sorted(p.relative_to(by_hand) for p in by_hand.rglob("*.h5"))
     for rel in made:

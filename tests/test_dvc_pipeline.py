@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import ROOT, small_params
+from conftest import ROOT, copy_run, small_params
 from stages.pipeline.generate import build_pipeline, write_pipeline
 
 pytestmark = pytest.mark.slow
@@ -68,22 +68,15 @@ def artifacts(ws: Path) -> list[Path]:
     return sorted(p.relative_to(ws) for p in (ws / "data").rglob("*.h5"))
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws")
-    run([str(BIN / "dvc"), "repro"], ws)
-    return ws
-
-
-def test_repro_runs_every_stage_and_writes_metrics(finished):
-    ws = finished
+def test_repro_runs_every_stage_and_writes_metrics(finished_dvc_run, tmp_path):
+    ws = finished_dvc_run
     metrics = json.loads((ws / "data" / "metrics.json").read_text())
     assert metrics["iteration"] == 2
     curve = (ws / "data" / "learning_curve.csv").read_text().splitlines()
     assert len(curve) == 3
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], ws)
     assert "final_distance" in shown.stdout
-    again = run([str(BIN / "dvc"), "repro"], ws)
+    again = run([str(BIN / "dvc"), "repro"], copy_run(ws, tmp_path / "ws"))
     assert "up to date" in again.stdout
 
 
@@ -167,13 +160,14 @@ def stages_run(log_text: str) -> list[str]:
     return [name.rsplit(":", 1)[-1] for name in re.findall(r"Running stage '([^']+)'", log_text)]
 
 
-def test_sigkill_at_several_points_then_resume_is_bit_identical(finished, tmp_path):
+def test_sigkill_at_several_points_then_resume_is_bit_identical(finished_dvc_run, tmp_path):
     """Kill the run four times (during sampling, the S-step and the C-step, and between two stages),
     each time resuming with `dvc repro` or `gps resume`, which the next kill interrupts in turn.
 
     After every kill: the killed stage left no output, every file present equals the uninterrupted
     run's, and the resumed run did not redo finished stages. At the end, also the determinism check:
     every artifact, made across five runs of DVC, equals the uninterrupted run's bit for bit."""
+    finished = finished_dvc_run
     ws = make_workspace(tmp_path / "ws")
     e = dict(env(), PYTHONUNBUFFERED="1")  # DVC's log up to the kill
     command = [str(BIN / "dvc"), "repro"]
@@ -226,8 +220,9 @@ def assert_same_datasets(a: Path, b: Path) -> None:
         assert da[name].dtype == db[name].dtype and da[name].tobytes() == db[name].tobytes(), f"{a}:{name}"
 
 
-def test_resume_sets_aside_a_torn_dvc_rwlock(finished):
+def test_resume_sets_aside_a_torn_dvc_rwlock(finished_dvc_run, tmp_path):
     """A kill while DVC rewrites .dvc/tmp/rwlock (around every stage) leaves it empty."""
+    finished = copy_run(finished_dvc_run, tmp_path / "ws")
     rwlock = finished / ".dvc" / "tmp" / "rwlock"
     rwlock.write_text("")
     refused = run([str(BIN / "dvc"), "repro"], finished, check=False)
@@ -238,8 +233,8 @@ def test_resume_sets_aside_a_torn_dvc_rwlock(finished):
     assert "up to date" in run([str(BIN / "dvc"), "status"], finished).stdout
 
 
-def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished):
-    ws = finished
+def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished_dvc_run, tmp_path):
+    ws = copy_run(finished_dvc_run, tmp_path / "ws")
     lock = ws / "pipelines" / "itr_01" / "fit_policy" / "dvc.lock"  # the stage's own lock file
     intact = lock.read_text()
     before = {rel: datasets(ws / rel) for rel in artifacts(ws)}
@@ -256,15 +251,11 @@ def test_resume_sets_aside_a_torn_lock_file_and_restores_from_run_cache(finished
             np.testing.assert_array_equal(datasets(ws / rel)[name], value)
 
 
-def test_a_param_read_only_by_later_stages_leaves_earlier_stages_valid(finished):
-    ws = finished
+def test_a_param_read_only_by_later_stages_leaves_earlier_stages_valid(finished_dvc_run, tmp_path):
+    ws = copy_run(finished_dvc_run, tmp_path / "ws")
     params_file = ws / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
+    params = yaml.safe_load(params_file.read_text())
     params["evaluation"]["success_thresholds"] = [0.25]
-    try:
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        status = json.loads(run([str(BIN / "dvc"), "status", "--json"], ws).stdout)
-    finally:
-        params_file.write_text(original)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run([str(BIN / "dvc"), "status", "--json"], ws).stdout)
     assert set(status) == {"pipelines/itr_00/evaluate/dvc.yaml:evaluate_00", "pipelines/itr_01/evaluate/dvc.yaml:evaluate_01"}, status

@@ -22,16 +22,26 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, run_badmm_stages_by_hand, run_stages_by_hand, small_badmm_params, small_params, small_peg_params
+from conftest import ROOT, run_stages_by_hand, small_peg_params
+from small_runs import badmm_run, obstacle_run
 
 DATA = ROOT / "tests" / "data"
 CROSS_PROCESSOR_RTOL = 1e-4
+# Each run's folder (<dir>/params.yaml, <dir>/data). The obstacle's (small_params(2)) and its BADMM
+# run's (small_badmm_params(2)) are the session's shared runs (small_runs.py), which other tests read too.
 RUNS = {
-    "obstacle": (lambda: small_params(2), run_stages_by_hand),
-    "peg": (lambda: small_peg_params("peg", 2), run_stages_by_hand),
-    "peg_blind": (lambda: small_peg_params("peg_blind", 2), run_stages_by_hand),
-    "obstacle_badmm": (lambda: small_badmm_params(2), run_badmm_stages_by_hand),
+    "obstacle": lambda tmp_path_factory, tmp_path: obstacle_run(tmp_path_factory),
+    "peg": lambda tmp_path_factory, tmp_path: peg_run(tmp_path, "peg"),
+    "peg_blind": lambda tmp_path_factory, tmp_path: peg_run(tmp_path, "peg_blind"),
+    "obstacle_badmm": lambda tmp_path_factory, tmp_path: badmm_run(tmp_path_factory),
 }
+
+
+def peg_run(d: Path, task: str) -> Path:
+    """Two iterations of every stage of small_peg_params(task, 2), by hand: <d>/params.yaml, <d>/data."""
+    (d / "params.yaml").write_text(yaml.safe_dump(small_peg_params(task, 2)))
+    run_stages_by_hand(d / "data", d / "params.yaml", 2)
+    return d
 
 
 def cpu_model() -> str:
@@ -64,12 +74,9 @@ def datasets(run: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_paper_task_runs_are_unchanged(name, tmp_path):
-    make, run = RUNS[name]
+def test_paper_task_runs_are_unchanged(name, tmp_path_factory, tmp_path):
     stored = np.load(DATA / f"task_runs_{name}.npz")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(make()))
-    run(tmp_path / "data", tmp_path / "params.yaml", 2)
-    now = datasets(tmp_path / "data")
+    now = datasets(RUNS[name](tmp_path_factory, tmp_path) / "data")
     expected = {k: stored[k] for k in stored.files if k != "cpu"}
     assert sorted(now) == sorted(expected), "the runs write other datasets than before"
     exact = str(stored["cpu"]) == cpu_model()
