@@ -134,13 +134,13 @@ def check_samples(data: dict[str, Any], path: str = "", known: Known | None = No
 
 def load_samples(path, known: Known | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """All datasets of a samples file, checked, and the sizes M, N, T, dX, dU, dO."""
-    data = read_artifact(path)[0]
+    data = read_artifact(path, kind="samples")[0]
     return data, check_samples(data, str(path), known)
 
 
 def load_step(path, known: Known | None = None) -> np.ndarray:
     """step_mult [M], finite and > 0."""
-    data = read_artifact(path)[0]
+    data = read_artifact(path, kind="step")[0]
     check(str(path), data, spec("step", "step_mult"), known)
     positive(str(path), data["step_mult"], "step_mult")
     return data["step_mult"]
@@ -148,7 +148,7 @@ def load_step(path, known: Known | None = None) -> np.ndarray:
 
 def load_eta(path, known: Known | None = None) -> np.ndarray:
     """The C-step dual variables `eta` [M] (> 0) of a controllers file."""
-    data = read_artifact(path)[0]
+    data = read_artifact(path, kind="controllers")[0]
     check(str(path), data, spec("controllers", "eta"), known)
     positive(str(path), data["eta"], "eta")
     return data["eta"]
@@ -156,7 +156,7 @@ def load_eta(path, known: Known | None = None) -> np.ndarray:
 
 def check_controller_stats(path, known: Known | None = None) -> dict[str, np.ndarray]:
     """The C-step's summary of a controllers file: eta [M] > 0, kl [M] >= 0, kl_step [M] > 0."""
-    data = read_artifact(path)[0]
+    data = read_artifact(path, kind="controllers")[0]
     check(str(path), data, spec("controllers", "eta", "kl", "kl_step"), known)
     positive(str(path), data["eta"], "eta")
     positive(str(path), data["kl"], "kl", strict=False)

@@ -35,4 +35,4 @@ def controllers_from_datasets(data: dict[str, np.ndarray], path: str = "", known
 
 def load_controllers(path, known: Known | None = None) -> list[LinearGaussianPolicy]:
     """Controllers or a policy linearisation (K, k, pol_covar) of every condition."""
-    return controllers_from_datasets(read_artifact(path)[0], str(path), known)
+    return controllers_from_datasets(read_artifact(path, kind="controllers")[0], str(path), known)

@@ -38,4 +38,4 @@ def duals_from_datasets(data: dict[str, np.ndarray], path: str = "", known: Know
 
 def load_duals(path, known: Known | None = None):
     """The BADMM dual variables of a duals.h5 (gps_core.badmm.DualState), checked."""
-    return duals_from_datasets(read_artifact(path)[0], str(path), known)
+    return duals_from_datasets(read_artifact(path, kind="duals")[0], str(path), known)

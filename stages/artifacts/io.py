@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from stages.artifacts.layouts import LAYOUTS
 from stages.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -72,12 +73,14 @@ def open_artifact(path: str | Path, any_version: bool = False) -> h5py.File:
 
 
 def read_artifact(path: str | Path, names: Sequence[str] | None = None, optional: Sequence[str] = (),
-                  any_version: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                  any_version: bool = False, kind: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Datasets (flattened names, in file order) and root attributes of an artifact, through open_artifact's checks.
 
     names None: every dataset. Otherwise only those, each required (a one-line UserError naming the file and the
     dataset when it is missing), and the `optional` ones where present: `gps status` reads a few small datasets of
-    a run that may still be going. What the datasets hold is checked by the loaders (stages/artifacts/checks.py).
+    a run that may still be going. kind: a kind of the layout table (stages/artifacts/layouts.py); every dataset
+    read that the table lists for it must have the table's rank and dtype. Sizes across datasets and files,
+    finiteness and the rest are checked by the loaders (stages/artifacts/checks.py).
     """
     with open_artifact(path, any_version) as f:
         data: dict[str, np.ndarray] = {}
@@ -97,7 +100,33 @@ def read_artifact(path: str | Path, names: Sequence[str] | None = None, optional
                 if isinstance(f.get(name), h5py.Dataset):
                     data[name] = np.asarray(f[name][()])
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    if kind is not None:
+        _check_layout(path, kind, data)
     return data, attrs
+
+
+_DTYPES = {  # the table's dtype -> (what the message says is expected, whether a numpy dtype is one)
+    "float64": ("float64", lambda dt: dt == np.float64),
+    "int64": ("an integer type", lambda dt: dt.kind in "iu"),
+    "int8": ("an integer type", lambda dt: dt.kind in "iu"),
+    "bool": ("bool", lambda dt: dt.kind == "b"),
+}
+
+
+def _check_layout(path: str | Path, kind: str, data: Mapping[str, np.ndarray]) -> None:
+    """Every dataset of `data` that the layout table lists for `kind` has the table's rank and dtype."""
+    table = LAYOUTS[kind]
+    for name, a in data.items():
+        d = table.get(name)
+        if d is None or not d.dims:
+            continue
+        a = np.asarray(a)  # a scalar dataset reads as a numpy or Python scalar
+        expected, ok = _DTYPES[d.dtype]
+        if not ok(a.dtype):
+            dtype = "string" if a.dtype.kind in "SUO" else a.dtype.name
+            raise UserError(f"{path}: dataset {name!r} has dtype {dtype}, expected {expected}")
+        if a.ndim != len(d.dims.split(",")):
+            raise UserError(f"{path}: dataset {name!r} has shape {a.shape}, expected [{d.dims}]")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

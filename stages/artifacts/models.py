@@ -24,7 +24,7 @@ def dynamics_from_datasets(data: dict[str, np.ndarray], path: str = "", known: K
 
 
 def load_dynamics(path, known: Known | None = None) -> list[Dynamics]:
-    return dynamics_from_datasets(read_artifact(path)[0], str(path), known)
+    return dynamics_from_datasets(read_artifact(path, kind="dynamics")[0], str(path), known)
 
 
 def costs_from_datasets(data: dict[str, np.ndarray], path: str = "") -> list[QuadraticCost]:

@@ -31,5 +31,5 @@ def adam_from_datasets(data: dict[str, np.ndarray], attrs: dict[str, Any]):
 
 def load_policy_and_adam(path, known: Known | None = None, hidden: Sequence[int] | None = None):
     """The network and its Adam state (None before the first S-step); imports torch."""
-    data, attrs = read_artifact(path)
+    data, attrs = read_artifact(path, kind="policy")
     return policy_from_datasets(data, attrs, str(path), known, hidden), adam_from_datasets(data, attrs)

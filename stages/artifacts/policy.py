@@ -88,5 +88,5 @@ def policy_from_datasets(data: dict[str, np.ndarray], attrs: dict[str, Any], pat
 
 def load_policy(path, known: Known | None = None, hidden: Sequence[int] | None = None):
     """The network (PolicyParams), checked including its Adam state. Does not import torch."""
-    data, attrs = read_artifact(path)
+    data, attrs = read_artifact(path, kind="policy")
     return policy_from_datasets(data, attrs, str(path), known, hidden)

@@ -63,7 +63,7 @@ def load_dynamics_prior(path, known: Known | None = None) -> dict[str, np.ndarra
 
     Every one of them is required (a file given as --prev is never "no prior").
     """
-    data = read_artifact(path)[0]
+    data = read_artifact(path, kind="dynamics")[0]
     sizes = check(str(path), data, spec("dynamics", "prior/X", "prior/U"), known)
     width = 2 * sizes["dX"] + sizes["dU"]
     check_gmms(str(path), data, "prior", {"M": (sizes["M"], "as in dataset 'prior/X'"),
@@ -73,6 +73,6 @@ def load_dynamics_prior(path, known: Known | None = None) -> dict[str, np.ndarra
 
 def load_policy_lin_prior(path, known: Known) -> dict[str, np.ndarray]:
     """The GMM over [x; u] of a policy_lin file, required (known must give M, dX and dU)."""
-    data = read_artifact(path)[0]
+    data = read_artifact(path, kind="policy_lin")[0]
     check_gmms(str(path), data, "prior", {"M": known["M"], "E": (known["dX"][0] + known["dU"][0], "dX + dU, " + known["dX"][1])})
     return data

@@ -30,9 +30,9 @@ import numpy as np
 import typer
 
 from stages.app import app, debugging, user_errors
-from stages.artifacts.checks import array, check
+from stages.artifacts.checks import check
 from stages.artifacts.io import read_artifact, write_text_atomic
-from stages.artifacts.layouts import LAYOUTS, spec
+from stages.artifacts.layouts import spec
 from stages.errors import UserError
 
 FIGURES = ("success.png", "final_distance.png", "cost.png", "kl.png", "step_mult.png")
@@ -80,11 +80,9 @@ def policy_cost(eval_path: Path, samples_path: Path) -> np.ndarray | None:
 
     if not (eval_path.exists() and samples_path.exists()):
         return None
-    sdata, sattrs = read_artifact(samples_path, ("ee_jac",))
-    jac = array(str(samples_path), sdata, "ee_jac")
-    if jac.ndim != 5:
-        raise UserError(f"{samples_path}: dataset 'ee_jac' has shape {jac.shape}, expected [{LAYOUTS['samples']['ee_jac'].dims}]")
-    ev, _ = read_artifact(eval_path, ("X", "U"))
+    sdata, sattrs = read_artifact(samples_path, ("ee_jac",), kind="samples")
+    jac = sdata["ee_jac"]
+    ev, _ = read_artifact(eval_path, ("X", "U"), kind="eval")
     sizes = check(str(eval_path), ev, spec("eval", "X", "U"),
                   {"M": (jac.shape[0], f"as in {samples_path}"), "T": (jac.shape[2], f"as in {samples_path}")})
     try:
@@ -100,7 +98,7 @@ def _on_policy(samples_path: Path) -> str | None:
     """Who drew the samples (the samples.h5 attribute), None when there is no samples file."""
     if not samples_path.exists():
         return None
-    return "policy" if bool(read_artifact(samples_path, ())[1].get("on_policy", False)) else "controllers"
+    return "policy" if bool(read_artifact(samples_path, (), kind="samples")[1].get("on_policy", False)) else "controllers"
 
 
 def collect(data: Path, curve: Path | None) -> Series:

@@ -31,12 +31,14 @@ import numpy as np
 
 from gps_core.scoring import success
 from stages.artifacts.io import read_artifact
+from stages.artifacts.layouts import FILES
 from stages.errors import UserError
 
 if TYPE_CHECKING:
     from stages.settings.load import Settings
 
 PENDING = "-"  # a cell whose file is not written yet
+KIND_OF_FILE = {name: kind for kind, name in FILES.items()}  # samples.h5 -> samples, ...
 
 
 def iteration_files(k: int, algorithm: str = "mdgps") -> list[tuple[str, str]]:
@@ -83,8 +85,9 @@ def _read_h5(path: Path, datasets: tuple[str, ...], attrs: tuple[str, ...] = (),
              optional: tuple[str, ...] = ()) -> dict[str, Any]:
     """Some datasets and root attributes of an artifact (a UserError naming the file if it cannot be read).
 
-    `optional` datasets (those that runs from before issue 15 lack) are read where present."""
-    data, found = read_artifact(path, datasets, optional)
+    `optional` datasets (those that runs from before issue 15 lack) are read where present; each has the
+    rank and dtype the layout table gives for the file's kind."""
+    data, found = read_artifact(path, datasets, optional, kind=KIND_OF_FILE.get(Path(path).name))
     return {**data, **{name: found[name] for name in attrs if name in found}}
 
 
