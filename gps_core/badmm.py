@@ -80,6 +80,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from gps_core.configs import TARGET_SHIFTS, BadmmConfig, Schedule, TrajOptConfig
+from gps_core.badmm_duals import DualState
 from gps_core.c_step import BatchCStepResult, c_step_batched
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.lqr import ConditionError, Dynamics, QuadraticCost, controller_marginals, predicted_cost, quadratic_form_batched
@@ -114,45 +115,6 @@ def ent_reg_at(cfg: BadmmConfig, itr: int, iterations: int) -> float:
 def lg_step_at(cfg: BadmmConfig, itr: int, iterations: int) -> float:
     """Step of weight rules 0/1 at iteration itr."""
     return schedule_value(cfg.lg_step_schedule, itr, iterations)
-
-
-# --------------------------------------------------------------------------- dual state
-
-
-@dataclass(frozen=True)
-class DualState:
-    """BADMM dual variables of M conditions, carried across inner and outer iterations.
-
-    lam_k: [M, T, dU], lam_K: [M, T, dU, dX] (λ_t(x) = lam_K[m, t] x + lam_k[m, t]);
-    pol_wt: [M, T] the weights ν_t; prev_kl: [M, T] the policy KL of the last weight update
-    (None before the first one; rules 2 and 3 need it).
-    """
-
-    lam_k: np.ndarray
-    lam_K: np.ndarray
-    pol_wt: np.ndarray
-    prev_kl: np.ndarray | None = None
-
-    @property
-    def M(self) -> int:
-        return int(self.pol_wt.shape[0])
-
-    def __post_init__(self) -> None:
-        M, T = np.shape(self.pol_wt)
-        dU, dX = np.shape(self.lam_K)[2:]
-        if np.shape(self.lam_k) != (M, T, dU) or np.shape(self.lam_K) != (M, T, dU, dX):
-            raise ValueError(
-                f"lam_k {np.shape(self.lam_k)} / lam_K {np.shape(self.lam_K)} do not match pol_wt {(M, T)}"
-            )
-        if self.prev_kl is not None and np.shape(self.prev_kl) != (M, T):
-            raise ValueError(f"prev_kl must be {(M, T)}, got {np.shape(self.prev_kl)}")
-
-
-def init_duals(M: int, T: int, dU: int, dX: int, init_pol_wt: float) -> DualState:
-    """λ = 0, ν_t = init_pol_wt for every condition and step, no previous KL."""
-    return DualState(
-        lam_k=np.zeros((M, T, dU)), lam_K=np.zeros((M, T, dU, dX)), pol_wt=np.full((M, T), float(init_pol_wt))
-    )
 
 
 # --------------------------------------------------------------------------- C-step surrogate

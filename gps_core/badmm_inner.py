@@ -26,6 +26,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import numpy as np
 
 from gps_core import badmm
+from gps_core.badmm_duals import DualState
 from gps_core.configs import BadmmConfig, PriorConfig, SStepConfig, TrajOptConfig
 from gps_core.c_step import BatchCStepResult
 from gps_core.lingauss import LinearGaussianPolicy
@@ -60,7 +61,7 @@ class InnerLoop:
     prevs: Sequence[LinearGaussianPolicy]  # p̄
     eta: np.ndarray  # [M] warm start
     kl_bounds: np.ndarray  # [M] kl_step · step_mult · T
-    duals: badmm.DualState
+    duals: DualState
     net: Any  # PolicyParams
     adam: Any  # AdamState or None
     gmms: list  # the policy prior's GMMs (warm start of the refits)

@@ -8,7 +8,8 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from gps_core import badmm, configs
-from gps_core.badmm import BadmmSurrogate, DualState
+from gps_core.badmm import BadmmSurrogate
+from gps_core.badmm_duals import DualState, init_duals
 from gps_core.configs import BadmmConfig
 from gps_core.lingauss import LinearGaussianPolicy
 from gps_core.c_step import c_step_batched
@@ -240,7 +241,7 @@ def test_no_hook_and_an_mdgps_hook_leave_the_mdgps_c_step_unchanged():
 def test_badmm_without_duals_and_weights_is_the_mdgps_c_step_against_the_previous_controller():
     dyns, costs, prevs, lins, _, _ = problems(9)
     M = len(costs)
-    none = badmm.init_duals(M, T, dU, dX, 1.0)
+    none = init_duals(M, T, dU, dX, 1.0)
     none = DualState(lam_k=none.lam_k, lam_K=none.lam_K, pol_wt=np.zeros((M, T)))
     bounds, etas, cfg = np.array([1.0, 3.0, 8.0]), np.ones(M), TrajOptConfig()
     a = badmm.badmm_c_step(costs, prevs, lins, dyns, none, bounds, etas, cfg)
@@ -352,7 +353,7 @@ def test_dual_step_covariance_term_hand_computed_and_off_by_default():
     lin_K[0, :] = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]  # K_c − K̄ = [[1, 0, −1], [0, 1, 0]]
     X = np.zeros((1, 1, T, dX))
     U_pol = np.zeros((1, 1, T, dU))
-    duals = badmm.init_duals(1, T, dU, dX, 0.5)
+    duals = init_duals(1, T, dU, dX, 0.5)
     on = badmm.dual_step(duals, [pol], X, U_pol, lin_K, BadmmConfig(policy_dual_rate=0.0, policy_dual_rate_covar=0.2))
     # Σ⁻¹ (K_c − K̄) = [[1, −1, −1], [−1, 2, 1]]; λ_K ← 0 − 0.2 · 0.5 · that
     np.testing.assert_allclose(on.lam_K[0, 4], -0.1 * np.array([[1.0, -1.0, -1.0], [-1.0, 2.0, 1.0]]), atol=1e-14)
@@ -440,7 +441,7 @@ def test_dual_and_weight_step_updates_weights_only_when_asked_and_records_kl():
     U_pol = rng.standard_normal((M, N, T, dU))
     var = np.array([0.5, 0.8])
     cfg = BadmmConfig(fixed_lg_step=0)
-    duals = badmm.init_duals(M, T, dU, dX, 0.01)
+    duals = init_duals(M, T, dU, dX, 0.01)
     mid, kl = badmm.dual_and_weight_step(duals, news, prevs, X, U_pol, var, np.zeros((M, T, dU, dX)), cfg, 0.5, False)
     np.testing.assert_array_equal(mid.pol_wt, duals.pol_wt)
     assert mid.prev_kl is None
@@ -558,7 +559,7 @@ def test_task_configs_and_validation():
 
 
 def test_dual_state_shapes_are_checked():
-    d = badmm.init_duals(2, T, dU, dX, 0.01)
+    d = init_duals(2, T, dU, dX, 0.01)
     assert d.lam_k.shape == (2, T, dU) and d.lam_K.shape == (2, T, dU, dX) and np.all(d.pol_wt == 0.01)
     with pytest.raises(ValueError):
         DualState(lam_k=np.zeros((2, T, dU + 1)), lam_K=d.lam_K, pol_wt=d.pol_wt)
@@ -611,7 +612,7 @@ class LinearPolicyProblem:
         T, dX, dU, M = self.T, self.dX, self.dU, self.M
         X, prev = self.X, self.prev
         s = dict(G=np.zeros((dU, dX)), g=np.zeros(dU), var=np.full(dU, 0.1), new=None, eta=np.ones(M),
-                 duals=badmm.init_duals(M, T, dU, dX, cfg.init_pol_wt), residuals=[])
+                 duals=init_duals(M, T, dU, dX, cfg.init_pol_wt), residuals=[])
 
         def lins():
             return [LinearGaussianPolicy(K=np.broadcast_to(s["G"], (T, dU, dX)).copy(), k=np.broadcast_to(s["g"], (T, dU)).copy(),

@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gps_core import badmm
+from gps_core.badmm_duals import init_duals
 from gps_core.sim.task import compile_task
 from stages.artifacts.duals import load_duals
 from stages.main import registered_app
@@ -170,7 +171,7 @@ def test_inner_stage_is_deterministic(run, tmp_path):
 
 
 def test_duals_loader_rejects_bad_files(tmp_path):
-    good = badmm.init_duals(M, T, dU, dX, 0.01)
+    good = init_duals(M, T, dU, dX, 0.01)
     cases = [
         ({"lam_k": good.lam_k, "lam_K": good.lam_K}, "dataset 'pol_wt' is missing"),
         ({"lam_k": good.lam_k[:, :, :1], "lam_K": good.lam_K, "pol_wt": good.pol_wt}, "dataset 'lam_K' has shape"),

@@ -43,7 +43,7 @@ def init(
     write_artifact(policy_out, "init", 0, sp, pdata, pattrs)
     write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})
     if duals_out is not None:
-        from gps_core.badmm import init_duals
+        from gps_core.badmm_duals import init_duals
         from stages.artifacts.duals import duals_to_datasets
 
         duals = init_duals(sim.M, T, sim.dU, sim.dX, s.badmm.init_pol_wt)
