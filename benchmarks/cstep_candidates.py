@@ -8,7 +8,7 @@ traj_kl loses these KLs to cancellation), the bound, η, and the Laplace estimat
 cost under the fitted model relative to π̄'s own (log10 of the ratio; below 0 = predicted better).
 
 Candidates:
-- relative: the project's default (gps_core/c_step.py, "Safeguards"): the dual search relative to π̄.
+- relative: the project's default (gps_core/traj_opt/c_step.py, "Safeguards"): the dual search relative to π̄.
 - kl_reference: keep π̄ (the η → ∞ limit; KL 0).
 - lm_quu: the reference's arithmetic with Levenberg-Marquardt regularisation: where Q_uu is not
   PD, add μI (μ from 1e-6 · mean |diag Q_uu|, ×10 until Cholesky succeeds), as iLQG does; the
@@ -30,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gps_core import c_step, lqr  # noqa: E402
-from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
+from gps_core.traj_opt import c_step, lqr  # noqa: E402
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy  # noqa: E402
 
 
 def load_c_step(run: Path, itr: int):

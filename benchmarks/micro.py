@@ -48,13 +48,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # reference_impl: the one-condition reference code
 
-from gps_core.c_step import c_step_batched  # noqa: E402
+from gps_core.traj_opt.c_step import c_step_batched  # noqa: E402
 from gps_core.configs import PriorConfig, TrajOptConfig  # noqa: E402
-from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_initial_state  # noqa: E402
-from gps_core.gmm import GMM  # noqa: E402
-from gps_core.lingauss import LinearGaussianPolicy  # noqa: E402
-from gps_core.lqr import Dynamics, QuadraticCost  # noqa: E402
-from gps_core.policy_lin import fit_policy_linearisations  # noqa: E402
+from gps_core.fit.dynamics import DynamicsPrior, fit_all_dynamics, fit_initial_state  # noqa: E402
+from gps_core.fit.gmm import GMM  # noqa: E402
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy  # noqa: E402
+from gps_core.traj_opt.lqr import Dynamics, QuadraticCost  # noqa: E402
+from gps_core.fit.policy_lin import fit_policy_linearisations  # noqa: E402
 from reference_impl import c_step_reference, fit_dynamics, fit_policy_linearisation, update_dynamics_prior  # noqa: E402
 
 # Peg settings (params of the peg run): priors, regulariser, C-step constants.

@@ -7,9 +7,9 @@ the settings object or a raw dict. They live apart from the algorithm so that a 
 settings name a component does not depend on the component's code (stages/pipeline/code_deps.py):
 the sampling stages read `traj_opt` settings nowhere, and editing the C-step does not make them stale.
 
-Where each choice takes effect: ON_FAULT in gps_core.c_step (its safeguards), STEP_RULES in
+Where each choice takes effect: ON_FAULT in gps_core.traj_opt.c_step (its safeguards), STEP_RULES in
 gps_core.mdgps.step_estimates, RAMPS and PENALTIES in gps_core.costs, REGULARIZATION_SHAPES in
-gps_core.regression, WEIGHT_RULES and TARGET_SHIFTS in gps_core.badmm.
+gps_core.fit.regression, WEIGHT_RULES and TARGET_SHIFTS in gps_core.badmm.algorithm.
 
 The values are not checked here: the schema (stages/settings/schema.py) checks every setting,
 with a one-line error naming its key, before any of these is built.
@@ -32,7 +32,7 @@ PENALTIES = ("sqrt", "log")
 STEP_RULES = ("classic", "global")
 
 
-# --------------------------------------------------------------------------- the C-step (gps_core.c_step, gps_core.lqr)
+# --------------------------------------------------------------------------- the C-step (gps_core.traj_opt.c_step, gps_core.traj_opt.lqr)
 
 ON_FAULT = ("recover", "abort")
 
@@ -54,9 +54,9 @@ class TrajOptConfig:
     on_fault: str = "recover"
 
 
-# --------------------------------------------------------------------------- priors of the fits (gps_core.dynamics, gps_core.policy_lin)
+# --------------------------------------------------------------------------- priors of the fits (gps_core.fit.dynamics, gps_core.fit.policy_lin)
 
-REGULARIZATION_SHAPES = ("all_entries", "identity")  # of the dynamics fit's regulariser (gps_core.regression)
+REGULARIZATION_SHAPES = ("all_entries", "identity")  # of the dynamics fit's regulariser (gps_core.fit.regression)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class PriorConfig:
     strength: float = 1.0
 
 
-# --------------------------------------------------------------------------- initial controllers (gps_core.init_lqr)
+# --------------------------------------------------------------------------- initial controllers (gps_core.traj_opt.init_lqr)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class InitLQRConfig:
     dt: float = 0.05
 
 
-# --------------------------------------------------------------------------- the S-step (gps_core.s_step)
+# --------------------------------------------------------------------------- the S-step (gps_core.policy.s_step)
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class SStepConfig:
     ent_reg: float = 0.0
 
 
-# --------------------------------------------------------------------------- BADMM (gps_core.badmm)
+# --------------------------------------------------------------------------- BADMM (gps_core.badmm.algorithm)
 
 Schedule = Union[float, Sequence[float]]
 
@@ -125,7 +125,7 @@ class BadmmConfig:
     Not here because they are shared with MDGPS (params `algorithm.*`): the local step size
     kl_step [min_step_mult, max_step_mult] = peg 2.0 [0.01, 1], blind 1.0 [0.01, 3],
     obstacle 2.0 [0.4, 1] (code default 0.2 [0.01, 10]); policy_sample_mode = 'replace' in CR
-    (code default 'add'; only 'replace' is implemented, gps_core.policy_lin). BADMM samples the
+    (code default 'add'; only 'replace' is implemented, gps_core.fit.policy_lin). BADMM samples the
     local controllers (no on-policy sampling).
 
     init_pol_wt: ν_t at the start of the run, every t (> 0: the S-step weights are ν).

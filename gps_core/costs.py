@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from gps_core.configs import RAMPS
-from gps_core.lqr import QuadraticCost
+from gps_core.traj_opt.lqr import QuadraticCost
 
 if TYPE_CHECKING:
     from gps_core.sim.task import Task

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import Dynamics, QuadraticCost, estimate_cost
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import Dynamics, QuadraticCost, estimate_cost
 from gps_core.configs import STEP_RULES
 
 @dataclass(frozen=True)

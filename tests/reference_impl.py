@@ -7,11 +7,11 @@ benchmarks/micro.py):
 
     quadratic_form            lingauss form (M [T, D, D], v [T, D], c [T]) of one controller
     backward_pass, forward_pass, traj_kl, mdgps_backward, c_step_reference
-                              the C-step of one condition      (gps_core.lqr / gps_core.c_step)
+                              the C-step of one condition      (gps_core.traj_opt.lqr / gps_core.traj_opt.c_step)
     badmm_surrogate, value_rescaling, backward_pass_rescaled, badmm_backward_reference,
-    badmm_c_step_reference    the BADMM C-step of §10.3 as written  (gps_core.badmm.badmm_c_step)
+    badmm_c_step_reference    the BADMM C-step of §10.3 as written  (gps_core.badmm.algorithm.badmm_c_step)
     _log_joint, _m_step, _fit_gmm_with_history, fit_gmm, gmm_log_likelihood, niw_prior
-                              GMM EM and prior of one data set [N, D]  (gps_core.gmm, batched)
+                              GMM EM and prior of one data set [N, D]  (gps_core.fit.gmm, batched)
     update_dynamics_prior, fit_dynamics     the dynamics fit of one condition (dynamics.fit_all_dynamics)
     fit_policy_linearisation  the policy linearisation of one condition (policy_lin.fit_policy_linearisations)
 
@@ -24,15 +24,15 @@ import numpy as np
 import scipy.linalg
 from scipy.special import logsumexp
 
-from gps_core.badmm import lagrangian_cost
-from gps_core.c_step import CStepResult
+from gps_core.badmm.algorithm import lagrangian_cost
+from gps_core.traj_opt.c_step import CStepResult
 from gps_core.configs import PriorConfig, TrajOptConfig
-from gps_core.dynamics import DynamicsPrior, _transitions
-from gps_core.gmm import EM_COVARIANCE_JITTER, EM_RELATIVE_TOLERANCE, GMM, REBOOT_MASS_FRACTION, _initial_parameters, num_clusters
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import Dynamics, QuadraticCost
-from gps_core.policy_lin import FIRST_STEP_REGULARIZATION
-from gps_core.regression import gauss_fit_joint_prior
+from gps_core.fit.dynamics import DynamicsPrior, _transitions
+from gps_core.fit.gmm import EM_COVARIANCE_JITTER, EM_RELATIVE_TOLERANCE, GMM, REBOOT_MASS_FRACTION, _initial_parameters, num_clusters
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import Dynamics, QuadraticCost
+from gps_core.fit.policy_lin import FIRST_STEP_REGULARIZATION
+from gps_core.fit.regression import gauss_fit_joint_prior
 
 
 # --------------------------------------------------------------------------- lingauss, one controller

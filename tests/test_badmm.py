@@ -1,4 +1,4 @@
-"""BADMM core (gps_core/badmm.py, ALGORITHM §10): surrogate, S-step data, duals, weights, schedules,
+"""BADMM core (gps_core/badmm/algorithm.py, ALGORITHM §10): surrogate, S-step data, duals, weights, schedules,
 inner loop, step adjustment, and the c_step.c_step_batched surrogate hook (MDGPS unchanged)."""
 
 from __future__ import annotations
@@ -7,17 +7,19 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from gps_core import badmm, configs
-from gps_core.badmm import BadmmSurrogate
-from gps_core.badmm_duals import DualState, init_duals
+from gps_core import configs
+
+from gps_core.badmm import algorithm as badmm
+from gps_core.badmm.algorithm import BadmmSurrogate
+from gps_core.badmm.duals import DualState, init_duals
 from gps_core.configs import BadmmConfig
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.c_step import c_step_batched
-from gps_core.lqr import Dynamics, QuadraticCost, estimate_cost, mdgps_backward_batched, quadratic_form_batched
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.c_step import c_step_batched
+from gps_core.traj_opt.lqr import Dynamics, QuadraticCost, estimate_cost, mdgps_backward_batched, quadratic_form_batched
 from gps_core.configs import TrajOptConfig
 from gps_core.mdgps import new_step_mult
 from gps_core.mdgps import s_step_dataset as mdgps_s_step_dataset
-from gps_core.s_step import policy_variance, process_weights
+from gps_core.policy.s_step import policy_variance, process_weights
 import reference_impl
 from reference_impl import backward_pass, c_step_reference, forward_pass, traj_kl
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gps_core import badmm
-from gps_core.badmm_duals import init_duals
+from gps_core.badmm import algorithm as badmm
+from gps_core.badmm.duals import init_duals
 from gps_core.sim.task import compile_task
 from stages.artifacts.duals import load_duals
 from stages.main import registered_app

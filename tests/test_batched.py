@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp as scipy_logsumexp
 
-from gps_core.c_step import c_step_batched
+from gps_core.traj_opt.c_step import c_step_batched
 from gps_core.configs import PriorConfig, TrajOptConfig
-from gps_core.dynamics import DynamicsPrior, fit_all_dynamics, fit_initial_state
-from gps_core.gmm import fit_gmm_batched, logsumexp_np, niw_prior_batched
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import (
+from gps_core.fit.dynamics import DynamicsPrior, fit_all_dynamics, fit_initial_state
+from gps_core.fit.gmm import fit_gmm_batched, logsumexp_np, niw_prior_batched
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import (
     ConditionError, Dynamics, QuadraticCost, backward_pass_batched, forward_pass_batched, mdgps_backward_batched,
     quadratic_form_batched, traj_kl_batched,
 )
-from gps_core.policy_lin import fit_policy_linearisations
+from gps_core.fit.policy_lin import fit_policy_linearisations
 from reference_impl import (
     NotPositiveDefinite, _fit_gmm_with_history, backward_pass, c_step_reference, fit_dynamics, fit_gmm,
     fit_policy_linearisation, forward_pass, mdgps_backward, niw_prior, quadratic_form, traj_kl, update_dynamics_prior,

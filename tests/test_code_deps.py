@@ -99,8 +99,8 @@ def test_a_stage_depends_on_the_files_its_module_imports_at_any_level(tmp_path):
 
 def test_the_sampling_and_fitting_stages_do_not_depend_on_the_c_step_tools_or_sweeps():
     before_c_step = set(stage_code("sample", ROOT)) | set(stage_code("fit-dynamics", ROOT)) | set(stage_code("fit-policy", ROOT))
-    assert "gps_core/c_step.py" in stage_code("c-step", ROOT)
-    assert "gps_core/c_step.py" not in before_c_step
+    assert "gps_core/traj_opt/c_step.py" in stage_code("c-step", ROOT)
+    assert "gps_core/traj_opt/c_step.py" not in before_c_step
     every_stage = set().union(*(stage_code(c, ROOT) for c in command_modules(ROOT)))
     assert not {f for f in every_stage if f.startswith(("stages/tools/", "stages/sweep/", "stages/worker/"))}
     assert "stages/main.py" not in every_stage
@@ -204,7 +204,7 @@ def test_editing_a_tool_a_docstring_no_step_imports_or_the_docs_leaves_a_finishe
 @pytest.mark.slow
 def test_editing_the_c_step_makes_the_c_step_stale_and_nothing_before_it(finished_run):
     ws = finished_run
-    c_step = ws / "gps_core" / "c_step.py"
+    c_step = ws / "gps_core" / "traj_opt" / "c_step.py"
     original = c_step.read_text()
     try:
         _append(c_step, "\n# an edit of the C-step\n")

@@ -1,4 +1,4 @@
-"""The C-step safeguards (gps_core/c_step.py, "Safeguards"): real faulting C-steps, crafted ones, the
+"""The C-step safeguards (gps_core/traj_opt/c_step.py, "Safeguards"): real faulting C-steps, crafted ones, the
 relative-coordinate arithmetic against the reference's, and the reference's abort as a setting."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.c_step import KL_REFERENCE, NO_SAFEGUARD, RELATIVE_COORDINATES, c_step_batched, relative_kl_batched, relative_problem
-from gps_core.lqr import ConditionError, Dynamics, QuadraticCost, forward_pass_batched, quadratic_form_batched, traj_kl_batched
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.c_step import KL_REFERENCE, NO_SAFEGUARD, RELATIVE_COORDINATES, c_step_batched, relative_kl_batched, relative_problem
+from gps_core.traj_opt.lqr import ConditionError, Dynamics, QuadraticCost, forward_pass_batched, quadratic_form_batched, traj_kl_batched
 from gps_core.configs import TrajOptConfig
 
 DATA = Path(__file__).parent / "data"
@@ -169,7 +169,7 @@ def test_relative_kl_equals_traj_kl_where_nothing_cancels():
 
 def test_relative_dual_search_finds_the_reference_solution_on_a_problem_that_does_not_fault():
     """Forced through the relative path, a well-conditioned C-step gives the reference's controller."""
-    from gps_core import c_step
+    from gps_core.traj_opt import c_step
 
     problems = [well_conditioned(s) for s in (6, 7)]
     costs, refs, dyns = map(list, zip(*problems))
@@ -193,7 +193,8 @@ def test_relative_dual_search_finds_the_reference_solution_on_a_problem_that_doe
 
 
 def test_badmm_hopeless_c_step_keeps_the_previous_controllers():
-    from gps_core.badmm import badmm_c_step, init_duals
+    from gps_core.badmm.algorithm import badmm_c_step
+    from gps_core.badmm.duals import init_duals
 
     good, prev, dyn = well_conditioned(8)
     bad = QuadraticCost(Cm=good.Cm.copy(), cv=good.cv, cc=good.cc)

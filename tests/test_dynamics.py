@@ -1,22 +1,22 @@
-"""Tests for gps_core.regression and gps_core.dynamics (ALGORITHM §5.1, §5.2, §5.4)."""
+"""Tests for gps_core.fit.regression and gps_core.fit.dynamics (ALGORITHM §5.1, §5.2, §5.4)."""
 
 import numpy as np
 import pytest
 
-from gps_core.dynamics import DynamicsPrior, fit_dynamics_batched, fit_initial_state, update_dynamics_priors
+from gps_core.fit.dynamics import DynamicsPrior, fit_dynamics_batched, fit_initial_state, update_dynamics_priors
 
 from gps_core.configs import PriorConfig
-from gps_core.gmm import num_clusters
-from gps_core.regression import gauss_fit_joint_prior
+from gps_core.fit.gmm import num_clusters
+from gps_core.fit.regression import gauss_fit_joint_prior
 
 
 def update_dynamics_prior(prior, X, U, cfg, rng):
-    """gps_core.dynamics.update_dynamics_priors for one condition (a batch of one): X [N, T, dX], U [N, T, dU]."""
+    """gps_core.fit.dynamics.update_dynamics_priors for one condition (a batch of one): X [N, T, dX], U [N, T, dU]."""
     return update_dynamics_priors([prior], X[None], U[None], cfg, rng)[0]
 
 
 def fit_dynamics(X, U, prior, strength, regularization, regularization_shape="all_entries"):
-    """gps_core.dynamics.fit_dynamics_batched for one condition (a batch of one): Fm [T, dX, D], fv [T, dX], W [T, dX, dX]."""
+    """gps_core.fit.dynamics.fit_dynamics_batched for one condition (a batch of one): Fm [T, dX, D], fv [T, dX], W [T, dX, dX]."""
     Fm, fv, W = fit_dynamics_batched(X[None], U[None], [prior], strength, regularization, regularization_shape)
     return Fm[0], fv[0], W[0]
 
@@ -329,7 +329,7 @@ def test_identity_regulariser_tames_collinear_inputs():
 
     reg·11ᵀ adds nothing along the difference direction; reg·I splits the weight evenly.
     """
-    from gps_core.regression import gauss_fit_joint_prior
+    from gps_core.fit.regression import gauss_fit_joint_prior
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 5, 1))

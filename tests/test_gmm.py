@@ -1,12 +1,12 @@
-"""Tests for gps_core.gmm (ALGORITHM §5.2–5.3)."""
+"""Tests for gps_core.fit.gmm (ALGORITHM §5.2–5.3)."""
 
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from gps_core.gmm import GMM, _m_step_batched, fit_gmm_batched, log_joint_batched, logsumexp_np, niw_prior_batched, num_clusters
+from gps_core.fit.gmm import GMM, _m_step_batched, fit_gmm_batched, log_joint_batched, logsumexp_np, niw_prior_batched, num_clusters
 
-# gps_core.gmm fits and queries batches of mixtures; these tests use batches of one.
+# gps_core.fit.gmm fits and queries batches of mixtures; these tests use batches of one.
 
 
 def _fit_gmm_with_history(data, n_clusters, rng, prev=None, max_iter=100):

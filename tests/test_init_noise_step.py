@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gps_core.init_lqr import init_lqr
+from gps_core.traj_opt.init_lqr import init_lqr
 
 from gps_core.configs import InitLQRConfig
 from gps_core.mdgps import new_step_mult

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from gps_core.c_step import c_step_batched
-from gps_core.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.c_step import c_step_batched
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 from gps_core.configs import TrajOptConfig
-from gps_core.lqr import (
+from gps_core.traj_opt.lqr import (
     Dynamics, QuadraticCost, backward_pass_batched, controller_marginals, estimate_cost, mdgps_backward_batched,
     quadratic_form_batched, traj_kl_batched,
 )
 
-# The primitives of gps_core.lqr work on batches of problems; these tests use batches of one.
+# The primitives of gps_core.traj_opt.lqr work on batches of problems; these tests use batches of one.
 
 
 def backward_pass(Cs, cs, dyn, dX):

@@ -1,16 +1,16 @@
-"""Tests for gps_core.policy_lin (ALGORITHM §6, 'replace' mode)."""
+"""Tests for gps_core.fit.policy_lin (ALGORITHM §6, 'replace' mode)."""
 
 import numpy as np
 
 from gps_core.configs import PriorConfig
-from gps_core.gmm import num_clusters
-from gps_core.policy_lin import fit_policy_linearisations
-from gps_core.regression import gauss_fit_joint_prior
+from gps_core.fit.gmm import num_clusters
+from gps_core.fit.policy_lin import fit_policy_linearisations
+from gps_core.fit.regression import gauss_fit_joint_prior
 from reference_impl import fit_gmm, niw_prior
 
 
 def fit_policy_linearisation(X, U_pol, pol_var, gmm_prev, cfg, rng):
-    """gps_core.policy_lin.fit_policy_linearisations for one condition (a batch of one):
+    """gps_core.fit.policy_lin.fit_policy_linearisations for one condition (a batch of one):
     X [N, T, dX], U_pol [N, T, dU] -> K [T, dU, dX], k [T, dU], pol_covar [T, dU, dU], gmm."""
     K, k, pol_covar, gmms = fit_policy_linearisations(X[None], U_pol[None], pol_var, [gmm_prev], cfg, rng)
     return K[0], k[0], pol_covar[0], gmms[0]

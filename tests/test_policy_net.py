@@ -1,4 +1,4 @@
-"""Tests for gps_core.policy_net (NumPy policy network, ALGORITHM.md §8.1-§8.2)."""
+"""Tests for gps_core.policy.policy_net (NumPy policy network, ALGORITHM.md §8.1-§8.2)."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gps_core.policy_net import PolicyParams, init_policy, normalisation, policy_mean
+from gps_core.policy.policy_net import PolicyParams, init_policy, normalisation, policy_mean
 
 
 def _random_params(rng, dO=5, dU=3, hidden=(7, 6)):
@@ -75,7 +75,7 @@ def test_policy_mean_by_hand():
 def test_importing_policy_net_does_not_import_torch():
     code = (
         "import sys\n"
-        "import gps_core.policy_net as p\n"
+        "import gps_core.policy.policy_net as p\n"
         "p.policy_mean(p.init_policy(3, 2, (4,), 0.1, 0), __import__('numpy').zeros((2, 3)))\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"

@@ -25,8 +25,8 @@ class FakeTerminal(io.StringIO):
 
 
 def test_train_policy_reports_progress_without_changing_the_result():
-    from gps_core.policy_net import init_policy
-    from gps_core.s_step import train_policy
+    from gps_core.policy.policy_net import init_policy
+    from gps_core.policy.s_step import train_policy
     from gps_core.configs import SStepConfig
 
     rng = np.random.default_rng(0)
@@ -48,7 +48,7 @@ def test_train_policy_reports_progress_without_changing_the_result():
 
 def test_rollouts_report_each_time_step():
     from conftest import small_params
-    from gps_core.policy_net import init_policy
+    from gps_core.policy.policy_net import init_policy
     from gps_core.sim.sampling import rollout_policy
     from gps_core.sim.env import Simulator
     from gps_core.sim.task import compile_task
@@ -87,8 +87,8 @@ def test_dual_search_and_gmm_fits_report_progress_without_changing_the_result(tm
     """The C-step reports converged conditions per round; the GMM fits report conditions done."""
     import h5py
 
-    from gps_core.dynamics import fit_all_dynamics
-    from gps_core.c_step import c_step_batched
+    from gps_core.fit.dynamics import fit_all_dynamics
+    from gps_core.traj_opt.c_step import c_step_batched
     from stages.artifacts.checks import load_eta, load_step
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.models import load_cost_models, load_dynamics

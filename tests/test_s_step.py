@@ -1,4 +1,4 @@
-"""Tests for gps_core.s_step (S-step, ALGORITHM.md §8.2-§8.5)."""
+"""Tests for gps_core.policy.s_step (S-step, ALGORITHM.md §8.2-§8.5)."""
 
 import copy
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gps_core.policy_net import PolicyParams, init_policy, normalisation, policy_mean
-from gps_core.s_step import AdamState, minibatch_indices, policy_variance, process_weights, train_policy
+from gps_core.policy.policy_net import PolicyParams, init_policy, normalisation, policy_mean
+from gps_core.policy.s_step import AdamState, minibatch_indices, policy_variance, process_weights, train_policy
 from gps_core.configs import SStepConfig
 
 

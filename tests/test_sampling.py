@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from gps_core.sim.env import Simulator, model_path
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.policy_net import init_policy
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.policy.policy_net import init_policy
 from gps_core.sim.sampling import rollout_controllers, rollout_policy
 
 T = 20

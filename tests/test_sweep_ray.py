@@ -29,14 +29,21 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                           "health_check_failure_threshold": 3}
 SMALL_OBJECT_STORE = 100 * 1024**2  # the tasks pass a few kB; Ray's default reserves 30 % of the memory per node
+# No dashboard: the sweep talks to Ray's GCS and raylets only, and the dashboard's processes (10 of a
+# 3-node cluster's 23) take seconds to start and CPU all along from the stages on a 2-core machine.
+WORKER_NODE = {"num_cpus": 1, "object_store_memory": SMALL_OBJECT_STORE, "include_dashboard": False}
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    """One cluster for the module: a head with no CPUs and two one-CPU worker nodes. Each test starts
+    with two live worker nodes (two_workers): test_a_node_removed_while_a_stage_runs removes the node
+    its experiment runs on, which can be either, and the next test adds a new one in its place."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": SMALL_OBJECT_STORE,
+                                                            "include_dashboard": False,
                                                             "_system_config": FAST_FAILURE_DETECTION})
     for _ in range(2):
-        cluster.add_node(num_cpus=1, object_store_memory=SMALL_OBJECT_STORE)
+        cluster.add_node(**WORKER_NODE)
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
@@ -45,7 +52,7 @@ def cluster():
 def two_workers(cluster: Cluster) -> None:
     """Back to two live one-CPU worker nodes (a test may have removed one)."""
     while len(cluster.worker_nodes) < 2:
-        cluster.add_node(num_cpus=1, object_store_memory=SMALL_OBJECT_STORE)
+        cluster.add_node(**WORKER_NODE)
     cluster.wait_for_nodes()
 
 

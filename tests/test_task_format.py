@@ -168,7 +168,7 @@ def test_held_out_conditions_are_evaluated_but_never_sampled(tmp_path):
     # The trained policy in gymnasium.make("Reacher-v5"): Gymnasium's return, episode by episode
     gps("evaluate-gym", *p, "--policy", d / "p1.h5", "--out", d / "gym.json")
     result = json.loads((d / "gym.json").read_text())
-    from gps_core.policy_net import policy_mean
+    from gps_core.policy.policy_net import policy_mean
     from stages.artifacts.policy import load_policy
 
     net = load_policy(d / "p1.h5", {}, hidden=tuple(params["policy"]["hidden"]))

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gps_core.sim.env import CAUSES, Rollouts, Simulator
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.policy_net import PolicyParams, policy_mean
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.policy.policy_net import PolicyParams, policy_mean
 
 Progress = Callable[[int, int], None]
 # run(conditions [B], noise [B, T, dU], progress) -> Rollouts with leading [B]: episodes of one actor.

@@ -21,7 +21,7 @@ that is both needs `site:` or `body:` before it (`site:#3`, `body:#2`: by index,
 
 The state's first two blocks are the configuration: a qpos block of the joints
 the actuators drive, in actuator order, then a qvel block of the same joints
-(gps_core.init_lqr treats x[:dU] and x[dU:2dU] so). Point-like blocks of the
+(gps_core.traj_opt.init_lqr treats x[:dU] and x[dU:2dU] so). Point-like blocks of the
 state (position, relative) also give their Jacobian with respect to those
 joints, ∂b/∂q: [len(b), dU]; the fk cost terms use it (gps_core.costs.FKCost).
 

@@ -1,10 +1,10 @@
-"""Linear-Gaussian controllers (controllers.h5, policy_lin.h5: K, k, pol_covar) <-> gps_core.lingauss."""
+"""Linear-Gaussian controllers (controllers.h5, policy_lin.h5: K, k, pol_covar) <-> gps_core.traj_opt.lingauss."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from gps_core.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 from stages.artifacts.checks import Known, array, check, check_covariance
 from stages.artifacts.io import read_artifact
 from stages.artifacts.layouts import spec

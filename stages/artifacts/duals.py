@@ -1,4 +1,4 @@
-"""BADMM's dual variables (duals.h5) <-> gps_core.badmm_duals.DualState."""
+"""BADMM's dual variables (duals.h5) <-> gps_core.badmm.duals.DualState."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from stages.errors import UserError
 
 
 def duals_to_datasets(duals: Any) -> dict[str, np.ndarray]:
-    """gps_core.badmm_duals.DualState -> datasets; prev_kl is left out while there is none (before the first ν update)."""
+    """gps_core.badmm.duals.DualState -> datasets; prev_kl is left out while there is none (before the first ν update)."""
     data = {"lam_k": duals.lam_k, "lam_K": duals.lam_K, "pol_wt": duals.pol_wt}
     if duals.prev_kl is not None:
         data["prev_kl"] = duals.prev_kl
@@ -22,7 +22,7 @@ def duals_to_datasets(duals: Any) -> dict[str, np.ndarray]:
 
 def duals_from_datasets(data: dict[str, np.ndarray], path: str = "", known: Known | None = None):
     """λ_k [M,T,dU], λ_K [M,T,dU,dX], ν = pol_wt [M,T] (>= 0, not all 0), optional prev_kl [M,T]."""
-    from gps_core.badmm_duals import DualState
+    from gps_core.badmm.duals import DualState
 
     sizes = check(path, data, spec("duals", "lam_k", "lam_K", "pol_wt"), known)
     pol_wt = np.asarray(data["pol_wt"])
@@ -37,5 +37,5 @@ def duals_from_datasets(data: dict[str, np.ndarray], path: str = "", known: Know
 
 
 def load_duals(path, known: Known | None = None):
-    """The BADMM dual variables of a duals.h5 (gps_core.badmm_duals.DualState), checked."""
+    """The BADMM dual variables of a duals.h5 (gps_core.badmm.duals.DualState), checked."""
     return duals_from_datasets(read_artifact(path, kind="duals")[0], str(path), known)

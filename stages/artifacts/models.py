@@ -1,10 +1,10 @@
-"""The LQR's models: fitted dynamics (dynamics.h5) and cost expansions (samples.h5) <-> gps_core.lqr."""
+"""The LQR's models: fitted dynamics (dynamics.h5) and cost expansions (samples.h5) <-> gps_core.traj_opt.lqr."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from gps_core.lqr import Dynamics, QuadraticCost
+from gps_core.traj_opt.lqr import Dynamics, QuadraticCost
 from stages.artifacts.checks import Known, check, check_covariance, check_symmetric, load_samples, with_D
 from stages.artifacts.io import read_artifact
 from stages.artifacts.layouts import spec

@@ -1,6 +1,6 @@
-"""The S-step's optimiser state stored with the network (policy.h5: group `adam`) <-> gps_core.s_step.AdamState.
+"""The S-step's optimiser state stored with the network (policy.h5: group `adam`) <-> gps_core.policy.s_step.AdamState.
 
-Apart from stages/artifacts/policy.py because gps_core.s_step imports torch: only the stages
+Apart from stages/artifacts/policy.py because gps_core.policy.s_step imports torch: only the stages
 that train the network (s-step, badmm-inner) read it.
 """
 
@@ -17,7 +17,7 @@ from stages.artifacts.policy import policy_from_datasets
 
 def adam_from_datasets(data: dict[str, np.ndarray], attrs: dict[str, Any]):
     """The Adam state (None before the first S-step); check_policy has checked it."""
-    from gps_core.s_step import AdamState
+    from gps_core.policy.s_step import AdamState
 
     if "adam_step" not in attrs:
         return None

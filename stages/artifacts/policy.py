@@ -1,4 +1,4 @@
-"""The global policy's network (policy.h5: group `policy`, and the Adam state it carries) <-> gps_core.policy_net."""
+"""The global policy's network (policy.h5: group `policy`, and the Adam state it carries) <-> gps_core.policy.policy_net."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def check_policy(
 
 def policy_from_datasets(data: dict[str, np.ndarray], attrs: dict[str, Any], path: str = "", known: Known | None = None,
                          hidden: Sequence[int] | None = None):
-    from gps_core.policy_net import PolicyParams
+    from gps_core.policy.policy_net import PolicyParams
 
     check_policy(data, attrs, path, known, hidden)
     n = int(attrs["n_layers"])

@@ -1,4 +1,4 @@
-"""The GMM priors stored with dynamics.h5 and policy_lin.h5 (group `prior`) <-> gps_core.gmm.GMM."""
+"""The GMM priors stored with dynamics.h5 and policy_lin.h5 (group `prior`) <-> gps_core.fit.gmm.GMM."""
 
 from __future__ import annotations
 
@@ -43,12 +43,12 @@ def check_gmms(path: str, data: dict[str, Any], prefix: str, known: Known) -> No
 
 
 def gmms_from_datasets(prefix: str, data: dict[str, np.ndarray], M: int, path: str = "") -> list:
-    """Per-condition GMMs of datasets that check_gmms has checked. Imports scipy via gps_core.gmm.
+    """Per-condition GMMs of datasets that check_gmms has checked. Imports scipy via gps_core.fit.gmm.
 
     A missing dataset is an error, never "no GMM": the loaders (load_dynamics_prior,
     load_policy_lin_prior) report it with the file's name first.
     """
-    from gps_core.gmm import GMM
+    from gps_core.fit.gmm import GMM
 
     names = gmm_names(prefix)
     for name in names:

@@ -79,7 +79,7 @@ def _model_name(task: "Task") -> str:
 
 
 def check_init_lqr(source: str, section: dict[str, Any], task: "Task") -> None:
-    """init_gains: one gain per actuator (gps_core.init_lqr builds diag(init_gains) [dU, dU])."""
+    """init_gains: one gain per actuator (gps_core.traj_opt.init_lqr builds diag(init_gains) [dU, dU])."""
     if section.get("init_gains") is not None:
         _check_length(source, "init_lqr.init_gains", section["init_gains"], task.nu,
                       f"one per actuator (nu) of {_model_name(task)}")

@@ -89,7 +89,7 @@ def _valid(f: Field, v: Any) -> bool:
             isinstance(v, list) and len(v) > 0 and all(ok(x) and _in_bounds(f, x) for x in v)
             and (f.length is None or len(v) == f.length)
         )
-    if f.kind == "schedule":  # a constant, or values over the run (gps_core.badmm.schedule_value)
+    if f.kind == "schedule":  # a constant, or values over the run (gps_core.badmm.algorithm.schedule_value)
         if _num(v):
             return _in_bounds(f, v)
         return isinstance(v, list) and len(v) > 0 and all(_num(x) and x > 0 for x in v)

@@ -30,7 +30,7 @@ def badmm_adjust_step(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """BADMM step multipliers: Laplace cost plus ν-weighted KL to the policy linearisation, predicted vs actual."""
-    from gps_core.badmm import badmm_step_estimates
+    from gps_core.badmm.algorithm import badmm_step_estimates
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.duals import load_duals
 
@@ -68,7 +68,7 @@ def badmm_inner_cmd(
     """All inner C/S alternations of one BADMM iteration: S-step, refit, dual step, C-step (ALGORITHM §10.2)."""
     import json
 
-    from gps_core.c_step import SAFEGUARDS
+    from gps_core.traj_opt.c_step import SAFEGUARDS
     from stages.artifacts.checks import known_from, load_eta, load_samples, load_step
     from stages.artifacts.controllers import controllers_to_datasets, load_controllers
     from stages.artifacts.duals import duals_to_datasets, load_duals
@@ -76,7 +76,7 @@ def badmm_inner_cmd(
     from stages.artifacts.optimiser import load_policy_and_adam
     from stages.artifacts.policy import policy_to_datasets
     from stages.artifacts.priors import gmms_from_datasets, gmms_to_datasets, load_policy_lin_prior
-    from gps_core.badmm_inner import InnerLoop
+    from gps_core.badmm.inner import InnerLoop
     from stages.progress import progress_bar
 
     s = load_settings(params_path)

@@ -1,4 +1,4 @@
-"""`gps c-step`: KL-constrained LQR against the policy linearisation, with the safeguards of gps_core.c_step."""
+"""`gps c-step`: KL-constrained LQR against the policy linearisation, with the safeguards of gps_core.traj_opt.c_step."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def c_step_cmd(
     """KL-constrained LQR against the policy linearisation, one controller per condition."""
     import json
 
-    from gps_core.c_step import KL_REFERENCE, SAFEGUARDS, c_step_batched
+    from gps_core.traj_opt.c_step import KL_REFERENCE, SAFEGUARDS, c_step_batched
     from stages.artifacts.checks import known_from, load_eta, load_samples, load_step
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.models import costs_from_datasets, load_dynamics
@@ -60,8 +60,8 @@ def c_step_cmd(
 
 
 def _log_safeguards(iteration: int, res) -> None:
-    """One line naming every condition where a C-step safeguard acted (gps_core.c_step, "Safeguards")."""
-    from gps_core.c_step import KL_REFERENCE, RELATIVE_COORDINATES
+    """One line naming every condition where a C-step safeguard acted (gps_core.traj_opt.c_step, "Safeguards")."""
+    from gps_core.traj_opt.c_step import KL_REFERENCE, RELATIVE_COORDINATES
 
     what = {
         RELATIVE_COORDINATES: lambda m: f"condition {m}: solved relative to the KL reference "

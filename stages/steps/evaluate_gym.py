@@ -90,7 +90,7 @@ def score_in_gym(s, policy: Path, episodes: int, source: str = "params.yaml", pr
     import gymnasium
     from gymnasium.error import Error as GymError
 
-    from gps_core.policy_net import policy_mean
+    from gps_core.policy.policy_net import policy_mean
     from stages.artifacts.policy import load_policy
 
     task = s.task

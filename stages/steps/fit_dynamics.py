@@ -23,7 +23,7 @@ def fit_dynamics_cmd(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """Per-time-step linear-Gaussian dynamics with the GMM prior, and the initial-state Gaussian."""
-    from gps_core.dynamics import DynamicsPrior, fit_all_dynamics
+    from gps_core.fit.dynamics import DynamicsPrior, fit_all_dynamics
     from stages.artifacts.checks import known_from, load_samples
     from stages.artifacts.priors import gmms_from_datasets, gmms_to_datasets, load_dynamics_prior
 

@@ -23,8 +23,8 @@ def fit_policy_cmd(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """Linearise the global policy at the current samples (regression with a GMM prior)."""
-    from gps_core.policy_lin import fit_policy_linearisations
-    from gps_core.policy_net import policy_mean
+    from gps_core.fit.policy_lin import fit_policy_linearisations
+    from gps_core.policy.policy_net import policy_mean
     from stages.artifacts.checks import known_from, load_samples
     from stages.artifacts.policy import load_policy
     from stages.artifacts.priors import gmms_from_datasets, gmms_to_datasets, load_policy_lin_prior

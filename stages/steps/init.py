@@ -22,9 +22,9 @@ def init(
     duals_out: Optional[Path] = typer.Option(None, "--duals-out", help="BADMM: also write the dual variables (λ = 0, ν = badmm.init_pol_wt)"),
 ) -> None:
     """Initial local controllers (init_lqr), untrained network, step multipliers of 1 (and BADMM's duals)."""
-    from gps_core.init_lqr import init_lqr
+    from gps_core.traj_opt.init_lqr import init_lqr
     from gps_core.sim.env import Simulator
-    from gps_core.policy_net import init_policy
+    from gps_core.policy.policy_net import init_policy
     from stages.artifacts.controllers import controllers_to_datasets
     from stages.artifacts.policy import policy_to_datasets
 
@@ -43,7 +43,7 @@ def init(
     write_artifact(policy_out, "init", 0, sp, pdata, pattrs)
     write_artifact(step_out, "init", 0, sp, {"step_mult": np.ones(sim.M)})
     if duals_out is not None:
-        from gps_core.badmm_duals import init_duals
+        from gps_core.badmm.duals import init_duals
         from stages.artifacts.duals import duals_to_datasets
 
         duals = init_duals(sim.M, T, sim.dU, sim.dX, s.badmm.init_pol_wt)

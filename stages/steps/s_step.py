@@ -24,7 +24,7 @@ def s_step_cmd(
 ) -> None:
     """Train the network on the local controllers' actions at the sampled states."""
     from gps_core.mdgps import s_step_dataset
-    from gps_core.s_step import train_policy
+    from gps_core.policy.s_step import train_policy
     from stages.artifacts.checks import known_from, load_samples
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.optimiser import load_policy_and_adam

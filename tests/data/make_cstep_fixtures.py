@@ -18,7 +18,8 @@ import yaml
 
 old, run, itr, out = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 sys.path.insert(0, str(old))
-from gps_core import configs, lqr  # noqa: E402  (the old code)
+from gps_core import configs
+from gps_core.traj_opt import lqr  # noqa: E402  (the old code)
 from stages.artifacts.checks import known_from, load_eta, load_samples, load_step
 from stages.artifacts.controllers import load_controllers
 from stages.artifacts.models import costs_from_datasets, load_dynamics  # noqa: E402

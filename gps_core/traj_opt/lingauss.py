@@ -13,7 +13,7 @@ With P = Σ⁻¹ and z = [x; u], its negative log-density is the quadratic
     M = [[Kᵀ P K, −Kᵀ P], [−P K, P]],   v = [Kᵀ P k; −P k],   c = ½ kᵀ P k
 
 which is the form in which controllers enter the C-step surrogate cost and the
-trajectory KL divergence (gps_core.lqr.quadratic_form_batched computes it, for any batch of controllers).
+trajectory KL divergence (gps_core.traj_opt.lqr.quadratic_form_batched computes it, for any batch of controllers).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ per dimension ``obs_scale_j = 1 / max(std_j, 1e-3)`` (population std) and
 
 This module is NumPy-only on purpose (it must never import torch, directly or
 indirectly) so that sampling and linearisation stages can evaluate the policy
-cheaply; training lives in :mod:`gps_core.s_step`.  Everything is float64.
+cheaply; training lives in :mod:`gps_core.policy.s_step`.  Everything is float64.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gps_core.policy_net import PolicyParams, normalisation
+from gps_core.policy.policy_net import PolicyParams, normalisation
 from gps_core.configs import SStepConfig
 
 WEIGHT_MEDIAN_THRESHOLD = 1e-2

@@ -80,10 +80,10 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from gps_core.configs import TARGET_SHIFTS, BadmmConfig, Schedule, TrajOptConfig
-from gps_core.badmm_duals import DualState
-from gps_core.c_step import BatchCStepResult, c_step_batched
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import ConditionError, Dynamics, QuadraticCost, controller_marginals, predicted_cost, quadratic_form_batched
+from gps_core.badmm.duals import DualState
+from gps_core.traj_opt.c_step import BatchCStepResult, c_step_batched
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import ConditionError, Dynamics, QuadraticCost, controller_marginals, predicted_cost, quadratic_form_batched
 from gps_core.mdgps import StepEstimates
 from gps_core.mdgps import s_step_dataset as _mdgps_s_step_dataset
 

@@ -34,8 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from gps_core.gmm import GMM, fit_gmm_batched, niw_prior_batched, num_clusters
-from gps_core.regression import gauss_fit_joint_prior
+from gps_core.fit.gmm import GMM, fit_gmm_batched, niw_prior_batched, num_clusters
+from gps_core.fit.regression import gauss_fit_joint_prior
 from gps_core.configs import PriorConfig
 
 

@@ -1,6 +1,6 @@
 """BADMM's dual variables (ALGORITHM §10): their state and initial values.
 
-Apart from gps_core.badmm, which holds the BADMM updates and its C-step, so that the stages that only
+Apart from gps_core.badmm.algorithm, which holds the BADMM updates and its C-step, so that the stages that only
 create or store the duals (`gps init`, the duals.h5 reader) do not depend on the C-step's code
 (stages/pipeline/code_deps.py).
 """

@@ -1,6 +1,6 @@
 """The `badmm-inner` stage's work: every inner C/S alternation of one BADMM iteration (ALGORITHM §10.2).
 
-gps_core.badmm.run_inner_loop decides the order (inner_plan); `InnerLoop` holds the state
+gps_core.badmm.algorithm.run_inner_loop decides the order (inner_plan); `InnerLoop` holds the state
 it threads through (network and Adam state, policy linearisation and its GMM prior, dual
 variables, this iteration's latest controllers and η) and implements the four operations:
 
@@ -25,12 +25,12 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 
-from gps_core import badmm
-from gps_core.badmm_duals import DualState
+from gps_core.badmm import algorithm as badmm
+from gps_core.badmm.duals import DualState
 from gps_core.configs import BadmmConfig, PriorConfig, SStepConfig, TrajOptConfig
-from gps_core.c_step import BatchCStepResult
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import Dynamics, QuadraticCost
+from gps_core.traj_opt.c_step import BatchCStepResult
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import Dynamics, QuadraticCost
 
 
 def s_step_stream(inner: int) -> str:
@@ -43,7 +43,7 @@ def refit_stream(inner: int) -> str:
 
 @dataclass
 class InnerLoop:
-    """State and operations of one iteration's inner loop (a gps_core.badmm.InnerOps)."""
+    """State and operations of one iteration's inner loop (a gps_core.badmm.algorithm.InnerOps)."""
 
     iteration: int
     iterations: int  # of the run: the schedules of bcfg run over them
@@ -92,7 +92,7 @@ class InnerLoop:
     # ------------------------------------------------------------------ InnerOps
 
     def s_step(self, step: badmm.InnerStep) -> None:
-        from gps_core.s_step import train_policy
+        from gps_core.policy.s_step import train_policy
 
         pols = badmm.controller_for(step.inner, self.prevs, self.new)
         obs, target, precision, weight = badmm.s_step_dataset(pols, self.X, self.O, self.duals, self.bcfg.target_shift)
@@ -106,8 +106,8 @@ class InnerLoop:
                  f"{self.losses[:50].mean():.4f} -> {self.losses[-50:].mean():.4f}")
 
     def refit_policy(self, step: badmm.InnerStep) -> None:
-        from gps_core.policy_lin import fit_policy_linearisations
-        from gps_core.policy_net import policy_mean
+        from gps_core.fit.policy_lin import fit_policy_linearisations
+        from gps_core.policy.policy_net import policy_mean
 
         self.U_pol = policy_mean(self.net, self.O)
         rng = self.rng(refit_stream(step.inner))
@@ -129,7 +129,7 @@ class InnerLoop:
 
     def c_step(self, step: badmm.InnerStep) -> None:
         res = badmm.badmm_c_step(self.costs, self.prevs, self.lins(), self.dyns, self.duals, self.kl_bounds, self.eta, self.topt)
-        kept = np.flatnonzero(res.safeguard)  # BADMM has one safeguard: keep p̄ (gps_core.c_step, "Safeguards")
+        kept = np.flatnonzero(res.safeguard)  # BADMM has one safeguard: keep p̄ (gps_core.traj_opt.c_step, "Safeguards")
         if kept.size:
             self.log(f"iteration {self.iteration}.{step.inner}: safeguard: Q_uu stayed non-positive-definite up to eta 1e16; "
                      f"condition(s) {', '.join(map(str, kept))} kept the previous controllers (the eta -> infinity limit, KL 0)")

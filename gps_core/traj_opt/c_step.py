@@ -1,6 +1,6 @@
 """The C-step: the dual search over η of KL-constrained LQR, for M conditions at once, and its safeguards.
 
-Problem of one condition (notation of gps_core/lqr.py):
+Problem of one condition (notation of gps_core/traj_opt/lqr.py):
 
     min_p  Σ_t E_p[ℓ_t(z_t)]   s.t.   KL(p(τ) ‖ q(τ)) ≤ ε,     ε = kl_step · step_mult · T
 
@@ -38,7 +38,7 @@ before. `safeguard` [M] records what acted (SAFEGUARDS). With a surrogate hook (
 second safeguard applies (its reference is the previous controllers).
 
 c_step_batched optionally takes a `surrogate` hook (lqr.SurrogateCost) that replaces the MDGPS
-surrogate by another η-dependent cost (BADMM, gps_core/badmm.py): it returns the per-step cost in
+surrogate by another η-dependent cost (BADMM, gps_core/badmm/algorithm.py): it returns the per-step cost in
 units common to all t, solved by the same backward recursion, and the per-step factor by which
 Q_uu⁻¹ is scaled to give the controller covariance. Without the hook nothing changes.
 """
@@ -51,8 +51,8 @@ from typing import Callable
 import numpy as np
 
 from gps_core.configs import TrajOptConfig
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import (
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import (
     ConditionError, Dynamics, HopelessConditions, QuadraticCost, SurrogateCost, forward_pass_batched,
     matvec, mdgps_backward_batched, mT, quadratic_form_batched, traj_kl_batched,
 )

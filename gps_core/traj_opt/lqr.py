@@ -31,7 +31,7 @@ E_p(x_t)[KL(p(u|x) ‖ q(u|x))] [M, T], and predicted_cost the per-step Laplace 
 cc_t + ½ tr(S_t Cm_t) + ½ μ_tᵀ Cm_t μ_t + μ_tᵀ cv_t [M, T] (estimate_cost: its total for one
 condition).
 
-The dual search over η that uses these, and its safeguards, are gps_core/c_step.py.
+The dual search over η that uses these, and its safeguards, are gps_core/traj_opt/c_step.py.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from gps_core.configs import TrajOptConfig
-from gps_core.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def quadratic_form_batched(K: np.ndarray, k: np.ndarray, covar: np.ndarray):
-    """The quadratic form (M, v, c) of −log p(u|x) (gps_core/lingauss.py) and log|Σ| of controllers with
+    """The quadratic form (M, v, c) of −log p(u|x) (gps_core/traj_opt/lingauss.py) and log|Σ| of controllers with
     any leading batch dims.
 
     K [..., dU, dX], k [..., dU], covar [..., dU, dU] -> M [..., D, D], v [..., D], c [...], logdet [...].

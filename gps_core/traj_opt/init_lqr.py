@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gps_core.lingauss import LinearGaussianPolicy
-from gps_core.lqr import backward_pass_batched
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import backward_pass_batched
 from gps_core.configs import InitLQRConfig
 
 
