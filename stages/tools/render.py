@@ -32,7 +32,7 @@ import numpy as np
 from stages.errors import UserError
 
 if TYPE_CHECKING:
-    from stages.settings.load import RenderSettings, Settings
+    from stages.settings.load import CameraSettings, RenderSettings, Settings
 
 BACKENDS = ("egl", "osmesa")
 INSTALL_HINT = ("install the system package for EGL (Debian: libegl1 libegl-mesa0) or OSMesa (libosmesa6), "
@@ -126,21 +126,14 @@ def _use(backend: str) -> None:
 # ------------------------------------------------------------------ cameras and markers
 
 
-@dataclass(frozen=True)
-class View:
-    lookat: tuple[float, float, float]
-    distance: float
-    azimuth: float
-    elevation: float
-
-
-def view_for(settings: "RenderSettings", model) -> View:
+def view_for(settings: "RenderSettings", model) -> "CameraSettings":
     """The camera of the settings (render.camera); without one, MuJoCo's free camera of the model's extent."""
-    cam = settings.camera
-    if cam is not None:
-        return View(lookat=cam.lookat, distance=cam.distance, azimuth=cam.azimuth, elevation=cam.elevation)
-    return View(lookat=tuple(float(v) for v in model.stat.center), distance=2.0 * float(model.stat.extent),
-                azimuth=90.0, elevation=-60.0)
+    from stages.settings.load import CameraSettings
+
+    if settings.camera is not None:
+        return settings.camera
+    return CameraSettings(lookat=tuple(float(v) for v in model.stat.center), distance=2.0 * float(model.stat.extent),
+                          azimuth=90.0, elevation=-60.0)
 
 
 @dataclass
@@ -165,7 +158,7 @@ def markers_for(settings: "RenderSettings", target: np.ndarray, point: np.ndarra
 class Scene:
     """One condition's model drawn from a fixed free camera, with marker spheres added to each frame."""
 
-    def __init__(self, model, view: View, width: int, height: int, shadows: bool = False):
+    def __init__(self, model, view: "CameraSettings", width: int, height: int, shadows: bool = False):
         import mujoco
 
         gl_backend()
