@@ -54,6 +54,14 @@ def main() -> None:
         repo = ws / "repo"
         subprocess.run(["git", "checkout", "-q", args.commit], cwd=repo, check=True)
         env["PYTHONPATH"] = str(repo)  # the clone's code, not this checkout's editable install
+        # ... and the clone's own entry point (pyproject's [project.scripts] gps = "module:function"), which
+        # moved with the layout of issue 25: a `gps` of the workspace, first on PATH, calls it.
+        entry = re.search(r'^gps = "([\w.]+):(\w+)"', (repo / "pyproject.toml").read_text(), re.M)
+        (ws / "bin").mkdir()
+        gps = ws / "bin" / "gps"
+        gps.write_text(f"#!{sys.executable}\nimport sys\nfrom {entry[1]} import {entry[2]}\nsys.exit({entry[2]}())\n")
+        gps.chmod(0o755)
+        env["PATH"] = f"{ws / 'bin'}{os.pathsep}{env['PATH']}"
         has_worker = any((repo / "stages" / f).exists() for f in ("launch.py", "worker/client.py"))  # before and after the layout of issue 25
         (ws / "workers").mkdir(mode=0o700)
         env["GPS_WORKER_DIR"] = str(ws / "workers")
@@ -61,7 +69,7 @@ def main() -> None:
         bias = 0.0 if has_worker else psutil_age_bias()
         if args.params:
             shutil.copy(args.params, repo / "params.yaml")
-            subprocess.run([str(bin_dir / "gps"), "pipeline"], cwd=repo, env=env, check=True, capture_output=True)
+            subprocess.run([str(gps), "pipeline"], cwd=repo, env=env, check=True, capture_output=True)
         start = time.perf_counter()
         proc = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -82,7 +90,8 @@ def main() -> None:
         print(f"DVC overhead: {wall - total_proc:.2f} s ({(wall - total_proc) / n:.2f} s per stage)")
         print(f"dvc repro wall time: {wall:.2f} s ({'warm worker' if env['GPS_WORKER'] == '1' else 'a process per stage'})")
     finally:
-        subprocess.run([str(bin_dir / "gps"), "worker", "--stop"], env=env, capture_output=True)
+        if (ws / "bin" / "gps").exists():
+            subprocess.run([str(ws / "bin" / "gps"), "worker", "--stop"], env=env, capture_output=True)
         if args.keep:
             print(f"workspace kept at {ws / 'repo'}")
         else:

@@ -3,7 +3,8 @@
 A stage depends on the module that defines its `gps` command (stages/steps/) and on every
 module of the project (`stages`, `gps_core`) that module imports, directly or through
 another, at module level or inside a function, with the `__init__.py` of every package on
-the way (Python runs those too). So editing a user tool, a sweep engine, the docs or a module
+the way that holds code (Python runs those too; one that holds only a docstring runs nothing,
+and leaving it out keeps DVC's bookkeeping per stage smaller). So editing a user tool, a sweep engine, the docs or a module
 no step imports leaves a finished run up to date, and editing the C-step's code makes the
 C-step stages and what follows them stale, and nothing before them.
 
@@ -90,9 +91,17 @@ def imported_modules(name: str, root: Path) -> set[str]:
     return seen
 
 
+@functools.lru_cache(maxsize=None)
+def runs_code(path: Path) -> bool:
+    """Whether a source file holds more than a docstring."""
+    body = ast.parse(path.read_text(), filename=str(path)).body
+    return len(body) > (1 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else 0)
+
+
 def code_files(name: str, root: Path) -> list[str]:
-    """The source files of `imported_modules(name)`, relative to root, sorted."""
-    return sorted(module_file(m, root).relative_to(root).as_posix() for m in imported_modules(name, root))
+    """The source files of `imported_modules(name)` that hold code, relative to root, sorted."""
+    files = (module_file(m, root) for m in imported_modules(name, root))
+    return sorted(f.relative_to(root).as_posix() for f in files if f.name != "__init__.py" or runs_code(f))
 
 
 @functools.lru_cache(maxsize=None)

@@ -69,6 +69,13 @@ def preload() -> None:
     global _command
     sys.modules["PIL.Image"].preinit()  # the image plugins savefig loads
     _command = typer.main.get_command(registered_app())  # what `app()` builds on every call
+    # The summary stage renders the pipeline to check it, which reads the import graph of every step
+    # (0.15 s): a worker serves one version of the code, so its children can share the graph.
+    from stages.pipeline.code_deps import command_modules, stage_code
+    from stages.pipeline.generate import CODE_ROOT
+
+    for command in command_modules(CODE_ROOT):
+        stage_code(command, CODE_ROOT)
 
 
 _command = None  # the click command of the gps app, built once by preload
