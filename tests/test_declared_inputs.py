@@ -114,3 +114,27 @@ def test_a_bad_declared_input_stops_the_stage(runs, tmp_path, monkeypatch, algor
     for out in outputs:
         assert not (tmp_path / out).exists(), f"{stage_name} wrote {out} from a bad {dep}"
     assert not list(tmp_path.rglob(".*.tmp*")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "nan"])
+def test_the_on_policy_sample_stage_reads_and_checks_the_previous_controllers(runs, tmp_path, monkeypatch, how):
+    """The issue's case: iteration 1 samples the global policy (sample_on_policy: true), and a truncated,
+    empty or NaN-filled controllers.h5 of iteration 0, which it declares, still stops it."""
+    stage = PIPELINES["mdgps"]["sample_01"]
+    assert yaml.safe_load((runs["mdgps"] / "params.yaml").read_text())["algorithm"]["sample_on_policy"] is True
+    shutil.copytree(runs["mdgps"] / "data", tmp_path / "data")
+    shutil.copy(runs["mdgps"] / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "data/itr_01/samples.h5").unlink()
+    bad = tmp_path / "data/itr_00/controllers.h5"
+    if how == "truncated":
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    elif how == "empty":
+        bad.write_bytes(b"")
+    else:
+        with h5py.File(bad, "r+") as f:
+            f["K"][...] = float("nan")
+    monkeypatch.chdir(tmp_path)
+    result = invoke(stage["cmd"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith("gps sample: error: data/itr_00/controllers.h5: "), result.output
+    assert not (tmp_path / "data/itr_01/samples.h5").exists()
