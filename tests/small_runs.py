@@ -17,24 +17,24 @@ from conftest import gps, run_badmm_stages_by_hand, run_stages_by_hand, small_ba
 _made: dict[str, Path] = {}
 
 
+def _run_once(key: str, tmp_path_factory, params: dict, run_by_hand) -> Path:
+    """<dir>/params.yaml and <dir>/data/ of two iterations of every stage, run by `run_by_hand` once per session."""
+    if key not in _made:
+        d = tmp_path_factory.mktemp(f"{key}_run")
+        (d / "params.yaml").write_text(yaml.safe_dump(params))
+        run_by_hand(d / "data", d / "params.yaml", 2)
+        _made[key] = d
+    return _made[key]
+
+
 def obstacle_run(tmp_path_factory) -> Path:
     """Two iterations of every stage on the small obstacle task: <dir>/params.yaml and <dir>/data/."""
-    if "obstacle" not in _made:
-        d = tmp_path_factory.mktemp("obstacle_run")
-        (d / "params.yaml").write_text(yaml.safe_dump(small_params(2)))
-        run_stages_by_hand(d / "data", d / "params.yaml", 2)
-        _made["obstacle"] = d
-    return _made["obstacle"]
+    return _run_once("obstacle", tmp_path_factory, small_params(2), run_stages_by_hand)
 
 
 def badmm_run(tmp_path_factory) -> Path:
     """Two iterations of every BADMM stage on the small obstacle task: <dir>/params.yaml and <dir>/data/."""
-    if "badmm" not in _made:
-        d = tmp_path_factory.mktemp("badmm_run")
-        (d / "params.yaml").write_text(yaml.safe_dump(small_badmm_params(2)))
-        run_badmm_stages_by_hand(d / "data", d / "params.yaml", 2)
-        _made["badmm"] = d
-    return _made["badmm"]
+    return _run_once("badmm", tmp_path_factory, small_badmm_params(2), run_badmm_stages_by_hand)
 
 
 def peg_start(tmp_path_factory) -> Path:

@@ -40,10 +40,15 @@ def module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
 def _imported_names(path: Path, module: str) -> set[str]:
     """Every module name an import statement of the file names, with `from X import Y`'s X.Y too
     (Y may be a module), relative imports resolved."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _tree(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -91,10 +96,9 @@ def imported_modules(name: str, root: Path) -> set[str]:
     return seen
 
 
-@functools.lru_cache(maxsize=None)
 def runs_code(path: Path) -> bool:
     """Whether a source file holds more than a docstring."""
-    body = ast.parse(path.read_text(), filename=str(path)).body
+    body = _tree(path).body
     return len(body) > (1 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else 0)
 
 
@@ -111,7 +115,7 @@ def command_modules(root: Path) -> dict[str, str]:
     commands: dict[str, str] = {}
     for path in sorted((root / "stages" / "steps").glob("*.py")):
         module = f"{STEPS}.{path.stem}"
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(_tree(path)):
             if not isinstance(node, ast.FunctionDef):
                 continue
             for deco in node.decorator_list:
