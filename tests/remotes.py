@@ -94,8 +94,8 @@ def fresh_clone_experiments(landing: Landing, where: Path) -> tuple[list[str], l
 
 
 def processes_in(folder: Path) -> list[str]:
-    """Processes whose working directory is inside `folder`, but for the warm worker of `gps`
-    (started in the clone it serves; it writes nothing there and leaves when idle)."""
+    """Processes whose working directory is inside `folder` (the warm `gps` worker of a clone too: it
+    runs in the clone it serves)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -105,19 +105,74 @@ def processes_in(folder: Path) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if cwd.startswith(str(folder)) and "stages.worker.server" not in cmdline:
+        if cwd.startswith(str(folder)):
             found.append(f"{proc.name}: {cmdline.strip()}")
     return found
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """{file: (size, mtime)} of every file under `folder`."""
+    """{file: (size, mtime)} of every file under `folder` (one being removed meanwhile: what is left)."""
     out = {}
-    for path in folder.rglob("*"):
-        try:
-            st = path.lstat()
-        except OSError:
-            continue
-        if path.is_file():
+    for top, _, names in os.walk(folder):  # os.walk skips folders that vanish under it
+        for name in names:
+            path = Path(top) / name
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
             out[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
     return out
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, ppid, pgrp, ...), or None if no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        fields = _stat(proc.name) if proc.name.isdigit() else None
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(proc.name))
+    return found
+
+
+def attempt_processes(marker: dict) -> tuple[set[int], set[int]]:
+    """An attempt's process groups (one per guarded command: the guard leads it) and every live
+    process that is in one of them or descends from one of its members."""
+    parents: dict[int, int] = {}
+    groups_of: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        fields = _stat(proc.name) if proc.name.isdigit() else None
+        if fields and fields[0] != "Z":
+            parents[int(proc.name)], groups_of[int(proc.name)] = int(fields[1]), int(fields[2])
+    guards = {pid for pid, parent in parents.items() if parent == marker["pid"] and pid != marker["pid"]
+              and "group_guard.py" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")}
+    members = {pid for pid, group in groups_of.items() if group in guards}
+    grew = True
+    while grew:  # descendants, wherever they went
+        more = {pid for pid, parent in parents.items() if parent in members} - members
+        members |= more
+        grew = bool(more)
+    return guards, members
+
+
+def nothing_of_the_attempt_left(marker: dict, guards: set[int], members: set[int], within: float) -> None:
+    """Within `within` seconds: no process of the attempt's groups, none of the processes seen in them
+    or below them, and none working in its clone; then nothing in the clone changes for 2 s."""
+    clone = Path(marker["clone"])
+    wait_for(lambda: not any(group_members(g) for g in guards) and not any(alive(p) for p in members)
+             and not processes_in(clone), within, "the attempt's processes to die")
+    before = snapshot(clone)
+    time.sleep(2)
+    assert snapshot(clone) == before

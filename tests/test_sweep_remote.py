@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from remotes import fresh_clone_experiments, gps_sweep, landing_project, remote_refs, sweep, wait_for
+from remotes import (attempt_processes, attempts, fresh_clone_experiments, gps_sweep, group_members, landing_project,
+                     nothing_of_the_attempt_left, remote_refs, sweep, wait_for)
 from stages.main import registered_app
 
 app = registered_app()
@@ -134,6 +135,39 @@ def test_the_guard_kills_the_whole_group_when_its_caller_is_killed(tmp_path):
     assert out.stat().st_size == size  # nothing writes afterwards
 
 
+def start_guarded(tmp_path: Path, script: str) -> tuple[subprocess.Popen, Path]:
+    """The guard on `sh -c script` (which may write pids to files in tmp_path), started as job.guarded does."""
+    from stages.sweep.job import GUARD
+
+    out = tmp_path / "out.txt"
+    guard = subprocess.Popen([sys.executable, "-I", "-S", str(GUARD), str(os.getpid()), "sh", "-c",
+                              script.format(tmp=tmp_path, out=out)], start_new_session=True)
+    return guard, out
+
+
+def test_the_guard_killed_with_sigkill_takes_its_group_along(tmp_path):
+    """Ray SIGKILLs a dying worker's direct children, which is the guard: its watchman kills the group."""
+    guard, out = start_guarded(tmp_path, "sleep 60 & echo $! > {tmp}/bg; while true; do date >> {out}; sleep 0.1; done")
+    wait_for(lambda: (tmp_path / "bg").exists() and out.exists(), 20, "the guarded command to start")
+    assert len(group_members(guard.pid)) >= 4  # the guard, its watchman, sh, sleep (and date at times)
+    guard.kill()
+    guard.wait()
+    wait_for(lambda: not group_members(guard.pid), 5, "the group to die")
+    size = out.stat().st_size
+    time.sleep(0.5)
+    assert out.stat().st_size == size  # nothing writes afterwards
+
+
+def test_what_the_command_leaves_running_in_its_group_dies_when_it_ends(tmp_path):
+    """The command's status is passed on, and a process it left behind in the group (as the warm gps
+    worker of an experiment's clone stays there) is killed."""
+    guard, out = start_guarded(tmp_path, "sleep 60 & echo $! > {tmp}/bg; exit 5")
+    assert guard.wait(timeout=20) == 5
+    left = int((tmp_path / "bg").read_text())
+    wait_for(lambda: not group_members(guard.pid), 5, "the group to die")
+    assert not Path(f"/proc/{left}").exists() or "Z" == Path(f"/proc/{left}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def test_the_guard_passes_the_exit_status_on(tmp_path):
     from stages.sweep.job import guarded
 
@@ -221,3 +255,75 @@ def test_of_two_attempts_at_once_one_lands_and_the_other_sees_it_lost(tmp_path):
     else:
         assert said == ["landed", "superseded"], outs
         assert any(f"superseded by {winner}" in line for line in lines), outs
+
+
+def start_inline(landing, workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(sweep("--methods", "on_classic", *args, "--engine", "inline", "--workdir", str(workdir)),
+                            cwd=landing.repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def stage_under_way(workdir: Path) -> dict:
+    """The marker of the attempt in `workdir` once its pipeline's first stage has written."""
+    marker = wait_for(lambda: attempts(workdir), 60, "an attempt to start")[0]
+    wait_for(lambda: (Path(marker["clone"]) / "data" / "init").exists(), 120, "the run's first stage")
+    return marker
+
+
+@pytest.mark.slow
+def test_the_driver_killed_leaves_no_process_and_the_rerun_removes_its_clone(tmp_path):
+    """SIGKILL to the inline driver (the attempt's own process): its groups die within seconds and
+    the clone stops changing; --status counts the clone's disk; the same command again removes it
+    and lands the experiment."""
+    landing = landing_project(tmp_path)
+    work = tmp_path / "work"
+    driver = start_inline(landing, work, "--seeds", "8")
+    marker = stage_under_way(work)
+    guards, members = attempt_processes(marker)
+    assert guards and len(members) >= 3, (guards, members)  # the guard, its watchman, dvc exp run, ...
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    nothing_of_the_attempt_left(marker, guards, members, within=5)
+
+    status = gps_sweep(landing, "--methods", "on_classic", "--seeds", "8", "--status", "--workdir", str(work))
+    assert "interrupted" in status.stdout and f"{work} on this machine: 1 clone, " in status.stdout, status.stdout
+    again = gps_sweep(landing, "--methods", "on_classic", "--seeds", "8", "--engine", "inline", "--workdir", str(work))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"removed the leftovers of killed attempts from {work}: 1 clone, " in again.stdout, again.stdout
+    assert "obstacle-on_classic-s8: landed as " in again.stdout
+    assert not list(work.iterdir()) and not Path(marker["worker"]).exists()
+    status = gps_sweep(landing, "--methods", "on_classic", "--seeds", "8", "--status", "--workdir", str(work))
+    assert "no leftovers of killed attempts" in status.stdout, status.stdout
+
+
+@pytest.mark.slow
+def test_the_guard_killed_fails_the_attempt_and_leaves_no_process(tmp_path):
+    landing = landing_project(tmp_path)
+    work = tmp_path / "work"
+    driver = start_inline(landing, work, "--seeds", "9")
+    marker = stage_under_way(work)
+    guards, members = attempt_processes(marker)
+    assert len(guards) == 1, guards  # dvc exp run's
+    os.kill(next(iter(guards)), signal.SIGKILL)
+    nothing_of_the_attempt_left(marker, guards, members, within=5)
+    out = driver.communicate(timeout=60)[0]
+    assert driver.returncode == 1, out
+    assert "obstacle-on_classic-s9: FAILED: obstacle-on_classic-s9: dvc exp run failed: its process-group guard was " \
+           "killed (SIGKILL)" in out, out
+    assert not list(work.iterdir())  # the attempt removed its clone, as after any failure
+    assert remote_refs(landing) == {}
+
+
+def test_a_machine_without_git_identity_is_told_once_before_any_clone(tmp_path):
+    landing = landing_project(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    bare = {**env(), "HOME": str(home), "XDG_CONFIG_HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        bare.pop(key, None)
+    proc = subprocess.run(sweep("--methods", "on_classic,badmm", "--seeds", "0-2", "--engine", "inline", "--workdir",
+                                str(tmp_path / "work")), cwd=landing.repo, env=bare, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("git has no user name and email") == 1 and "git config --global user.name" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "work").exists()

@@ -22,8 +22,12 @@ never without its data:
    commit and pushed it at the same moment is refused the ref's lock, yet landed.
 
 Every command runs under `group_guard.py`, in a process group of its own that is
-killed when this process dies, so a killed attempt leaves no stage behind.
-The clone is removed afterwards, whatever happened.
+killed when this process or the guard dies, so a killed attempt leaves no stage
+behind. The clone is removed afterwards, whatever happened; if this process is
+killed too (SIGKILL, a node lost), the attempt's files stay until the next
+sweep on that machine, or `gps sweep --clean`, removes them (`remove_leftovers`):
+each attempt's marker names the process that runs it, and only attempts whose
+process is gone are removed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +44,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from stages.process_clock import start_ticks
 
 GUARD = Path(__file__).with_name("group_guard.py")
 LOG_TAIL_LINES = 15
@@ -129,6 +137,142 @@ def guarded(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None 
     return subprocess.CompletedProcess(full, proc.returncode, log.read_text(errors="replace"), "")
 
 
+def default_workdir() -> Path:
+    """Where a machine's attempts go without --workdir: its temporary folder's gps-sweep/."""
+    return Path(tempfile.gettempdir()) / "gps-sweep"
+
+
+@dataclass(frozen=True)
+class AttemptFiles:
+    """What one attempt writes beside the others in the work folder, all named after `<experiment>-<id>`.
+
+    clone: the fresh clone; marker: `.json`, which process runs the attempt; log: `.log`, the
+    run's output; worker: the folder of the clone's warm `gps` worker socket (kept short, in the
+    system's temporary folder, as Unix socket paths are limited to 107 bytes).
+    """
+
+    clone: Path
+    worker: Path
+
+    @classmethod
+    def new(cls, workdir: Path, experiment: str) -> "AttemptFiles":
+        attempt_id = uuid.uuid4().hex[:8]
+        return cls(workdir / f"{experiment}-{attempt_id}", Path(tempfile.gettempdir()) / f"gps-sweep-worker-{attempt_id}")
+
+    @property
+    def marker(self) -> Path:
+        return self.clone.parent / (self.clone.name + ".json")  # not with_suffix: names may hold a "." (kl_step=0.5)
+
+    @property
+    def log(self) -> Path:
+        return self.clone.parent / (self.clone.name + ".log")
+
+    def remove(self) -> None:
+        """The clone and worker folder first, the marker last: a removal cut short is found again."""
+        for folder in (self.clone, self.worker):
+            shutil.rmtree(folder, ignore_errors=True)
+        for path in (self.log, self.marker):
+            path.unlink(missing_ok=True)
+
+    def size(self) -> int:
+        total = 0
+        for path in (self.clone, self.worker, self.log, self.marker):
+            for f in (path.rglob("*") if path.is_dir() else [path]):
+                try:
+                    total += f.lstat().st_size
+                except OSError:
+                    pass
+        return total
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An attempt found in a work folder whose process is gone: its files and their size in bytes."""
+
+    experiment: str
+    files: AttemptFiles
+    size: int
+
+
+def attempt_running(marker: dict) -> bool | None:
+    """Whether the process a marker names still runs: True, False, or None when it ran on another host
+    (a work folder shared between machines) and cannot be checked from here."""
+    if marker.get("hostname") != socket.gethostname():
+        return None
+    # the start time tells the attempt's process from a later one that got its pid
+    return start_ticks(marker.get("pid", -1)) == marker.get("start")
+
+
+def leftovers(workdir: Path) -> tuple[list[Leftover], int]:
+    """The attempts in `workdir` whose process is gone, and how many others still run (here or elsewhere)."""
+    found, running = [], 0
+    for marker_path in sorted(workdir.glob("*.json")) if workdir.is_dir() else []:
+        try:
+            marker = json.loads(marker_path.read_text())
+            files = AttemptFiles(Path(marker["clone"]), Path(marker["worker"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an attempt's marker
+        if files.marker != marker_path or attempt_running(marker) is not False:
+            running += 1
+            continue
+        found.append(Leftover(marker.get("experiment", files.clone.name), files, files.size()))
+    return found, running
+
+
+def remove_leftovers(workdir: Path) -> list[Leftover]:
+    """Remove the attempts in `workdir` whose process is gone (never one that still runs); what was removed."""
+    found, _ = leftovers(workdir)
+    for leftover in found:
+        leftover.files.remove()
+    return found
+
+
+def leftover_text(found: list[Leftover]) -> str:
+    """'3 clones, 272.4 MB'."""
+    return f"{len(found)} clone{'s' * (len(found) != 1)}, {sum(f.size for f in found) / 1e6:.1f} MB"
+
+
+def clean_here(workdir: Path | None, echo: Callable[[str], None]) -> list[Leftover]:
+    """Remove what killed attempts left in this machine's work folder, and say so (if anything)."""
+    folder = workdir or default_workdir()
+    removed = remove_leftovers(folder)
+    if removed:
+        echo(f"removed the leftovers of killed attempts from {folder}: {leftover_text(removed)} "
+             f"({', '.join(sorted({r.experiment for r in removed}))})")
+    return removed
+
+
+def git_identity_problem() -> str | None:
+    """Why DVC could not commit an experiment on this machine, or None.
+
+    DVC commits each experiment with the author and committer of git's user.name and
+    user.email (global or system configuration; a fresh clone has no local one), or of
+    GIT_AUTHOR_NAME/EMAIL and GIT_COMMITTER_NAME/EMAIL.
+    """
+    config: dict[str, str] = {}
+    for scope in ("--system", "--global"):  # the global configuration wins
+        out = subprocess.run(["git", "config", scope, "--get-regexp", r"^user\.(name|email)$"],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(" ")
+            config[key.lower()] = value
+    for role in ("AUTHOR", "COMMITTER"):
+        for item in ("name", "email"):
+            if not (os.environ.get(f"GIT_{role}_{item.upper()}") or config.get(f"user.{item}")):
+                return (f"git has no user name and email on {socket.gethostname()}, and DVC commits each experiment: "
+                        "git config --global user.name NAME; git config --global user.email EMAIL")
+    return None
+
+
+def _status_text(code: int) -> str:
+    """What an exit status of a guarded command says when a signal ended it."""
+    if code < 0:
+        return f"its process-group guard was killed ({signal.Signals(-code).name})"
+    if code > 128 and code - 128 in signal.valid_signals():
+        return f"killed by {signal.Signals(code - 128).name}"
+    return ""
+
+
 def _tail(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return " | ".join(lines[-LOG_TAIL_LINES:]) or "(no output)"
@@ -188,10 +332,10 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
                    where: str = "") -> Outcome:
     """Run one experiment in a fresh clone and land it on the remotes (see the module's docstring).
 
-    workdir: where the clone goes (default: the system's temporary folder).
+    workdir: where the clone goes (default: `default_workdir()`).
     where: the engine's name for the place it runs (Ray's node), shown with the host.
-    While the attempt runs, `<workdir>/<attempt>.json` beside the clone says
-    which process and place run it, and `<attempt>.log` holds the run's output.
+    While the attempt runs, its marker beside the clone (`AttemptFiles`) says
+    which process and place run it, and its log holds the run's output.
     Raises ExperimentFailed, naming the step, when a step fails.
     """
     started = time.perf_counter()
@@ -199,22 +343,31 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
     done = remote_experiments(origin)
     if experiment.name in done:
         return Outcome(experiment.name, "skipped", done[experiment.name], host, {"total": time.perf_counter() - started})
+    problem = git_identity_problem()
+    if problem:
+        raise ExperimentFailed(experiment.name, "git identity", problem)
 
-    workdir = Path(workdir or Path(tempfile.gettempdir()) / "gps-sweep")
+    workdir = Path(workdir or default_workdir())
     workdir.mkdir(parents=True, exist_ok=True)
-    attempt = workdir / f"{experiment.name}-{uuid.uuid4().hex[:8]}"
-    marker = attempt.with_suffix(".json")
-    marker.write_text(json.dumps({"experiment": experiment.name, "pid": os.getpid(), "host": host,
-                                  "where": where, "clone": str(attempt)}))
+    files = AttemptFiles.new(workdir, experiment.name)
+    attempt = files.clone
+    marker = {"experiment": experiment.name, "commit": origin.commit, "pid": os.getpid(), "start": start_ticks(),
+              "hostname": socket.gethostname(), "host": host, "where": where, "clone": str(attempt),
+              "worker": str(files.worker)}
+    tmp = files.marker.with_name(f".{files.marker.name}.tmp")
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, files.marker)  # whole or absent: a sweep starting elsewhere reads markers
     seconds: dict[str, float] = {}
 
     def step(label: str, what: str, cmd: list[str], cwd: Path | None = None, env: dict | None = None,
              check: bool = True) -> subprocess.CompletedProcess:
         t = time.perf_counter()
-        proc = guarded(cmd, cwd, env, log=attempt.with_suffix(".log") if label == "run" else None)
+        proc = guarded(cmd, cwd, env, log=files.log if label == "run" else None)
         seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t
         if check and proc.returncode != 0:
-            raise ExperimentFailed(experiment.name, what, _tail(proc.stdout + proc.stderr))
+            signal_text = _status_text(proc.returncode)
+            raise ExperimentFailed(experiment.name, what, (f"{signal_text}: " if signal_text else "")
+                                   + _tail(proc.stdout + proc.stderr))
         return proc
 
     try:
@@ -224,6 +377,7 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
         step("clone", f"git checkout {origin.commit[:7]}", ["git", "checkout", "-q", "--detach", origin.commit], attempt)
         write_experiment_files(attempt, experiment)
         env = run_environment(attempt)
+        env["GPS_WORKER_DIR"] = str(files.worker)  # the clone's own worker, removed with the attempt
         dvc = executable("dvc")
         sets = [arg for s in experiment.sets for arg in ("-S", s)]
         step("run", "dvc exp run", [dvc, "exp", "run", "-n", experiment.name, *sets], attempt, env)
@@ -244,6 +398,4 @@ def run_experiment(experiment: Experiment, origin: Origin, workdir: str | Path |
         seconds["total"] = time.perf_counter() - started
         return Outcome(experiment.name, status, theirs, host, seconds)
     finally:
-        shutil.rmtree(attempt, ignore_errors=True)
-        for leftover in (marker, attempt.with_suffix(".log")):
-            leftover.unlink(missing_ok=True)
+        files.remove()

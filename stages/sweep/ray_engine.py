@@ -12,11 +12,12 @@ would fail the same way: runs are deterministic). Ray is an optional extra
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Callable, Iterator
 
 from stages.errors import UserError
-from stages.sweep.job import Experiment, Origin, Outcome, run_experiment
+from stages.sweep.job import Experiment, Origin, Outcome, clean_here, run_experiment
 
 RUN_CPUS = 1
 RETRIES = 3
@@ -46,23 +47,58 @@ def _cluster_line(ray, context) -> str:
     return line
 
 
+def connect(address: str | None, echo: Callable[[str], None]):
+    """ray.init on `address` (see ray_results), saying which cluster; the ray module."""
+    ray = import_ray()
+    try:
+        context = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UserError(f"--address {address}: no Ray cluster there ({str(exc).splitlines()[0]})") from None
+    echo(_cluster_line(ray, context))
+    return ray
+
+
+def clean_machine(workdir: Path | None) -> tuple[str, list[str]]:
+    """On one machine: remove what killed attempts left in its work folder; (the machine's lines, for the driver)."""
+    import io
+
+    out = io.StringIO()
+    clean_here(workdir, lambda line: print(f"{socket.gethostname()}: {line}", file=out))
+    return socket.gethostname(), out.getvalue().splitlines()
+
+
+def clean_nodes(ray, workdir: Path | None, echo: Callable[[str], None]) -> None:
+    """Remove the leftovers of killed attempts on every machine of the cluster (one task per machine,
+    pinned to it; no CPU reserved), before any attempt of this sweep starts there."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    machines = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            machines.setdefault(node["NodeManagerAddress"], node["NodeID"])
+    task = ray.remote(clean_machine)
+    refs = [task.options(num_cpus=0, max_retries=0, name="clean leftovers",
+                         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(workdir)
+            for node_id in machines.values()]
+    for _, lines in ray.get(refs):
+        for line in lines:
+            echo(line)
+
+
 def ray_results(todo: list[Experiment], origin: Origin, workdir: Path | None, address: str | None,
                 echo: Callable[[str], None]) -> Iterator[tuple[Experiment, Outcome | Exception]]:
     """Submit every experiment as a Ray task; yield (experiment, Outcome or the exception) as each finishes.
 
     address: a running cluster (`ray start --head` prints it); None connects to the
     cluster RAY_ADDRESS or this machine's `ray start` names, else starts one here.
+    First each machine removes what killed attempts left in its work folder.
     Leaving early (an exception, Ctrl-C) cancels the tasks still out: Ray kills
     their workers, and each attempt's process group dies with its worker.
     """
-    ray = import_ray()
-    try:
-        context = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise UserError(f"--address {address}: no Ray cluster there ({str(exc).splitlines()[0]})") from None
+    ray = connect(address, echo)
     pending: dict = {}
     try:
-        echo(_cluster_line(ray, context))
+        clean_nodes(ray, workdir, echo)
         task = ray.remote(attempt)
         pending = {task.options(num_cpus=RUN_CPUS, max_retries=RETRIES, retry_exceptions=False, name=exp.name)
                    .remote(exp, origin, workdir): exp for exp in todo}
@@ -79,4 +115,13 @@ def ray_results(todo: list[Experiment], origin: Origin, workdir: Path | None, ad
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+        ray.shutdown()
+
+
+def ray_clean(workdir: Path | None, address: str | None, echo: Callable[[str], None]) -> None:
+    """`gps sweep --clean --engine ray`: the leftovers of killed attempts on every machine of the cluster."""
+    ray = connect(address, echo)
+    try:
+        clean_nodes(ray, workdir, echo)
+    finally:
         ray.shutdown()

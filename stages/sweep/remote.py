@@ -24,7 +24,8 @@ from typing import Callable, Iterable, Iterator
 
 from stages.errors import UserError
 from stages.process_clock import start_ticks
-from stages.sweep.job import Experiment, ExperimentFailed, Origin, Outcome, remote_experiments, run_experiment
+from stages.sweep.job import (Experiment, ExperimentFailed, Origin, Outcome, clean_here, default_workdir, git_identity_problem,
+                              leftover_text, leftovers, remote_experiments, run_experiment)
 
 ENGINES = ("queue", "ray", "inline")
 Result = tuple[Experiment, "Outcome | Exception"]
@@ -176,14 +177,20 @@ def status_rows(experiments: list[Experiment], done: dict[str, str], ledger: Led
     return rows
 
 
-def status_report(experiments: list[Experiment], root: Path, git_remote: str) -> list[str]:
-    """`gps sweep --status`: a summary line, then one line per experiment."""
+def status_report(experiments: list[Experiment], root: Path, git_remote: str, workdir: Path | None = None) -> list[str]:
+    """`gps sweep --status`: a summary line, one line per experiment, and what killed attempts left on this machine."""
     origin = sweep_origin(root, git_remote, to_run=False)
     rows = status_rows(experiments, _remote_done(origin), Ledger(root, origin.commit))
     counts = {state: sum(r[1] == state for r in rows) for state in ("done", "running", "failed", "interrupted", "missing")}
     width = max(len(r[0]) for r in rows)
     head = f"{len(rows)} experiments of {origin.commit[:7]}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    return [head, *(f"{name:<{width}}  {state:<11}  {detail}".rstrip() for name, state, detail in rows)]
+    folder = workdir or default_workdir()
+    found, running = leftovers(folder)
+    tail = (f"{folder} on this machine: {leftover_text(found)} of killed attempts "
+            "(the next sweep here, or gps sweep --clean, removes them)" if found
+            else f"{folder} on this machine: no leftovers of killed attempts")
+    tail += f"; {running} attempt(s) running" if running else ""
+    return [head, *(f"{name:<{width}}  {state:<11}  {detail}".rstrip() for name, state, detail in rows), tail]
 
 
 def _remote_done(origin: Origin) -> dict[str, str]:
@@ -209,18 +216,29 @@ def run_remote_sweep(experiments: list[Experiment], root: Path, git_remote: str,
                      echo: Callable[[str], None] = print, ledger: bool = True) -> tuple[int, int]:
     """Run the experiments the git remote lacks on `engine` (ray or inline); returns (landed, failed).
 
+    First the leftovers of killed attempts are removed from the work folder of every
+    machine the engine uses (`stages.sweep.job.remove_leftovers`), never a running attempt's.
+
     ledger: keep the ledger for --status (off for one experiment of a job array).
     """
     from stages.progress import progress_bar
 
     origin = sweep_origin(root, git_remote)
+    problem = git_identity_problem()
+    if problem:  # said once, before any clone (each experiment's `dvc exp run` would fail on it)
+        raise UserError(problem)
     done = _remote_done(origin)
     todo = [exp for exp in experiments if exp.name not in done]
     echo(f"{len(experiments)} experiments of {origin.commit[:7]}: {len(experiments) - len(todo)} already on "
          f"{git_remote}, {len(todo)} to run ({engine})")
     record = Ledger(root, origin.commit, keep=ledger)
     record.claim(engine)
+    if engine == "inline":
+        clean_here(workdir, echo)
     if not todo:
+        if engine == "ray":  # otherwise each machine cleans when the engine connects, before its attempts
+            from stages.sweep.ray_engine import ray_clean
+            ray_clean(workdir, address, echo)
         return 0, 0
     if engine == "ray":
         from stages.sweep.ray_engine import ray_results

@@ -135,6 +135,9 @@ def sweep_cmd(
     methods: str = typer.Option("badmm,off_classic,off_global,on_classic,on_global", "--methods",
                                 help="comma-separated: badmm, off_classic, off_global, on_classic, on_global"),
     seeds: str = typer.Option("0-9", "--seeds", help="e.g. 0-9 or 0,2,4"),
+    settings: list[str] = typer.Option([], "--set", "-S", help="KEY=VALUE: a setting of every experiment (recorded in "
+                                       "its params, as dvc exp run -S); KEY=V1,V2,... makes one experiment per value "
+                                       "(several make a grid); the names say the values"),
     engine: str = typer.Option("queue", "--engine",
                                help="queue: DVC's local queue; ray: a Ray cluster; inline: here, one after another "
                                     "(ray and inline land each experiment on the git and DVC remotes)"),
@@ -147,7 +150,9 @@ def sweep_cmd(
     index: Optional[int] = typer.Option(None, "--index", min=0, help="inline: run only the experiment with this "
                                         "index of the sweep's order (a Slurm array's $SLURM_ARRAY_TASK_ID)"),
     status: bool = typer.Option(False, "--status", help="ray, inline: list the experiments done (on the git "
-                                "remote), running and failed, and stop"),
+                                "remote), running and failed, and the disk killed attempts left here, and stop"),
+    clean: bool = typer.Option(False, "--clean", help="remove what killed attempts left in the work folder (with "
+                               "--engine ray: of every machine of the cluster), never a running attempt's, and stop"),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="queue: also start this many queue workers (0: only queue)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="queue: print the dvc commands instead of queuing"),
 ) -> None:
@@ -156,6 +161,7 @@ def sweep_cmd(
 
     from stages.app import user_errors
     from stages.sweep.queue import METHODS, experiments, known_tasks, parse_list, parse_seeds, queue_sweep
+    from stages.sweep.job import clean_here, default_workdir
     from stages.sweep.remote import ENGINES, run_remote_sweep, status_report
 
     root = Path(".")
@@ -169,12 +175,21 @@ def sweep_cmd(
         if engine == "ray":
             from stages.sweep.ray_engine import import_ray
             import_ray()
+        if clean:
+            if status or dry_run or jobs or index is not None:
+                raise UserError("--clean goes alone (with --workdir, and --engine ray --address for a cluster)")
+            if engine == "ray":
+                from stages.sweep.ray_engine import ray_clean
+                ray_clean(workdir, address, typer.echo)
+            elif not clean_here(workdir, typer.echo):
+                typer.echo(f"{workdir or default_workdir()}: no leftovers of killed attempts")
+            return
         selection = (parse_list(tasks, known_tasks(root), "tasks"), parse_list(methods, tuple(METHODS), "methods"),
                      parse_seeds(seeds))
         if engine == "queue" and not status:
-            n = queue_sweep(*selection, root, dry_run, echo=typer.echo, dvc=dvc_executable())
+            n = queue_sweep(*selection, root, dry_run, echo=typer.echo, dvc=dvc_executable(), settings=settings)
         else:
-            chosen = experiments(*selection, root)
+            chosen = experiments(*selection, root, settings=settings)
             if index is not None:
                 if engine != "inline" or status:
                     raise UserError("--index goes with --engine inline (one experiment of the sweep per call)")
@@ -182,7 +197,7 @@ def sweep_cmd(
                     raise UserError(f"--index is {index}; the sweep has {len(chosen)} experiments (0-{len(chosen) - 1})")
                 chosen = chosen[index:index + 1]
             if status:
-                for line in status_report(chosen, root, git_remote):
+                for line in status_report(chosen, root, git_remote, workdir):
                     typer.echo(line)
                 return
             landed, failed = run_remote_sweep(chosen, root, git_remote, engine, workdir, address, echo=typer.echo,

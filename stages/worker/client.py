@@ -99,15 +99,20 @@ def socket_path(root: Path = ROOT) -> Path | None:
 
 
 def start_worker(sock: Path) -> None:
-    """Start a worker for `sock` in the background, detached from this process's session."""
+    """Start a worker for `sock` in the background, detached from this process's session.
+
+    Except under a sweep's process-group guard (stages/sweep/group_guard.py): there the
+    worker stays in the guarded group, so that it dies with the experiment's attempt.
+    """
     import subprocess
 
+    guarded = os.environ.get("GPS_GUARDED_GROUP") == str(os.getpgid(0))
     log = sock.with_suffix(".log")
     with open(log, "ab") as out:
         # cwd=ROOT: `-m stages.worker.server` imports ROOT's code. stdin is /dev/null, so that the
         # worker holds no terminal or pipe of the command that started it.
         subprocess.Popen([sys.executable, "-m", "stages.worker.server", str(sock)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=out, start_new_session=True, close_fds=True)
+                         stdout=out, stderr=out, start_new_session=not guarded, close_fds=True)
 
 
 def send_request(conn: socket.socket, request: dict, fds: list[int]) -> None:
