@@ -16,13 +16,21 @@ app = registered_app()
 runner = CliRunner()
 
 
-def make_run(root: Path, name: str, task: str, seed: int, on_policy: bool, rule: str, rows: list[dict]) -> Path:
+def make_run(root: Path, name: str, task: str, seed: int, on_policy: bool, rule: str, rows: list[dict],
+             settings: dict | None = None) -> Path:
+    """A finished run's folder; settings: {dotted key: value} over the task's shipped params."""
     d = root / name
     (d / "data").mkdir(parents=True)
     params = task_params(task)
     params["seed"] = seed
     params["algorithm"]["sample_on_policy"] = on_policy
     params["algorithm"]["step_rule"] = rule
+    for dotted, value in (settings or {}).items():
+        *parents, last = dotted.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[last] = value
     (d / "params.yaml").write_text(yaml.safe_dump(params))
     cols = list(rows[0])
     lines = [",".join(["iteration", *cols])] + [",".join([str(i + 1), *(f"{r[c]:g}" for c in cols)]) for i, r in enumerate(rows)]
@@ -98,6 +106,8 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     assert missing.exit_code == 2 and "nope/params.yaml: file not found" in missing.output
     bad_itr = runner.invoke(app, ["report", str(a), "--iterations", "three"])
     assert bad_itr.exit_code == 2 and "--iterations" in bad_itr.output
+    zero = runner.invoke(app, ["report", str(a), "--iterations", "0,1"])  # iteration 0 would show the last one's values
+    assert zero.exit_code == 2 and "--iterations is '0,1', expected iterations from 1 on" in zero.output, zero.output
 
 
 def test_a_run_that_stopped_is_named_and_left_out(tmp_path):
@@ -120,3 +130,43 @@ def test_tasks_come_in_the_papers_order_whatever_the_order_of_the_runs(tmp_path)
     assert result.exit_code == 0, result.output
     rows = table_lines(result.output, "Final distance to the target")
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| Obstacle", "| Peg", "| Blind Peg"]
+
+
+def test_runs_are_grouped_by_the_settings_that_differ_within_a_method(tmp_path):
+    rows = peg_rows([0.0, 0.5, 1.0], [0.3, 0.2, 0.1])
+    runs = [make_run(tmp_path, "plain", "peg", 0, False, "global", rows),  # Off/Global: its runs differ in nothing
+            make_run(tmp_path, "k2a", "peg", 0, True, "classic", rows),  # the shipped kl_step, 2.0
+            make_run(tmp_path, "k2b", "peg", 1, True, "classic", peg_rows([1.0, 1.0, 0.0], [0.3, 0.2, 0.1])),
+            make_run(tmp_path, "k10", "peg", 0, True, "classic", rows, {"algorithm.kl_step": 10}),
+            make_run(tmp_path, "k05", "peg", 0, True, "classic", rows, {"algorithm.kl_step": 0.5})]
+    result = runner.invoke(app, ["report", *map(str, runs), "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    lines = table_lines(result.output, "Success rate (%) with threshold 0.1")
+    # the paper's method order, then the values by size (10 after 2.0); the paper's value only on the plain label
+    assert lines[0] == "| task | itr | Off/Global | On/Classic kl_step=0.5 | On/Classic kl_step=2.0 | On/Classic kl_step=10 |"
+    assert lines[1:] == ["| Peg | 3 | 100.0 ± 0.0 (1) [6.7 ± 7.4] | 100.0 ± 0.0 (1) | 50.0 ± 50.0 (2) | 100.0 ± 0.0 (1) |"]
+    dup = make_run(tmp_path, "k10again", "peg", 0, True, "classic", rows, {"algorithm.kl_step": 10.0})
+    twice = runner.invoke(app, ["report", *map(str, runs), str(dup)])  # 10 and 10.0 are one setting
+    assert twice.exit_code == 2 and "Peg On/Classic kl_step=10: seed given twice ([0, 0])" in twice.output, twice.output
+
+
+def test_settings_with_the_same_last_part_are_shown_by_their_whole_keys(tmp_path):
+    rows = [{"final_distance": 1.0}]
+    a = make_run(tmp_path, "a", "obstacle", 0, True, "classic", rows, {"iterations": 1, "policy.iterations": 50})
+    b = make_run(tmp_path, "b", "obstacle", 0, True, "classic", rows, {"iterations": 2, "policy.iterations": 60})
+    result = runner.invoke(app, ["report", str(a), str(b), "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    assert table_lines(result.output, "Final distance to the target")[0] == (
+        "| task | itr | On/Classic iterations=1 policy.iterations=50 | On/Classic iterations=2 policy.iterations=60 |")
+
+
+def test_rows_are_the_iterations_the_runs_have(tmp_path):
+    peg = [make_run(tmp_path, f"p{s}", "peg", s, True, "classic", peg_rows([0.0] * 3, [0.3] * 3)) for s in (0, 1)]
+    obstacle = make_run(tmp_path, "o", "obstacle", 0, True, "classic", [{"final_distance": 2.0}, {"final_distance": 1.0}])
+    result = runner.invoke(app, ["report", *map(str, peg), str(obstacle)])  # the default --iterations 3,6,9,12
+    assert result.exit_code == 0, result.output
+    dist = table_lines(result.output, "Final distance to the target")
+    # peg: row 3 only; obstacle reached none of them: its longest run's last iteration
+    assert dist[1:] == ["| Obstacle | 2 | 1.000 ± 0.000 (1) |", "| Peg | 3 | 0.300 ± 0.000 (2) |"]
+    success = table_lines(result.output, "Success rate (%) with threshold 0.1")  # peg's alone
+    assert success[1:] == ["| Peg | 3 | 0.0 ± 0.0 (2) [6.7 ± 7.4] |"]

@@ -18,7 +18,7 @@ from stages.main import registered_app
 app = registered_app()
 from stages.pipeline.generate import write_pipeline
 from stages.tools.report import runs_from_experiments
-from stages.sweep.queue import parse_seeds
+from stages.sweep.queue import experiments, name_value, parse_seeds
 from test_dvc_pipeline import BIN, env, run
 
 runner = CliRunner()
@@ -81,6 +81,82 @@ def test_bad_options_and_a_dirty_workspace_are_refused(tmp_path, monkeypatch):
     assert (repo / "params.yaml").read_text().endswith("# edited\n")  # untouched
 
 
+def queued_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("dvc exp run --queue")]
+
+
+def test_settings_and_grids_make_one_experiment_per_point_named_by_its_values(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["sweep", "--tasks", "obstacle", "--methods", "on_classic", "--seeds", "0,1", "--dry-run",
+                                 "-S", "algorithm.kl_step=1, 2.5", "-S", "policy.hidden=[20, 20],[40]", "-S", "iterations=2"])
+    assert result.exit_code == 0, result.output
+    queued = queued_lines(result.output)
+    names = [q.split(" -n ")[1].split()[0] for q in queued]
+    # the cartesian product in the order given (the first setting slowest), then the seeds; fixed settings named too
+    assert names == [f"obstacle-on_classic-kl_step={k}-hidden={h}-iterations=2-s{s}"
+                     for k in ("1", "2.5") for h in ("_20__20_", "_40_") for s in (0, 1)]
+    # the method's keys, then the settings as YAML flow text, then the seed
+    assert queued[0].endswith("-S algorithm.step_rule=classic -S algorithm.kl_step=1 -S policy.hidden=[20, 20] "
+                              "-S iterations=2 -S seed=0")
+
+
+def test_settings_render_the_pipeline_of_their_params():
+    one, two = experiments(["obstacle"], ["on_classic"], [0], ROOT, settings=["iterations=1,2"])
+    assert (one.name, two.name) == ("obstacle-on_classic-iterations=1-s0", "obstacle-on_classic-iterations=2-s0")
+    assert not any(f.startswith("pipelines/itr_01/") for f in one.files)
+    assert "pipelines/itr_01/s_step/dvc.yaml" in two.files
+    assert one.files["params.yaml"] == (ROOT / "configs" / "obstacle.yaml").read_text()  # DVC applies the -S items
+    assert one.sets[-2:] == ("iterations=1", "seed=0")
+
+
+def test_names_of_settings(tmp_path):
+    [exp] = experiments(["obstacle"], ["badmm"], [4], ROOT, settings=["policy.iterations=50", "iterations=2"])
+    assert exp.name == "obstacle-badmm-policy.iterations=50-iterations=2-s4"  # two keys end the same way: whole keys
+    [exp] = experiments(["obstacle"], ["badmm"], [4], ROOT, settings=["algorithm.kl_step=1e-3"])
+    assert exp.name == "obstacle-badmm-kl_step=0.001-s4" and "algorithm.kl_step=0.001" in exp.sets  # 1e-3 is a number
+    assert [name_value(v) for v in ("a=b c", [1, 2], "../m.xml", True, 2.5)] == ["a_b_c", "_1__2_", "___m.xml", "true", "2.5"]
+    for value in ("a=b c", [1, 2], "../m.xml", {"a": [1]}):  # git (and so DVC) takes them as experiment refs
+        name = f"obstacle-on_classic-k={name_value(value)}-s0"
+        assert subprocess.run(["git", "check-ref-format", f"refs/exps/ab/cdef/{name}"]).returncode == 0, name
+    # values that differ only in characters the names replace would give two experiments one name
+    models = [tmp_path / "a b.xml", tmp_path / "a_b.xml"]
+    for model in models:
+        shutil.copy(ROOT / "gps_core" / "assets" / "obstacle.xml", model)
+    result = runner.invoke(app, ["sweep", "--tasks", "obstacle", "--methods", "on_classic", "--seeds", "0", "--dry-run",
+                                 "-S", f"task.model='{models[0]}','{models[1]}'"])
+    assert result.exit_code == 2 and "two experiments would be named" in result.output, result.output
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("algorithm.kl_step", "-S 'algorithm.kl_step': expected KEY=VALUE"),
+    ("algorithm.kl_stp=2", "-S algorithm.kl_stp: no such key in configs/obstacle.yaml"),
+    ("algorithm=2", "-S algorithm: a section, not a setting"),
+    ("seed=3", "-S seed: set by --seeds"),
+    ("algorithm.sample_on_policy=false", "-S algorithm.sample_on_policy: set by --methods"),
+    ("iterations=", "-S iterations=: an empty value"),
+    ("iterations=1,,2", "-S iterations=1,,2: an empty value"),
+    ("iterations=2,1,2.0", "-S iterations=2,1,2.0: 2.0 given twice"),
+    ("iterations=[1", "-S iterations=[1: '[1' is not valid YAML"),
+    ("algorithm.kl_step=.inf", "-S algorithm.kl_step=.inf: DVC reads -S values with Hydra's override grammar"),
+    # the schema's message, about the settings rather than the sweep's temporary file
+    ("algorithm.kl_step=1,-1", "configs/obstacle.yaml with --methods on_classic -S algorithm.kl_step=-1: "
+                               "algorithm.kl_step is -1, expected a number > 0"),
+])
+def test_bad_settings_are_one_line_errors(monkeypatch, setting, words):
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["sweep", "--tasks", "obstacle", "--methods", "on_classic", "--seeds", "0", "--dry-run",
+                                 "-S", setting])
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and ".params.sweep" not in result.output
+
+
+def test_a_key_given_twice_is_refused(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["sweep", "--tasks", "obstacle", "--seeds", "0", "--dry-run", "-S", "iterations=1",
+                                 "-S", "iterations=2"])
+    assert result.exit_code == 2 and "-S iterations given twice" in result.output, result.output
+
+
 def test_report_reads_experiments_and_names_the_failed_ones(tmp_path):
     def exp(name, seed, task="peg", distances=(0.2, 0.05), error=None):
         params = {"seed": seed, "task": {"name": task}, "algorithm": {"name": "mdgps", "sample_on_policy": True, "step_rule": "classic"}}
@@ -104,10 +180,13 @@ def test_report_reads_experiments_and_names_the_failed_ones(tmp_path):
 def test_sweep_queues_runs_and_report_reads_them(tmp_path):
     repo = make_repo(tmp_path / "repo")
     gps = str(BIN / "gps")
-    proc = subprocess.run([gps, "sweep", "--tasks", "obstacle", "--methods", "badmm,on_classic", "--seeds", "3", "-j", "2"],
+    # a grid of two kl_step values and a fixed setting: two experiments, names with `=` and `.` (DVC takes them)
+    proc = subprocess.run([gps, "sweep", "--tasks", "obstacle", "--methods", "on_classic", "--seeds", "3", "-j", "2",
+                           "-S", "algorithm.kl_step=1,2.5", "-S", "agent.smooth_noise_var=1.5"],
                           cwd=repo, env=env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "queued obstacle-badmm-s3" in proc.stdout and "queued obstacle-on_classic-s3" in proc.stdout
+    names = ["obstacle-on_classic-kl_step=1-smooth_noise_var=1.5-s3", "obstacle-on_classic-kl_step=2.5-smooth_noise_var=1.5-s3"]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("queued ")][:2] == [f"queued {n}" for n in names]
     assert run(["git", "status", "--porcelain"], repo).stdout == ""  # the workspace is as it was
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -116,6 +195,15 @@ def test_sweep_queues_runs_and_report_reads_them(tmp_path):
             break
         time.sleep(3)
     assert status.count("Success") == 2, status
-    result = subprocess.run([gps, "report", "--experiments", "--iterations", "1"], cwd=repo, env=env(), capture_output=True, text=True)
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], repo).stdout)
+    recorded = {rev["name"]: rev["data"]["params"]["params.yaml"]["data"]
+                for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
+    assert sorted(recorded) == names
+    assert [(p["algorithm"]["kl_step"], p["agent"]["smooth_noise_var"], p["seed"]) for p in map(recorded.get, names)] == [
+        (1, 1.5, 3), (2.5, 1.5, 3)]
+    # the default --iterations 3,6,9,12: the runs have 1 iteration, so that is the one row
+    result = subprocess.run([gps, "report", "--experiments"], cwd=repo, env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "| Obstacle | 1 |" in result.stdout and "BADMM" in result.stdout and "On/Classic" in result.stdout
+    table = result.stdout.split("### Final distance to the target")[1].strip().splitlines()
+    assert table[0] == "| task | itr | On/Classic kl_step=1 | On/Classic kl_step=2.5 |"
+    assert [row.split(" | ")[:2] for row in table[2:]] == [["| Obstacle", "1"]]

@@ -2,19 +2,23 @@
 
 A run is a directory holding the `params.yaml` it ran with and the
 `data/learning_curve.csv` its summary stage wrote (a checkout after `dvc repro`,
-or an experiment's files). Runs are grouped by task and method; within a group
-every run counts as one seed. Success rates are averaged over conditions within
-a run (the evaluate stage does that), then mean and population standard
-deviation are taken over runs, in percent, as the paper's analysis script did.
+or an experiment's files). Runs are grouped by task, method and the settings
+that differ between runs of the same task and method (`gps sweep -S`'s grids),
+seed aside; within a group every run counts as one seed. Success rates are
+averaged over conditions within a run (the evaluate stage does that), then mean
+and population standard deviation are taken over runs, in percent, as the
+paper's analysis script did.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
 from gps_core.scoring import success_table
 from stages.errors import UserError
@@ -44,13 +48,28 @@ PAPER_TABLE1: dict[str, dict[str, dict[int, tuple[float, float]]]] = {
 
 @dataclass
 class Run:
-    """One finished run: where it is, what it ran, and its learning curve (column -> [iterations])."""
+    """One finished run: where it is, what it ran, and its learning curve (column -> [iterations]).
+
+    params: its params flattened to dotted keys (lists are values), as `flat_params` makes them.
+    """
 
     path: Path
     task: str
     method: str
     seed: int
     curve: dict[str, np.ndarray]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def flat_params(params: dict, prefix: str = "") -> dict[str, Any]:
+    """{"algorithm.kl_step": 2.0, ...}: every non-section value of nested params under its dotted key."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def method_name(algorithm: str, sample_on_policy: bool, step_rule: str) -> str:
@@ -73,6 +92,7 @@ def load_run(path: Path) -> Run:
     from stages.settings.load import load_settings
 
     s = load_settings(params_file)
+    params = yaml.safe_load(params_file.read_text())
     with curve_file.open() as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -84,7 +104,8 @@ def load_run(path: Path) -> Run:
     if not np.array_equal(curve["iteration"], np.arange(1, len(rows) + 1)):
         raise UserError(f"{curve_file}: iterations are not 1, 2, ..., {len(rows)}")
     alg = s.algorithm
-    return Run(path, s.task.name, method_name(alg.name, alg.sample_on_policy, alg.step_rule), s.seed, curve)
+    return Run(path, s.task.name, method_name(alg.name, alg.sample_on_policy, alg.step_rule), s.seed, curve,
+               flat_params(params))
 
 
 def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
@@ -117,7 +138,7 @@ def runs_from_experiments(exp_show: list[dict]) -> tuple[list[Run], list[str]]:
                 # the params DVC recorded for the experiment (a run of any version of this code): read as recorded
                 alg = params["algorithm"]
                 method = method_name(algorithm_name(params), alg["sample_on_policy"], alg["step_rule"])
-                runs.append(Run(Path(name), params["task"]["name"], method, int(params["seed"]), curve))
+                runs.append(Run(Path(name), params["task"]["name"], method, int(params["seed"]), curve, flat_params(params)))
     return runs, failed
 
 
@@ -140,12 +161,15 @@ def experiment_runs(exp_json: Path | None, dvc: str = "dvc") -> tuple[list[Run],
 
 def parse_iterations(text: str) -> list[int]:
     try:
-        return [int(k) for k in text.split(",")]
+        iterations = [int(k) for k in text.split(",")]
     except ValueError:
         raise UserError(f"--iterations is {text!r}, expected comma-separated integers like 3,6,9,12") from None
+    if min(iterations) < 1:
+        raise UserError(f"--iterations is {text!r}, expected iterations from 1 on (they are 1-based)")
+    return iterations
 
 
-def report_markdown(groups: dict[str, dict[str, list[Run]]], iterations: list[int]) -> str:
+def report_markdown(groups: Groups, iterations: list[int]) -> str:
     """One table per success threshold (largest first; the paper's values beside τ = 0.1), then the distances."""
     columns = sorted({c for m in groups.values() for rs in m.values() for r in rs for c in r.curve if c.startswith("success_")},
                      key=lambda c: -float(c.split("_")[1]))
@@ -160,37 +184,109 @@ def report_markdown(groups: dict[str, dict[str, list[Run]]], iterations: list[in
     return "\n".join(parts)
 
 
-def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
-    """task -> method -> runs: tasks in the paper's order, methods in its column order."""
-    groups: dict[str, dict[str, list[Run]]] = {}
+class Groups(dict):
+    """task -> column label -> runs, tasks in the paper's order; `columns`: every label, in the tables' order."""
+
+    columns: list[str]
+
+
+_UNSET = object()
+
+
+def _comparable(value: Any) -> Any:
+    """A hashable stand-in of a params value: 2 and 2.0 alike, true and 1 not."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _comparable(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("list", tuple(_comparable(v) for v in value))
+    return ("other", repr(value))
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """The params keys whose values differ between the runs (seed aside), in the order the params have them."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.params if k != "seed"))
+    return [k for k in keys if len({_comparable(r.params[k]) if k in r.params else "unset" for r in runs}) > 1]
+
+
+def _value_order(value: Any) -> tuple[int, float, str]:
+    """Columns of one method: numbers by size, then anything else by its text; a missing key first."""
+    if value is _UNSET:
+        return (0, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, _flow(value))
+
+
+def _flow(value: Any) -> str:
+    from stages.sweep.queue import yaml_text
+
+    return yaml_text(value)
+
+
+def group_runs(runs: list[Run]) -> Groups:
+    """task -> label -> runs: tasks in the paper's order, columns in its method order, then by the settings' values.
+
+    A label is the method's (`On/Classic`), followed by the settings that differ between
+    the task's runs of that method, short keys as `gps sweep` names them (`On/Classic kl_step=2`).
+    """
+    from stages.sweep.queue import name_keys
+
+    by_method: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        groups.setdefault(run.task, {}).setdefault(run.method, []).append(run)
-    for task, methods in groups.items():
-        for method, members in methods.items():
+        by_method.setdefault((run.task, run.method), []).append(run)
+    groups = Groups()
+    order: dict[str, tuple] = {}
+    for (task, method), members in by_method.items():
+        keys = varying_keys(members)
+        shown = name_keys(keys)
+        labels: dict[tuple, str] = {}  # by the values as compared (2 and 2.0 alike), the first run's text
+        for run in members:
+            values = [run.params.get(k, _UNSET) for k in keys]
+            same = tuple(_comparable(v) if v is not _UNSET else "unset" for v in values)
+            if same not in labels:
+                labels[same] = " ".join([method, *(f"{k}={'(unset)' if v is _UNSET else _flow(v)}" for k, v in zip(shown, values))])
+                order[labels[same]] = (METHOD_ORDER.index(method), tuple((k, *_value_order(v)) for k, v in zip(keys, values)))
+            groups.setdefault(task, {}).setdefault(labels[same], []).append(run)
+    for task, labels in groups.items():
+        for label, members in labels.items():
             seeds = [r.seed for r in members]
             if len(set(seeds)) != len(seeds):
-                raise UserError(f"{TASK_TITLES.get(task, task)} {method}: seed given twice ({sorted(seeds)}): one run per seed")
-        groups[task] = dict(sorted(methods.items(), key=lambda kv: METHOD_ORDER.index(kv[0])))
-    order = list(TASK_TITLES)  # the paper's panel order: obstacle, peg, blind peg
-    return dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+                raise UserError(f"{TASK_TITLES.get(task, task)} {label}: seed given twice ({sorted(seeds)}): one run per seed")
+        groups[task] = dict(sorted(labels.items(), key=lambda kv: order[kv[0]]))
+    paper = list(TASK_TITLES)  # the paper's panel order: obstacle, peg, blind peg
+    tasks = sorted(groups, key=lambda t: (paper.index(t) if t in paper else len(paper), t))
+    ordered = Groups((t, groups[t]) for t in tasks)
+    ordered.columns = sorted(order, key=order.__getitem__)
+    return ordered
 
 
-def markdown_table(groups: dict[str, dict[str, list[Run]]], column: str, iterations: list[int]) -> str:
-    """Table 1 layout for one learning-curve column: rows task x iteration, one column per method.
+def table_rows(runs: list[Run], column: str, iterations: list[int]) -> list[int]:
+    """The asked iterations that some of a task's runs reached; if none, the longest run's last iteration."""
+    longest = max(len(r.curve[column]) for r in runs)
+    return [k for k in iterations if k <= longest] or [longest]
 
-    Success columns (`success_<τ>`) are shown in percent with the paper's Table 1
-    value in brackets where it has one; other columns as they are. A cell is
-    'mean ± population std (runs)' over the runs that reached that iteration.
+
+def markdown_table(groups: Groups, column: str, iterations: list[int]) -> str:
+    """Table 1 layout for one learning-curve column: rows task x iteration, one column per label.
+
+    Rows: the asked iterations some run of the task reached (`table_rows`). Success
+    columns (`success_<τ>`) are shown in percent with the paper's Table 1 value in
+    brackets where it has one (plain method labels only); other columns as they are.
+    A cell is 'mean ± population std (runs)' over the runs that reached that iteration.
     """
     percent = column.startswith("success_")
     tasks = [t for t in groups if any(column in r.curve for runs in groups[t].values() for r in runs)]
-    methods = [m for m in METHOD_ORDER if any(m in groups[t] for t in tasks)]
-    lines = ["| task | itr | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    labels = [c for c in groups.columns if any(c in groups[t] for t in tasks)]
+    lines = ["| task | itr | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for task in tasks:
-        for k in iterations:
+        for k in table_rows([r for runs in groups[task].values() for r in runs if column in r.curve], column, iterations):
             cells = []
-            for method in methods:
-                runs = [r for r in groups[task].get(method, []) if column in r.curve and len(r.curve[column]) >= k]
+            for label in labels:
+                runs = [r for r in groups[task].get(label, []) if column in r.curve and len(r.curve[column]) >= k]
                 if not runs:
                     cells.append("")
                     continue
@@ -198,7 +294,7 @@ def markdown_table(groups: dict[str, dict[str, list[Run]]], column: str, iterati
                 if percent:
                     mean, std = success_table(values)
                     cell = f"{mean:.1f} ± {std:.1f} ({len(runs)})"
-                    paper = PAPER_TABLE1.get(task, {}).get(method, {}).get(k) if column == "success_0.1" else None
+                    paper = PAPER_TABLE1.get(task, {}).get(label, {}).get(k) if column == "success_0.1" else None
                     cell += f" [{paper[0]:.1f} ± {paper[1]:.1f}]" if paper else ""
                 else:
                     cell = f"{np.mean(values):.3f} ± {np.std(values):.3f} ({len(runs)})"
@@ -207,8 +303,8 @@ def markdown_table(groups: dict[str, dict[str, list[Run]]], column: str, iterati
     return "\n".join(lines) + "\n"
 
 
-def distance_figure(groups: dict[str, dict[str, list[Run]]], out: Path, band_threshold: float | None = 0.1) -> None:
-    """Figure 1 layout: one panel per task, final distance per iteration, mean line and ±std band per method."""
+def distance_figure(groups: Groups, out: Path, band_threshold: float | None = 0.1) -> None:
+    """Figure 1 layout: one panel per task, final distance per iteration, mean line and ±std band per column label."""
     import matplotlib
 
     matplotlib.use("Agg")
