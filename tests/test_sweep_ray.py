@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from remotes import (Landing, attempts, fresh_clone_experiments, gps_sweep, landing_project, processes_in, remote_refs,
-                     snapshot, sweep, wait_for)
+from remotes import (Landing, attempt_processes, attempts, fresh_clone_experiments, gps_sweep, landing_project,
+                     nothing_of_the_attempt_left, remote_refs, sweep, wait_for)
 from test_dvc_pipeline import env
 
 ray = pytest.importorskip("ray")
@@ -96,7 +95,7 @@ def test_a_sweep_lands_every_experiment_once_and_a_fresh_clone_sees_them(cluster
 
 def test_a_node_removed_while_a_stage_runs(cluster, tmp_path):
     """The experiment is retried on the other node and lands once; nothing of the dead attempt runs
-    on or writes afterwards."""
+    on or writes afterwards, and `gps sweep --clean` removes its clone."""
     two_workers(cluster)
     landing = landing_project(tmp_path)
     work = tmp_path / "work"
@@ -104,20 +103,22 @@ def test_a_node_removed_while_a_stage_runs(cluster, tmp_path):
     first = wait_for(lambda: attempts(work), 60, "an attempt to start")[0]
     clone = Path(first["clone"])
     wait_for(lambda: (clone / "data" / "init").exists(), 60, "the run's first stage")  # the pipeline is under way
+    guards, members = attempt_processes(first)
     node = next(n for n in cluster.worker_nodes if n.node_id.startswith(first["where"].split()[-1]))
     cluster.remove_node(node, allow_graceful=False)
-    removed = time.monotonic()
+    nothing_of_the_attempt_left(first, guards, members, within=10)
 
     out = finish(driver)
     lines = landed_lines(out)
     assert list(lines) == ["obstacle-on_classic-s4"], out
     assert first["where"] not in lines["obstacle-on_classic-s4"]  # the retry ran on the other node
     assert list(remote_refs(landing)) == ["obstacle-on_classic-s4"]
-    # the dead attempt: no process left in its clone, and its files stopped changing
-    wait_for(lambda: not processes_in(clone), max(1.0, 10 - (time.monotonic() - removed)), "the attempt's processes to die")
-    before = snapshot(clone)
-    time.sleep(2)
-    assert snapshot(clone) == before
+    assert [a["clone"] for a in attempts(work)] == [str(clone)]  # the dead attempt's, left for the next sweep
+    cleaned = subprocess.run(sweep("--clean", "--engine", "ray", "--address", cluster.address, "--workdir", str(work)),
+                             cwd=landing.repo, env=env(), capture_output=True, text=True, timeout=120)
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert f"removed the leftovers of killed attempts from {work}: 1 clone, " in cleaned.stdout, cleaned.stdout
+    assert not list(work.iterdir())
     runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
     assert runs == ["obstacle-on_classic-s4"] and failed == []
 
@@ -147,35 +148,51 @@ def test_a_worker_killed_between_the_data_push_and_the_ref_push(cluster, tmp_pat
     first = attempts(work)[0]
     pushed = {p.relative_to(landing.store) for p in landing.store.rglob("*") if p.is_file()}
     assert pushed, "the data push comes before the ref push"
+    guards, members = attempt_processes(first)  # git push, the remote's receive-pack and its hanging hook
+    assert guards and len(members) >= 3, (guards, members)
     os.kill(first["pid"], signal.SIGKILL)  # the Ray worker process running the attempt
+    nothing_of_the_attempt_left(first, guards, members, within=5)
 
     out = finish(driver)
     assert list(landed_lines(out)) == ["obstacle-on_classic-s5"], out
     assert list(remote_refs(landing)) == ["obstacle-on_classic-s5"]
-    wait_for(lambda: not processes_in(Path(first["clone"])), 10, "the killed attempt's processes to die")
     hook.unlink()
     runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
     assert runs == ["obstacle-on_classic-s5"] and failed == []
 
 
 def test_the_driver_killed_and_the_same_command_run_again(cluster, tmp_path):
-    """The rerun does only what the remote lacks: the experiments that landed are not redone."""
+    """Nothing of the attempts under way outlives the driver; the rerun removes their clones and does
+    only what the remote lacks: the experiments that landed are not redone."""
     two_workers(cluster)
     landing = landing_project(tmp_path)
     args = ("--methods", "on_classic,off_classic", "--seeds", "6-7")
     names = sorted(f"obstacle-{m}-s{s}" for m in ("on_classic", "off_classic") for s in (6, 7))
-    driver = start_driver(landing, cluster, tmp_path / "first", *args)
+    work = tmp_path / "work"
+    driver = start_driver(landing, cluster, work, *args)
     wait_for(lambda: remote_refs(landing), 180, "a first experiment to land")
+
+    def under_way() -> list[tuple[dict, set[int], set[int]]]:
+        """The attempts whose pipeline runs (not one that landed and is removing its clone)."""
+        landed = remote_refs(landing)
+        found = [(a, *attempt_processes(a)) for a in attempts(work)
+                 if a["experiment"] not in landed and (Path(a["clone"]) / "data" / "init").exists()]
+        return [f for f in found if f[1]]
+    seen = wait_for(under_way, 60, "a stage of the next experiments")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     # Ray ends the dead driver's job: its workers die, and with them the attempts' process groups
-    wait_for(lambda: not processes_in(tmp_path / "first"), 20, "the dead driver's attempts to stop")
+    for marker, guards, members in seen:
+        nothing_of_the_attempt_left(marker, guards, members, within=10)
     before = remote_refs(landing)
-    status = gps_sweep(landing, *args, "--status")
+    status = gps_sweep(landing, *args, "--status", "--workdir", str(work))
     assert f"{len(before)} done" in status.stdout.splitlines()[0] and "interrupted" in status.stdout, status.stdout
+    assert "of killed attempts (the next sweep here" in status.stdout, status.stdout
 
-    out = finish(start_driver(landing, cluster, tmp_path / "second", *args))
+    out = finish(start_driver(landing, cluster, work, *args))
     assert f"{len(before)} already on origin, {4 - len(before)} to run (ray)" in out, out
+    assert f"removed the leftovers of killed attempts from {work}: " in out, out
     assert sorted(landed_lines(out)) == sorted(set(names) - set(before)), out
     after = remote_refs(landing)
     assert sorted(after) == names and all(after[n] == sha for n, sha in before.items())
+    assert not list(work.iterdir())

@@ -327,3 +327,50 @@ def test_a_machine_without_git_identity_is_told_once_before_any_clone(tmp_path):
     assert proc.stderr.count("git has no user name and email") == 1 and "git config --global user.name" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "work").exists()
+
+
+def test_only_attempts_whose_process_is_gone_are_removed(tmp_path, monkeypatch):
+    """A running attempt's files (this process's marker), an attempt on another host (a shared work
+    folder) and files that are no attempt's stay; a dead attempt's clone, log, worker folder and marker go."""
+    import json
+    import socket
+
+    from stages.process_clock import start_ticks
+    from stages.sweep.job import AttemptFiles, leftovers
+
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+
+    def attempt(name: str, **marker) -> AttemptFiles:
+        files = AttemptFiles.new(tmp_path / "work", name)
+        (files.clone / "data").mkdir(parents=True)
+        (files.clone / "data" / "x.h5").write_bytes(b"\0" * 1000)
+        files.worker.mkdir()
+        files.log.write_text("log\n")
+        files.marker.write_text(json.dumps({"experiment": name, "clone": str(files.clone), "worker": str(files.worker),
+                                            "hostname": socket.gethostname(), **marker}))
+        return files
+
+    running = attempt("peg-badmm-kl_step=0.5-s1", pid=os.getpid(), start=start_ticks())
+    dead = attempt("peg-badmm-kl_step=0.5-s2", pid=dead_pid.pid, start=start_ticks(os.getpid()))
+    elsewhere = attempt("peg-badmm-s3", pid=dead_pid.pid, start=1)
+    elsewhere.marker.write_text(elsewhere.marker.read_text().replace(socket.gethostname(), "other-host"))
+    reused = attempt("peg-badmm-s4", pid=os.getpid(), start=start_ticks() - 1)  # the pid now belongs to another process
+    (tmp_path / "work" / "notes.json").write_text("{}")
+
+    found, still = leftovers(tmp_path / "work")
+    assert sorted(f.experiment for f in found) == ["peg-badmm-kl_step=0.5-s2", "peg-badmm-s4"] and still == 2
+    assert all(f.size > 1000 for f in found)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["sweep", "--clean", "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    assert "removed the leftovers of killed attempts from" in result.output and ": 2 clones, 0.0 MB (" in result.output
+    for files in (dead, reused):
+        assert not any(p.exists() for p in (files.clone, files.worker, files.log, files.marker))
+    for files in (running, elsewhere):
+        assert all(p.exists() for p in (files.clone, files.worker, files.log, files.marker))
+    assert (tmp_path / "work" / "notes.json").exists()
+    again = runner.invoke(app, ["sweep", "--clean", "--workdir", str(tmp_path / "work")])
+    assert again.exit_code == 0 and "no leftovers of killed attempts" in again.output, again.output
+    for files in (running, elsewhere):
+        files.remove()
