@@ -8,6 +8,7 @@ the driver killed, then the same command run again.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from remotes import (Landing, attempt_processes, attempts, fresh_clone_experiments, gps_sweep, landing_project,
                      nothing_of_the_attempt_left, remote_refs, sweep, wait_for)
-from test_dvc_pipeline import env
+from test_dvc_pipeline import BIN, env, run
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -72,11 +73,13 @@ def landed_lines(out: str) -> dict[str, str]:
 
 
 def test_a_sweep_lands_every_experiment_once_and_a_fresh_clone_sees_them(cluster, tmp_path):
+    """A grid of a setting through Ray: one experiment per value, named by it, its value in the params
+    DVC recorded, and `gps report` shows one column per value."""
     two_workers(cluster)
     landing = landing_project(tmp_path)
-    args = ("--methods", "on_classic,badmm", "--seeds", "0-1")
+    args = ("--methods", "on_classic,badmm", "--seeds", "0", "-S", "algorithm.kl_step=1,2.5")
     out = finish(start_driver(landing, cluster, tmp_path / "work", *args))
-    names = sorted(f"obstacle-{m}-s{s}" for m in ("on_classic", "badmm") for s in (0, 1))
+    names = sorted(f"obstacle-{m}-kl_step={v}-s0" for m in ("on_classic", "badmm") for v in ("1", "2.5"))
     assert "4 experiments of" in out and "0 already on origin, 4 to run (ray)" in out, out
     assert "Ray cluster at" in out and "3 nodes, 2 CPUs" in out, out
     lines = landed_lines(out)
@@ -91,6 +94,14 @@ def test_a_sweep_lands_every_experiment_once_and_a_fresh_clone_sees_them(cluster
     assert not list((tmp_path / "work").iterdir())  # every clone removed
     runs, failed = fresh_clone_experiments(landing, tmp_path / "fresh")
     assert runs == names and failed == []
+    fresh = tmp_path / "fresh"
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], fresh).stdout)
+    recorded = {rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["algorithm"]["kl_step"]
+                for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
+    assert recorded == {name: float(name.split("kl_step=")[1].split("-")[0]) for name in names}
+    report = run([str(BIN / "gps"), "report", "--experiments"], fresh).stdout
+    header = next(line for line in report.splitlines() if line.startswith("| task | itr |"))
+    assert header == "| task | itr | BADMM kl_step=1 | BADMM kl_step=2.5 | On/Classic kl_step=1 | On/Classic kl_step=2.5 |", report
 
 
 def test_a_node_removed_while_a_stage_runs(cluster, tmp_path):
