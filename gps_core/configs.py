@@ -54,6 +54,22 @@ class TrajOptConfig:
     on_fault: str = "recover"
 
 
+@dataclass(frozen=True)
+class PI2Config:
+    """PI2's update of a controller's feedforward terms and covariance (gps_core.traj_opt.pi2);
+    the reference's TRAJ_OPT_PI2 defaults.
+
+    kl_threshold: the KL of each step's sample weights to uniform (REPS-like dual);
+    covariance_damping: > 0 scales the old covariance by (tr(old^-1 Sigma_ML) / dU)^(1/d),
+    <= 0 takes the weighted maximum-likelihood covariance itself;
+    min_temperature: the lower bound of each step's temperature.
+    """
+
+    kl_threshold: float = 1.0
+    covariance_damping: float = 2.0
+    min_temperature: float = 0.001
+
+
 # --------------------------------------------------------------------------- priors of the fits (gps_core.fit.dynamics, gps_core.fit.policy_lin)
 
 REGULARIZATION_SHAPES = ("all_entries", "identity")  # of the dynamics fit's regulariser (gps_core.fit.regression)
