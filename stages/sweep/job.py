@@ -147,8 +147,9 @@ class AttemptFiles:
     """What one attempt writes beside the others in the work folder, all named after `<experiment>-<id>`.
 
     clone: the fresh clone; marker: `.json`, which process runs the attempt; log: `.log`, the
-    run's output; worker: the folder of the clone's warm `gps` worker socket (kept short, in the
-    system's temporary folder, as Unix socket paths are limited to 107 bytes).
+    run's output; worker: the folder of the socket of the clone's warm `gps` worker, `<id>.w`
+    (short, as a Unix socket's path has at most 107 bytes; beside the clone unless the work
+    folder's own path is too long for that, then in the system's temporary folder).
     """
 
     clone: Path
@@ -157,7 +158,10 @@ class AttemptFiles:
     @classmethod
     def new(cls, workdir: Path, experiment: str) -> "AttemptFiles":
         attempt_id = uuid.uuid4().hex[:8]
-        return cls(workdir / f"{experiment}-{attempt_id}", Path(tempfile.gettempdir()) / f"gps-sweep-worker-{attempt_id}")
+        worker = workdir / f"{attempt_id}.w"
+        if len(os.fsencode(worker)) + len("/0123456789abcdef0123.sock") > 107:  # stages.worker.client.socket_path
+            worker = Path(tempfile.gettempdir()) / f"gps-sweep-worker-{attempt_id}"
+        return cls(workdir / f"{experiment}-{attempt_id}", worker)
 
     @property
     def marker(self) -> Path:
