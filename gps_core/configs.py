@@ -70,6 +70,43 @@ class PI2Config:
     min_temperature: float = 0.001
 
 
+PILQR_STEP_RULES = ("res_percent", "const")  # gps_core.traj_opt.pilqr
+
+
+@dataclass(frozen=True)
+class PILQRConfig:
+    """PILQR's LQR step with per-step KL constraints and its step rule (gps_core.traj_opt.pilqr); the
+    reference's ALG_PILQR, TRAJ_OPT_PILQR and TRAJ_OPT_LQR defaults (its PI2 step takes PI2Config).
+
+    step_rule: "res_percent" halves a step's KL multiplier when the residual's share of the cost to
+    go exceeds step_rule_res_ratio_dec and doubles it below step_rule_res_ratio_inc; "const" keeps it.
+    kl_step, max_step_mult, min_step_mult: per-step schedules, linear from the first value at t = 0
+    to the second at T-1 (the reference's np.linspace(a, b, 100), stretched to any T).
+    cons_per_step: one KL constraint per step (eps_t = kl_step_t * step_mult_t), else one for the
+    trajectory. min_eta, max_eta: each step's initial bracket; del0: the first raise of a step's eta
+    when its action block is not positive definite; tolerance: |KL_t - eps_t| < tolerance * eps_t at
+    every t; bisection_iterations bracket rounds, then adam_iterations Adam steps (adam_*) on eta.
+    """
+
+    step_rule: str = "res_percent"
+    step_rule_res_ratio_dec: float = 0.2
+    step_rule_res_ratio_inc: float = 0.05
+    kl_step: tuple[float, float] = (0.4, 0.2)
+    max_step_mult: tuple[float, float] = (10.0, 5.0)
+    min_step_mult: tuple[float, float] = (0.01, 0.5)
+    cons_per_step: bool = True
+    min_eta: float = 1e-8
+    max_eta: float = 1e16
+    del0: float = 1e-4
+    tolerance: float = 0.1
+    bisection_iterations: int = 20
+    adam_iterations: int = 200
+    adam_lr: float = 0.005
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+
 # --------------------------------------------------------------------------- priors of the fits (gps_core.fit.dynamics, gps_core.fit.policy_lin)
 
 REGULARIZATION_SHAPES = ("all_entries", "identity")  # of the dynamics fit's regulariser (gps_core.fit.regression)

@@ -1,0 +1,393 @@
+"""PILQR's model-based pieces (Chebotar et al., ICML 2017; the reference's TrajOptPILQR and
+AlgorithmTrajOptPILQR): the LQR step with one KL constraint per time step, the cost each sample is
+predicted to have under the linear-quadratic model, and the `res_percent` step rule.
+
+Notation of gps_core/traj_opt/lqr.py (z_t = [x_t; u_t], D = dX + dU); the PI2 step that follows the
+LQR step is gps_core/traj_opt/pi2.py.
+
+1. LQR step with per-step constraints (lqr_step_batched). For each condition
+
+       min_p Σ_t E_p[ℓ_t]   s.t.   KL_t(p ‖ q) ≤ ε_t = base_kl_step_t · step_mult_t   for every t
+
+   (no factor T: per_step_kl_bounds), q the KL reference (the previous controller for PILQR alone,
+   the global policy's linearisation for MDGPS-PILQR). One dual variable η_t per step; the
+   backward pass (per_step_backward_batched) differs from the scalar C-step's in two ways, both the
+   reference's: the value function is the cost-to-go of the *unaugmented* cost under the new
+   controller's mean (V_t = sym(Q_xx + KᵀQ_uu K + 2 Q_xu K), v_t = q_x + Kᵀq_u + KᵀQ_uu k + Q_xu k), and
+   only the action block at step t sees η_t:
+
+       A_t = Q_uu/η_t + P̄_t,   K_t = −A_t⁻¹ (Q_ux/η_t − P̄_t K̄_t),   k_t = −A_t⁻¹ (q_u/η_t − P̄_t k̄_t),
+       Σ_t = A_t⁻¹                                                      (P̄ = Σ̄⁻¹ of the reference)
+
+   So a large η_t keeps step t at the reference, a small one takes the greedy LQR action with a
+   covariance shrinking like η_t Q_uu⁻¹. KL_t is lqr.traj_kl_batched under the new controller's own
+   state-action marginals (the reference's default, use_prev_distr off). The search, as the
+   reference's: up to `bisection_iterations` rounds in which every η_t moves in its own bracket
+   [min_eta, max_eta] by the scalar C-step's rule (§7.6), then, if some step is still off, up to
+   `adam_iterations` Adam steps on η_0 … η_{T−2} with gradient KL_t − ε_t (η_{T−1} keeps its
+   last bracketed value: the reference's choice, kept). Converged when |KL_t − ε_t| < tolerance·ε_t at
+   every t. The η carried out is the search's last state: at convergence the η of the returned
+   controller, otherwise the next one it would have tried (the reference's warm start).
+
+2. predicted_costs: each sample's per-step cost as the model predicts it, rolling the sampling
+   controller through the mean fitted dynamics from x0mu with that sample's own exploration noise
+   (no dynamics noise, no covariance trace term), and residual_costs = sampled − predicted.
+
+3. The `res_percent` step rule (res_percent_ratios, res_percent_step): the share of the cost to go
+   that the model misses decides per step whether the KL step halves, doubles or stays.
+
+Where the reference is ill-defined we chose (documented at each function): a non-PD action block at
+t = 0 raises η_0 like any other step (the reference then silently returns NaN controllers); a step
+rule ratio that is NaN (0/0) keeps the multiplier; non-PD raising of η_t is η_t + δ, + 2δ, + 4δ, …
+cumulatively (the reference's in-place update, δ reset to del0 by every backward pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gps_core.configs import PILQRConfig
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import (
+    ConditionError, Dynamics, HopelessConditions, QuadraticCost, forward_pass_batched, matvec, mT,
+    quadratic_form_batched, sym, traj_kl_batched,
+)
+
+# η_t at which a step whose action block stays indefinite is given up (the reference's 1e16).
+ETA_LIMIT = 1e16
+
+
+# --------------------------------------------------------------------------- KL bounds and schedules
+
+
+def schedule(endpoints: tuple[float, float], T: int) -> np.ndarray:
+    """A per-step schedule [T] linear from endpoints[0] at t = 0 to endpoints[1] at t = T−1.
+
+    The reference writes its schedules as np.linspace(a, b, 100), which fits only T = 100; this is
+    the same array there and stretches to any other T.
+    """
+    return np.linspace(float(endpoints[0]), float(endpoints[1]), T)
+
+
+def per_step_kl_bounds(base_kl_step: np.ndarray, step_mult: np.ndarray) -> np.ndarray:
+    """ε_t = base_kl_step_t · step_mult_t (no factor T, unlike the scalar C-step's ε = kl·mult·T).
+
+    base_kl_step [T] (or scalar), step_mult [..., T] (or scalar) -> [..., T].
+    """
+    return np.asarray(base_kl_step, dtype=np.float64) * np.asarray(step_mult, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- 1. the LQR step, per-step KL
+
+
+def per_step_backward_batched(
+    eta: np.ndarray, Cm: np.ndarray, cv: np.ndarray, Kq: np.ndarray, kq: np.ndarray, Pq: np.ndarray,
+    Fm: np.ndarray, fv: np.ndarray, del0: float, conditions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Backward pass with one η per step (module docstring, 1) for B problems.
+
+    eta [B, T] (not modified); cost Cm [B, T, D, D], cv [B, T, D]; reference K̄ = Kq [B, T, dU, dX],
+    k̄ = kq [B, T, dU], P̄ = Σ̄⁻¹ = Pq [B, T, dU, dU]; dynamics Fm [B, T, dX, D], fv [B, T, dX] ->
+    K [B, T, dU, dX], k [B, T, dU], covar [B, T, dU, dU], eta used [B, T].
+
+    Where A_t = Q_uu/η_t + P̄_t is not positive definite, η_t is raised in place of the step
+    (η_t + δ, then + 2δ, + 4δ, … cumulatively, δ = del0) until it is; the steps after t do not
+    depend on η_t, so this is the reference's re-run of the whole pass, without re-running it.
+    A step whose η_t reaches ETA_LIMIT raises HopelessConditions (`conditions` [B] name them).
+    """
+    eta = np.array(eta, dtype=np.float64)
+    B, T, D, _ = Cm.shape
+    dU, dX = Kq.shape[-2], Kq.shape[-1]
+    conditions = np.arange(B) if conditions is None else np.asarray(conditions)
+    K = np.zeros((B, T, dU, dX))
+    k = np.zeros((B, T, dU))
+    covar = np.zeros((B, T, dU, dU))
+    V = np.zeros((B, dX, dX))
+    v = np.zeros((B, dX))
+    # P̄K̄ and P̄k̄ are the reference's pull on the gains; they do not depend on η.
+    PK, Pk = Pq @ Kq, matvec(Pq, kq)
+    for t in range(T - 1, -1, -1):
+        Qzz, qz = Cm[:, t], cv[:, t]
+        if t < T - 1:
+            FT = mT(Fm[:, t])
+            FtV = FT @ V
+            Qzz = Qzz + FtV @ Fm[:, t]
+            qz = qz + (matvec(FT, v) + matvec(FtV, fv[:, t]))
+        Qzz = sym(Qzz)
+        Quu, Qux, qu = Qzz[:, dX:, dX:], Qzz[:, dX:, :dX], qz[:, dX:]
+        inv_eta = 1.0 / eta[:, t]
+        A = inv_eta[:, None, None] * Quu + Pq[:, t]
+        try:
+            L = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            for b in range(B):
+                delta = float(del0)
+                while True:
+                    try:
+                        np.linalg.cholesky(A[b])
+                        break
+                    except np.linalg.LinAlgError:
+                        eta[b, t] += delta
+                        delta *= 2.0
+                        if eta[b, t] >= ETA_LIMIT:
+                            raise HopelessConditions(
+                                int(conditions[b]),
+                                f"Q_uu/eta + Sigma_ref^-1 at step {t} stayed non-positive-definite while "
+                                "eta was raised to 1e16 (the fitted dynamics or cost are numerically degenerate)",
+                                np.array([b]),
+                            ) from None
+                        A[b] = (1.0 / eta[b, t]) * Quu[b] + Pq[b, t]
+            inv_eta = 1.0 / eta[:, t]
+            L = np.linalg.cholesky(A)
+        L_inv = np.linalg.inv(L)
+        A_inv = mT(L_inv) @ L_inv
+        Kt = -A_inv @ (inv_eta[:, None, None] * Qux - PK[:, t])
+        kt = -matvec(A_inv, inv_eta[:, None] * qu - Pk[:, t])
+        K[:, t], k[:, t], covar[:, t] = Kt, kt, A_inv
+        # The unaugmented cost-to-go of the new controller's mean: Q at u = K x + k.
+        Qxu = Qzz[:, :dX, dX:]
+        KtT = mT(Kt)
+        V = sym(Qzz[:, :dX, :dX] + KtT @ Quu @ Kt + 2.0 * (Qxu @ Kt))
+        v = qz[:, :dX] + matvec(KtT, qu) + matvec(KtT @ Quu, kt) + matvec(Qxu, kt)
+    return K, k, covar, eta
+
+
+@dataclass(frozen=True)
+class PerStepLQRResult:
+    """The per-step LQR step of M conditions: K [M, T, dU, dX], k [M, T, dU], covar [M, T, dU, dU];
+    eta, kl, kl_bound [M, T]; converged, bisection_rounds, adam_rounds [M].
+
+    eta is the warm start of the next iteration (module docstring, 1); kl the per-step KL of the
+    returned controller against the reference; a round is one backward and forward pass.
+    """
+
+    K: np.ndarray
+    k: np.ndarray
+    covar: np.ndarray
+    eta: np.ndarray
+    kl: np.ndarray
+    kl_bound: np.ndarray
+    converged: np.ndarray
+    bisection_rounds: np.ndarray
+    adam_rounds: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.K.shape[0])
+
+    def policy(self, m: int) -> LinearGaussianPolicy:
+        """Condition m's controller."""
+        return LinearGaussianPolicy(K=self.K[m], k=self.k[m], covar=self.covar[m])
+
+
+def _stack(objs, field: str) -> np.ndarray:
+    return np.stack([np.asarray(getattr(o, field), dtype=np.float64) for o in objs])
+
+
+def lqr_step_batched(
+    costs: list[QuadraticCost],
+    references: list[LinearGaussianPolicy],
+    dyns: list[Dynamics],
+    kl_bounds: np.ndarray,
+    etas: np.ndarray | float | None,
+    cfg: PILQRConfig,
+) -> PerStepLQRResult:
+    """PILQR's LQR step with per-step KL constraints (module docstring, 1) for M conditions at once.
+
+    costs, references (the KL reference q of each condition), dyns: lists of M; kl_bounds ε [M, T]
+    (per_step_kl_bounds; anything that broadcasts); etas: the warm start [M, T] (a scalar or None:
+    that value, or 1.0, at every step, as the reference's first iteration). Conditions that have
+    converged leave the search; the others go on, each with its own brackets and Adam state.
+    Raises ConditionError for NaN/Inf input and HopelessConditions for an action block that stays
+    indefinite (the reference aborts there too; no safeguard yet).
+    """
+    M = len(costs)
+    Cm, cv = _stack(costs, "Cm"), _stack(costs, "cv")
+    Kq, kq, Sq = _stack(references, "K"), _stack(references, "k"), _stack(references, "covar")
+    Fm, fv, W = _stack(dyns, "Fm"), _stack(dyns, "fv"), _stack(dyns, "covar")
+    x0mu, x0sigma = _stack(dyns, "x0mu"), _stack(dyns, "x0sigma")
+    T, dX = Kq.shape[1], Kq.shape[-1]
+    for m in range(M):  # numpy's Cholesky returns NaN rather than failing on NaN input
+        for name, arrays in (("dynamics", (Fm, fv, W)), ("cost model", (Cm, cv)), ("reference controller", (Kq, kq, Sq))):
+            if not all(np.all(np.isfinite(a[m])) for a in arrays):
+                raise ConditionError(m, f"the {name} contains NaN or Inf")
+    eps = np.broadcast_to(np.asarray(kl_bounds, dtype=np.float64), (M, T)).copy()
+    eta = np.broadcast_to(np.asarray(1.0 if etas is None else etas, dtype=np.float64), (M, T)).copy()
+    q_terms = quadratic_form_batched(Kq, kq, Sq)
+    Pq = q_terms[0][..., dX:, dX:]  # Σ̄⁻¹, the action block of M_q
+
+    out_K, out_k, out_covar = np.zeros(Kq.shape), np.zeros(kq.shape), np.zeros(Sq.shape)
+    out_kl = np.full((M, T), np.inf)
+    converged = np.zeros(M, dtype=bool)
+    rounds = {"bisection": np.zeros(M, dtype=np.int64), "adam": np.zeros(M, dtype=np.int64)}
+
+    def solve(active: np.ndarray, phase: str) -> np.ndarray:
+        """One round for the conditions `active`: backward and forward pass, per-step KL; returns
+        KL_t − ε_t [len(active), T] and drops converged conditions from the search."""
+        a = slice(None) if active.size == M else active
+        Ka, ka, Sa, eta_a = per_step_backward_batched(
+            eta[a], Cm[a], cv[a], Kq[a], kq[a], Pq[a], Fm[a], fv[a], cfg.del0, conditions=active)
+        mu, S = forward_pass_batched(Ka, ka, Sa, Fm[a], fv[a], W[a], x0mu[a], x0sigma[a])
+        kl = traj_kl_batched(mu, S, quadratic_form_batched(Ka, ka, Sa), tuple(q[a] for q in q_terms))
+        eta[a] = eta_a
+        out_K[a], out_k[a], out_covar[a], out_kl[a] = Ka, ka, Sa, kl
+        rounds[phase][a] += 1
+        con = kl - eps[a]
+        converged[a] = np.all(np.abs(con) < cfg.tolerance * eps[a], axis=1)
+        return con
+
+    # Phase 1: every η_t in its own bracket, moved by the scalar C-step's rule.
+    lo = np.full((M, T), float(cfg.min_eta))
+    hi = np.full((M, T), float(cfg.max_eta))
+    active = np.arange(M)
+    for _ in range(cfg.bisection_iterations):
+        if not active.size:
+            break
+        con = solve(active, "bisection")
+        keep = ~converged[active]
+        active, con = active[keep], con[keep]
+        if not active.size:
+            break
+        e = eta[active]
+        small = con < 0  # KL too small: η_t too large
+        hi[active] = np.where(small, e, hi[active])
+        lo[active] = np.where(small, lo[active], e)
+        geo = np.sqrt(lo[active] * hi[active])
+        eta[active] = np.where(small, np.maximum(geo, 0.1 * hi[active]), np.minimum(geo, 10.0 * lo[active]))
+
+    # Phase 2: Adam on η_0 … η_{T−2} (ascent on KL_t − ε_t: too much KL raises η_t).
+    m_b = np.zeros((M, T - 1))
+    v_b = np.zeros((M, T - 1))
+    b1, b2 = cfg.adam_beta1, cfg.adam_beta2
+    for itr in range(cfg.adam_iterations):
+        if not active.size:
+            break
+        con = solve(active, "adam")
+        keep = ~converged[active]
+        active, con = active[keep], con[keep][:, :-1]
+        if not active.size:
+            break
+        m_b[active] = b1 * m_b[active] + (1.0 - b1) * con
+        v_b[active] = b2 * v_b[active] + (1.0 - b2) * np.square(con)
+        m_u = m_b[active] / (1.0 - b1 ** (itr + 1))
+        v_u = v_b[active] / (1.0 - b2 ** (itr + 1))
+        step = eta[active, :-1] + cfg.adam_lr * m_u / (np.sqrt(v_u) + cfg.adam_eps)
+        eta[active, :-1] = np.minimum(np.maximum(step, cfg.min_eta), cfg.max_eta)
+
+    return PerStepLQRResult(
+        K=out_K, k=out_k, covar=out_covar, eta=eta, kl=out_kl, kl_bound=eps, converged=converged,
+        bisection_rounds=rounds["bisection"], adam_rounds=rounds["adam"],
+    )
+
+
+# --------------------------------------------------------------------------- 2. predicted and residual costs
+
+
+def predicted_costs_batched(
+    K: np.ndarray, k: np.ndarray, chol: np.ndarray, Fm: np.ndarray, fv: np.ndarray, x0mu: np.ndarray,
+    noise: np.ndarray, Cm: np.ndarray, cv: np.ndarray, cc: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's per-step cost as the linear-quadratic model predicts it, for B conditions.
+
+    Sampling controllers K [B, T, dU, dX], k [B, T, dU], chol [B, T, dU, dU] (upper Cholesky factor
+    of their covariance); mean dynamics Fm [B, T, dX, D], fv [B, T, dX]; x0mu [B, dX]; the samples'
+    exploration noise [B, N, T, dU]; cost model Cm [B, T, D, D], cv [B, T, D], cc [B, T] ->
+    z [B, N, T, D] (the predicted states and actions) and cost [B, N, T], with
+
+        x_0 = x0mu,  u_t = K_t x_t + k_t + chol_tᵀ ε_t,  x_{t+1} = Fm_t z_t + fv_t,
+        cost_t = cc_t + ½ z_tᵀ Cm_t z_t + z_tᵀ cv_t
+
+    (no dynamics noise and no covariance trace: the model's prediction for that noise sequence).
+    """
+    B, N, T, dU = noise.shape
+    dX = K.shape[-1]
+    z = np.zeros((B, N, T, dX + dU))
+    x = np.broadcast_to(np.asarray(x0mu, dtype=np.float64)[:, None, :], (B, N, dX))
+    for t in range(T):
+        u = (np.einsum("bux,bnx->bnu", K[:, t], x) + k[:, t, None, :]
+             + np.einsum("bvu,bnv->bnu", chol[:, t], noise[:, :, t]))
+        z[:, :, t, :dX], z[:, :, t, dX:] = x, u
+        if t < T - 1:
+            x = np.einsum("bxd,bnd->bnx", Fm[:, t], z[:, :, t]) + fv[:, t, None, :]
+    cost = (
+        np.asarray(cc, dtype=np.float64)[:, None, :]
+        + 0.5 * np.einsum("bnti,btij,bntj->bnt", z, Cm, z)
+        + np.einsum("bnti,bti->bnt", z, cv)
+    )
+    return z, cost
+
+
+def predicted_costs(pol: LinearGaussianPolicy, dyn: Dynamics, cost: QuadraticCost, noise: np.ndarray) -> np.ndarray:
+    """predicted_costs_batched of one condition: the sampling controller pol, its fitted dynamics
+    (mean part and x0mu), cost model, and the samples' noise [N, T, dU] -> predicted cost [N, T]."""
+    arrays = (pol.K, pol.k, pol.chol, dyn.Fm, dyn.fv, dyn.x0mu, noise, cost.Cm, cost.cv, cost.cc)
+    _, c = predicted_costs_batched(*(np.asarray(a, dtype=np.float64)[None] for a in arrays))
+    return c[0]
+
+
+def residual_costs(sampled: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """What the model misses: sampled [..., N, T] − predicted [..., N, T] (the cost PI2 then optimises)."""
+    return np.asarray(sampled, dtype=np.float64) - np.asarray(predicted, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- 3. the res_percent step rule
+
+
+@dataclass(frozen=True)
+class StepRuleResult:
+    """The res_percent rule's decision: ratio, step_mult and direction [T] (or [] with per-step
+    constraints off). direction: −1 halved, +1 doubled, 0 kept, before the clip to the schedules."""
+
+    ratio: np.ndarray
+    step_mult: np.ndarray
+    direction: np.ndarray
+
+
+def res_percent_ratios(residual: np.ndarray, sampled: np.ndarray, per_step: bool = True) -> np.ndarray:
+    """The residual's share of the cost to go: residual, sampled [N, T] -> ratio [T] (per_step) or [].
+
+        ratio_t = mean_i Σ_{s≥t} |residual_is| / mean_i Σ_{s≥t} |sampled_is|
+
+    per_step=False: ratio_0, the whole trajectory's share. The sign of the residual does not matter
+    (the reference takes predicted − sampled here). Summed slice by slice as the reference does, so
+    a ratio at a threshold decides the same way; 0/0 gives NaN, which res_percent_step keeps.
+    """
+    res, act = np.abs(np.asarray(residual, dtype=np.float64)), np.abs(np.asarray(sampled, dtype=np.float64))
+    starts = range(res.shape[1]) if per_step else (0,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.array([np.mean(np.sum(res[:, t:], axis=1)) / np.mean(np.sum(act[:, t:], axis=1)) for t in starts])
+    return ratio if per_step else ratio[0]
+
+
+def res_percent_step(
+    ratio: np.ndarray, step_mult: np.ndarray, min_step_mult: np.ndarray, max_step_mult: np.ndarray,
+    dec: float, inc: float,
+) -> StepRuleResult:
+    """The step rule: ratio > dec halves step_mult, ratio < inc doubles it (strict inequalities;
+    a NaN ratio keeps it); then min(·, max_step_mult), then max(·, min_step_mult), so where the
+    schedules cross the floor wins (as the reference).
+
+    ratio, step_mult, min_step_mult, max_step_mult: [T] (or scalars; they broadcast).
+    """
+    ratio = np.asarray(ratio, dtype=np.float64)
+    direction = np.where(ratio > dec, -1, np.where(ratio < inc, 1, 0)).astype(np.int8)
+    factor = np.where(direction < 0, 0.5, np.where(direction > 0, 2.0, 1.0))
+    new = np.maximum(np.minimum(factor * np.asarray(step_mult, dtype=np.float64), max_step_mult), min_step_mult)
+    return StepRuleResult(ratio=ratio, step_mult=new, direction=direction)
+
+
+def res_percent_rule(
+    residual: np.ndarray, sampled: np.ndarray, step_mult: np.ndarray, cfg: PILQRConfig,
+) -> StepRuleResult:
+    """res_percent_ratios then res_percent_step with cfg's thresholds and schedules (stretched to T),
+    per step or for the whole trajectory as cfg.cons_per_step says. residual, sampled [N, T] are of the
+    current samples, the residual taken with the controller that drew them; step_mult [T] or scalar."""
+    T = np.shape(sampled)[1]
+    ratio = res_percent_ratios(residual, sampled, per_step=cfg.cons_per_step)
+    lo, hi = schedule(cfg.min_step_mult, T), schedule(cfg.max_step_mult, T)
+    if not cfg.cons_per_step:
+        # One multiplier of ε = Σ_t kl_t · mult: the schedules' means bound it (the reference's
+        # array schedules would make it an array here, and its scalar C-step then fails).
+        lo, hi = float(np.mean(lo)), float(np.mean(hi))
+    return res_percent_step(ratio, step_mult, lo, hi, cfg.step_rule_res_ratio_dec, cfg.step_rule_res_ratio_inc)

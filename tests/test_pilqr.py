@@ -1,0 +1,343 @@
+"""PILQR's model-based pieces (gps_core/traj_opt/pilqr.py): the LQR step with per-step KL constraints,
+the predicted and residual sample costs, and the res_percent step rule."""
+
+import numpy as np
+import pytest
+
+from gps_core.configs import PILQRConfig
+from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import (
+    Dynamics, HopelessConditions, QuadraticCost, backward_pass_batched, estimate_cost,
+)
+from gps_core.traj_opt.pilqr import (
+    lqr_step_batched, per_step_backward_batched, per_step_kl_bounds, predicted_costs, predicted_costs_batched,
+    res_percent_ratios, res_percent_rule, res_percent_step, residual_costs, schedule,
+)
+
+dX, dU, T = 3, 2, 10
+D = dX + dU
+
+
+def random_problem(seed=0, dyn_noise=0.01):
+    """Stable-ish affine dynamics, a quadratic cost pulling x to a target, a random reference controller."""
+    rng = np.random.default_rng(seed)
+    A = np.eye(dX) + 0.1 * rng.standard_normal((dX, dX))
+    B = 0.3 * rng.standard_normal((dX, dU))
+    Fm = np.broadcast_to(np.concatenate([A, B], axis=1), (T, dX, D)).copy()
+    fv = 0.05 * rng.standard_normal((T, dX))
+    W = np.broadcast_to(dyn_noise * np.eye(dX), (T, dX, dX)).copy()
+    dyn = Dynamics(Fm=Fm, fv=fv, covar=W, x0mu=rng.standard_normal(dX), x0sigma=0.01 * np.eye(dX))
+    Q = np.diag(rng.uniform(0.5, 2.0, dX))
+    Cm = np.zeros((T, D, D))
+    Cm[:, :dX, :dX] = Q
+    Cm[:, dX:, dX:] = np.diag(rng.uniform(0.1, 0.5, dU))
+    Cm[:, :dX, dX:] = 0.05  # a small x-u coupling
+    Cm[:, dX:, :dX] = 0.05
+    target = np.array([1.0, -0.5, 0.2])
+    cv = np.zeros((T, D))
+    cv[:, :dX] = -Q @ target
+    cv[:, dX:] = 0.1 * rng.standard_normal((T, dU))
+    cost = QuadraticCost(Cm=Cm, cv=cv, cc=np.full(T, 0.5 * target @ Q @ target))
+    L = 0.3 * rng.standard_normal((T, dU, dU))
+    ref = LinearGaussianPolicy(
+        K=0.1 * rng.standard_normal((T, dU, dX)),
+        k=0.1 * rng.standard_normal((T, dU)),
+        covar=np.eye(dU) + L @ L.transpose(0, 2, 1),
+    )
+    return dyn, cost, ref
+
+
+# --------------------------------------------------------------------------- an independent, loop-by-loop
+# transliteration of the reference's per-step search (one condition, plain numpy, no batching), the oracle
+# of the batched implementation.
+
+
+def _loop_backward(eta, cost, ref, dyn, del0):
+    eta = eta.copy()
+    Pbar = np.linalg.inv(ref.covar)
+    delta = np.full(T, del0)
+    while True:
+        K, k, covar = np.zeros((T, dU, dX)), np.zeros((T, dU)), np.zeros((T, dU, dU))
+        V, v, fail = np.zeros((dX, dX)), np.zeros(dX), None
+        for t in range(T - 1, -1, -1):
+            Q, q = cost.Cm[t].copy(), cost.cv[t].copy()
+            if t < T - 1:
+                F = dyn.Fm[t]
+                Q += F.T @ V @ F
+                q += F.T @ (v + V @ dyn.fv[t])
+            Q = 0.5 * (Q + Q.T)
+            Qxx, Qxu, Qux, Quu = Q[:dX, :dX], Q[:dX, dX:], Q[dX:, :dX], Q[dX:, dX:]
+            inv_term = Quu / eta[t] + Pbar[t]
+            try:
+                np.linalg.cholesky(inv_term)
+            except np.linalg.LinAlgError:
+                fail = t
+                break
+            covar[t] = np.linalg.inv(inv_term)
+            K[t] = -covar[t] @ (Qux / eta[t] - Pbar[t] @ ref.K[t])
+            k[t] = -covar[t] @ (q[dX:] / eta[t] - Pbar[t] @ ref.k[t])
+            V = Qxx + K[t].T @ Quu @ K[t] + 2 * Qxu @ K[t]
+            V = 0.5 * (V + V.T)
+            v = q[:dX] + K[t].T @ q[dX:] + K[t].T @ Quu @ k[t] + Qxu @ k[t]
+        if fail is None:
+            return LinearGaussianPolicy(K=K, k=k, covar=covar), eta
+        eta[fail] += delta[fail]
+        delta[fail] *= 2
+
+
+def _loop_kl(pol, ref, dyn):
+    """Per-step E_x[KL(pol(u|x) ‖ ref(u|x))] under pol's own state marginals, written out term by term."""
+    mu, Sxx = dyn.x0mu.copy(), dyn.x0sigma.copy()
+    kl = np.zeros(T)
+    for t in range(T):
+        Pq = np.linalg.inv(ref.covar[t])
+        dK, dk = pol.K[t] - ref.K[t], pol.k[t] - ref.k[t]
+        mean = dK @ mu + dk
+        kl[t] = max(0.0, 0.5 * (
+            np.trace(Pq @ pol.covar[t]) - dU + np.linalg.slogdet(ref.covar[t])[1] - np.linalg.slogdet(pol.covar[t])[1]
+            + mean @ Pq @ mean + np.trace(dK.T @ Pq @ dK @ Sxx)))
+        u_mu = pol.K[t] @ mu + pol.k[t]
+        S = np.block([[Sxx, Sxx @ pol.K[t].T], [pol.K[t] @ Sxx, pol.K[t] @ Sxx @ pol.K[t].T + pol.covar[t]]])
+        F = dyn.Fm[t]
+        mu = F @ np.concatenate([mu, u_mu]) + dyn.fv[t]
+        Sxx = F @ S @ F.T + dyn.covar[t]
+    return kl
+
+
+def _loop_search(cost, ref, dyn, eps, cfg):
+    eta = np.ones(T)
+    lo, hi = np.full(T, cfg.min_eta), np.full(T, cfg.max_eta)
+    rounds = [0, 0]
+    for _ in range(cfg.bisection_iterations):
+        pol, eta = _loop_backward(eta, cost, ref, dyn, cfg.del0)
+        kl = _loop_kl(pol, ref, dyn)
+        rounds[0] += 1
+        con = kl - eps
+        if all(abs(con[t]) < cfg.tolerance * eps[t] for t in range(T)):
+            return pol, eta, kl, True, rounds
+        for t in range(T):
+            if con[t] < 0:
+                hi[t] = eta[t]
+                eta[t] = max(np.sqrt(lo[t] * hi[t]), 0.1 * hi[t])
+            else:
+                lo[t] = eta[t]
+                eta[t] = min(np.sqrt(lo[t] * hi[t]), 10.0 * lo[t])
+    m_b, v_b = np.zeros(T - 1), np.zeros(T - 1)
+    for itr in range(cfg.adam_iterations):
+        pol, eta = _loop_backward(eta, cost, ref, dyn, cfg.del0)
+        kl = _loop_kl(pol, ref, dyn)
+        rounds[1] += 1
+        con = kl - eps
+        if all(abs(con[t]) < cfg.tolerance * eps[t] for t in range(T)):
+            return pol, eta, kl, True, rounds
+        m_b = cfg.adam_beta1 * m_b + (1 - cfg.adam_beta1) * con[:-1]
+        m_u = m_b / (1 - cfg.adam_beta1 ** (itr + 1))
+        v_b = cfg.adam_beta2 * v_b + (1 - cfg.adam_beta2) * con[:-1] ** 2
+        v_u = v_b / (1 - cfg.adam_beta2 ** (itr + 1))
+        eta[:-1] = np.clip(eta[:-1] + cfg.adam_lr * m_u / (np.sqrt(v_u) + cfg.adam_eps), cfg.min_eta, cfg.max_eta)
+    return pol, eta, kl, False, rounds
+
+
+def test_per_step_search_matches_loop_transliteration():
+    """Three conditions searched together: one converges while bracketing, one needs the Adam phase,
+    one never converges (all 20 + 200 rounds). Each equals its own loop search."""
+    cfg = PILQRConfig()
+    probs = [random_problem(seed) for seed in (1, 0, 3)]
+    eps = np.stack([per_step_kl_bounds(schedule((0.4, 0.2), T), 2.0)] * 2 + [np.full(T, 0.05)])
+    res = lqr_step_batched([p[1] for p in probs], [p[2] for p in probs], [p[0] for p in probs], eps, None, cfg)
+    assert list(res.converged) == [True, True, False]
+    assert list(res.adam_rounds) == [0, 19, 200] and list(res.bisection_rounds) == [7, 20, 20]
+    for m, (dyn, cost, ref) in enumerate(probs):
+        pol, eta, kl, conv, rounds = _loop_search(cost, ref, dyn, eps[m], cfg)
+        assert conv == res.converged[m]
+        assert rounds == [res.bisection_rounds[m], res.adam_rounds[m]]
+        np.testing.assert_allclose(res.K[m], pol.K, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(res.k[m], pol.k, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(res.covar[m], pol.covar, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(res.eta[m], eta, rtol=1e-7)
+        np.testing.assert_allclose(res.kl[m], kl, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("mult", [0.25, 1.0, 5.0])
+def test_every_step_meets_its_own_bound_and_warm_start_stays(mult):
+    dyn, cost, ref = random_problem(1)
+    eps = per_step_kl_bounds(schedule((0.4, 0.2), T), mult * np.linspace(0.5, 1.5, T))
+    res = lqr_step_batched([cost], [ref], [dyn], eps[None], None, PILQRConfig())
+    assert res.converged[0]
+    kl = _loop_kl(res.policy(0), ref, dyn)  # measured independently
+    np.testing.assert_allclose(res.kl[0], kl, rtol=1e-8, atol=1e-12)
+    assert np.all(np.abs(kl - eps) < 0.1 * eps)
+    # The step lowers the model's expected cost below the reference's (a wrong sign would raise it).
+    assert estimate_cost(res.policy(0), dyn, cost) < estimate_cost(ref, dyn, cost)
+    # Started from its own η, the search stops after one round with the same controller.
+    again = lqr_step_batched([cost], [ref], [dyn], eps[None], res.eta, PILQRConfig())
+    assert again.converged[0] and again.bisection_rounds[0] == 1
+    np.testing.assert_array_equal(again.K, res.K)
+    np.testing.assert_array_equal(again.eta, res.eta)
+
+
+def test_large_equal_bounds_approach_unconstrained_lqr():
+    dyn, cost, ref = random_problem(2)
+    K, k, _, failed = backward_pass_batched(cost.Cm[None], cost.cv[None], dyn.Fm[None], dyn.fv[None], dX)
+    assert not failed[0]
+    dist = {}
+    for e in (0.5, 3.0, 10.0):
+        res = lqr_step_batched([cost], [ref], [dyn], np.full((1, T), e), None, PILQRConfig())
+        assert res.converged[0]
+        dist[e] = max(np.abs(res.K[0] - K[0]).max(), np.abs(res.k[0] - k[0]).max())
+    assert dist[10.0] < 5e-3 < dist[3.0] < dist[0.5]
+
+
+def test_tiny_bounds_stay_at_the_reference():
+    dyn, cost, ref = random_problem(3)
+    res = lqr_step_batched([cost], [ref], [dyn], np.full((1, T), 1e-6), None, PILQRConfig())
+    assert res.converged[0]
+    np.testing.assert_allclose(res.K[0], ref.K, atol=1e-2)
+    np.testing.assert_allclose(res.k[0], ref.k, atol=1e-2)
+    np.testing.assert_allclose(res.covar[0], ref.covar, atol=1e-2)
+
+
+def _backward_inputs(cost, ref, dyn):
+    P = np.linalg.inv(ref.covar)
+    return (cost.Cm[None], cost.cv[None], ref.K[None], ref.k[None], P[None], dyn.Fm[None], dyn.fv[None])
+
+
+def test_indefinite_action_block_raises_that_steps_eta_only():
+    dyn, cost, ref = random_problem(4)
+    Cm = cost.Cm.copy()
+    Cm[[0, T - 1], dX:, dX:] = -np.eye(dU)  # Q_uu = −I at the last step; at t = 0 too (the reference's blind spot)
+    cost = QuadraticCost(Cm=Cm, cv=cost.cv, cc=cost.cc)
+    ref = LinearGaussianPolicy(K=ref.K, k=ref.k, covar=np.broadcast_to(np.eye(dU), (T, dU, dU)).copy())
+    eta0 = np.full((1, T), 1e-3)
+    K, k, covar, eta = per_step_backward_batched(eta0, *_backward_inputs(cost, ref, dyn), del0=1e-4)
+    # A_{T−1} = −I/η + I is PD once η > 1: η = 1e-3 + 1e-4·(2^j − 1) for the first such j.
+    j = int(np.ceil(np.log2((1.0 - 1e-3) / 1e-4 + 1)))
+    assert eta[0, T - 1] == pytest.approx(1e-3 + 1e-4 * (2 ** j - 1))
+    assert eta[0, T - 1] > 1.0 and eta[0, 0] > 1e-3
+    np.testing.assert_array_equal(eta[0, 1:T - 1], eta0[0, 1:T - 1])
+    np.testing.assert_array_equal(eta0, 1e-3)  # the caller's array is not modified
+    assert np.all(np.isfinite(K)) and np.all(np.linalg.eigvalsh(covar) > 0)
+
+
+def test_hopeless_action_block_names_the_condition():
+    dyn, cost, ref = random_problem(5)
+    Cm = cost.Cm.copy()
+    Cm[T - 1, dX:, dX:] = -np.eye(dU)
+    cost = QuadraticCost(Cm=Cm, cv=cost.cv, cc=cost.cc)
+    wide = LinearGaussianPolicy(K=ref.K, k=ref.k, covar=np.broadcast_to(1e30 * np.eye(dU), (T, dU, dU)).copy())
+    with pytest.raises(HopelessConditions, match="condition 7"):
+        per_step_backward_batched(np.ones((1, T)), *_backward_inputs(cost, wide, dyn), del0=1e-4,
+                                  conditions=np.array([7]))
+
+
+# --------------------------------------------------------------------------- predicted and residual costs
+
+
+def _simulate(pol, Fm, fv, x0, noise):
+    """Samples with no dynamics noise, one by one: X [N, T, dX], U [N, T, dU]."""
+    N = noise.shape[0]
+    X, U = np.zeros((N, T, dX)), np.zeros((N, T, dU))
+    for i in range(N):
+        x = x0.copy()
+        for t in range(T):
+            u = pol.K[t] @ x + pol.k[t] + pol.chol[t].T @ noise[i, t]
+            X[i, t], U[i, t] = x, u
+            x = Fm[t] @ np.concatenate([x, u]) + fv[t]
+    return X, U
+
+
+def _true_cost(X, U, cost, extra=0.0):
+    Z = np.concatenate([X, U], axis=-1)
+    return (cost.cc + 0.5 * np.einsum("nti,tij,ntj->nt", Z, cost.Cm, Z) + np.einsum("nti,ti->nt", Z, cost.cv)
+            + extra * np.sin(Z[..., 0]))
+
+
+def test_residual_vanishes_for_linear_gaussian_dynamics_and_quadratic_cost():
+    dyn, cost, ref = random_problem(6)
+    noise = np.random.default_rng(0).standard_normal((7, T, dU))
+    X, U = _simulate(ref, dyn.Fm, dyn.fv, dyn.x0mu, noise)
+    sampled = _true_cost(X, U, cost)
+    pred = predicted_costs(ref, dyn, cost, noise)
+    assert pred.shape == (7, T)
+    np.testing.assert_allclose(residual_costs(sampled, pred), 0.0, atol=1e-10 * np.abs(sampled).max())
+    # A cost the model does not have shows up in the residual, with its sign.
+    off = _true_cost(X, U, cost, extra=0.3)
+    np.testing.assert_allclose(residual_costs(off, pred), 0.3 * np.sin(X[..., 0]), atol=1e-9)
+    # Batched over conditions: each condition as alone.
+    dyn2, cost2, ref2 = random_problem(7)
+    noise2 = np.random.default_rng(1).standard_normal((7, T, dU))
+    stack = lambda a, b: np.stack([np.asarray(a, dtype=float), np.asarray(b, dtype=float)])  # noqa: E731
+    z, both = predicted_costs_batched(
+        stack(ref.K, ref2.K), stack(ref.k, ref2.k), stack(ref.chol, ref2.chol), stack(dyn.Fm, dyn2.Fm),
+        stack(dyn.fv, dyn2.fv), stack(dyn.x0mu, dyn2.x0mu), stack(noise, noise2), stack(cost.Cm, cost2.Cm),
+        stack(cost.cv, cost2.cv), stack(cost.cc, cost2.cc))
+    np.testing.assert_allclose(both[0], pred, rtol=1e-12)
+    np.testing.assert_allclose(both[1], predicted_costs(ref2, dyn2, cost2, noise2), rtol=1e-12)
+    np.testing.assert_allclose(z[0, :, :, :dX], X, atol=1e-12)
+
+
+def test_residual_is_sampled_minus_predicted_by_hand():
+    """T = 2, dX = dU = 1. x1 = x0 + u0 + 0.5; u = K x + k + 2 ε (covariance 4, so chol 2);
+    cost cc + ½ zᵀ[[2, 1], [1, 4]] z + zᵀ[1, −1] = 0.5 + x² + x u + 2u² + x − u.
+    Sample 1, ε = (0.25, −0.5): u0 = 2·1 + 0.5 + 0.5 = 3, x1 = 4.5, u1 = 4.5 − 1 − 1 = 2.5;
+      costs 0.5 + 1 + 3 + 18 + 1 − 3 = 20.5 and 0.5 + 20.25 + 11.25 + 12.5 + 4.5 − 2.5 = 46.5.
+    Sample 2, ε = 0: u0 = 2.5, x1 = 4, u1 = 3; costs 0.5 + 1 + 2.5 + 12.5 + 1 − 2.5 = 15 and
+      0.5 + 16 + 12 + 18 + 4 − 3 = 47.5.
+    """
+    pol = LinearGaussianPolicy(K=np.array([[[2.0]], [[1.0]]]), k=np.array([[0.5], [-1.0]]),
+                               covar=np.array([[[4.0]], [[4.0]]]))
+    dyn = Dynamics(Fm=np.array([[[1.0, 1.0]], [[7.0, 7.0]]]), fv=np.array([[0.5], [9.0]]),
+                   covar=np.ones((2, 1, 1)), x0mu=np.array([1.0]), x0sigma=np.ones((1, 1)))
+    cost = QuadraticCost(Cm=np.array([[[2.0, 1.0], [1.0, 4.0]]] * 2), cv=np.array([[1.0, -1.0]] * 2),
+                         cc=np.array([0.5, 0.5]))
+    noise = np.array([[[0.25], [-0.5]], [[0.0], [0.0]]])
+    pred = predicted_costs(pol, dyn, cost, noise)
+    np.testing.assert_allclose(pred, [[20.5, 46.5], [15.0, 47.5]], rtol=1e-14)
+    sampled = np.array([[20.0, 50.0], [15.0, 40.0]])
+    np.testing.assert_allclose(residual_costs(sampled, pred), [[-0.5, 3.5], [0.0, -7.5]], rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- the res_percent step rule
+
+
+def test_ratios_by_hand():
+    """|sampled| rows (1, 2, 3) and (3, 2, 1): tails (6, 5, 3) and (6, 3, 1), means 6, 4, 2."""
+    sampled = np.array([[1.0, -2.0, 3.0], [3.0, 2.0, -1.0]])
+    residual = np.array([[0.6, 0.0, 0.2], [-0.6, 0.2, -0.2]])
+    # |residual| tails: (0.8, 0.2, 0.2) and (1.0, 0.4, 0.2); means 0.9, 0.3, 0.2.
+    np.testing.assert_allclose(res_percent_ratios(residual, sampled), [0.9 / 6, 0.3 / 4, 0.2 / 2], rtol=1e-14)
+    np.testing.assert_allclose(res_percent_ratios(-residual, sampled), res_percent_ratios(residual, sampled))
+    assert res_percent_ratios(residual, sampled, per_step=False) == pytest.approx(0.9 / 6, rel=1e-14)
+
+
+def test_step_changes_exactly_at_the_thresholds_and_clips():
+    dec, inc = 0.2, 0.05
+    up, down = 1 + 1e-12, 1 - 1e-12
+    ratio = np.array([dec * up, dec, dec * down, inc * up, inc, inc * down, 0.0, 5.0, np.nan])
+    res = res_percent_step(ratio, np.ones(9), np.full(9, 0.01), np.full(9, 10.0), dec, inc)
+    np.testing.assert_array_equal(res.direction, [-1, 0, 0, 0, 0, 1, 1, -1, 0])
+    np.testing.assert_array_equal(res.step_mult, [0.5, 1, 1, 1, 1, 2, 2, 0.5, 1])
+    # Clipped to the per-step schedules; where the floor is above the ceiling, the floor wins.
+    res = res_percent_step(np.array([0.0, 1.0, 0.0, 1.0]), np.array([8.0, 0.015, 1.0, 1.0]),
+                           np.array([0.01, 0.01, 0.01, 3.0]), np.array([10.0, 10.0, 1.5, 2.0]), dec, inc)
+    np.testing.assert_array_equal(res.step_mult, [10.0, 0.01, 1.5, 3.0])
+    np.testing.assert_array_equal(res.direction, [1, -1, 1, -1])
+
+
+def test_rule_with_the_reference_defaults():
+    cfg = PILQRConfig()
+    assert (cfg.step_rule_res_ratio_dec, cfg.step_rule_res_ratio_inc) == (0.2, 0.05)
+    np.testing.assert_array_equal(schedule(cfg.kl_step, 100), np.linspace(0.4, 0.2, 100))
+    T5 = 5
+    sampled = np.ones((4, T5))
+    residual = np.zeros((4, T5))
+    residual[:, -1] = 0.9  # tail shares 0.18, 0.225, 0.3, 0.45, 0.9: halve all but t = 0
+    residual[:, 0] = -0.02  # t = 0: (0.9 + 0.02) / 5 = 0.184, kept
+    res = res_percent_rule(residual, sampled, np.full(T5, 1.0), cfg)
+    np.testing.assert_array_equal(res.direction, [0, -1, -1, -1, -1])
+    # Halved to 0.5, then floored by the min_step_mult schedule 0.01 -> 0.5 stretched to T = 5.
+    np.testing.assert_allclose(res.step_mult, np.maximum([1.0, 0.5, 0.5, 0.5, 0.5], np.linspace(0.01, 0.5, T5)))
+    small = res_percent_rule(np.zeros((4, T5)), sampled, np.full(T5, 4.0), cfg)
+    np.testing.assert_allclose(small.step_mult, np.minimum(8.0, np.linspace(10.0, 5.0, T5)))  # doubled, capped
+    whole = res_percent_rule(residual, sampled, 1.0, PILQRConfig(cons_per_step=False))
+    assert whole.ratio.shape == () and whole.direction == 0 and whole.step_mult == 1.0
