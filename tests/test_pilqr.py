@@ -1,17 +1,19 @@
-"""PILQR's model-based pieces (gps_core/traj_opt/pilqr.py): the LQR step with per-step KL constraints,
-the predicted and residual sample costs, and the res_percent step rule."""
+"""PILQR (gps_core/traj_opt/pilqr.py): the LQR step with per-step KL constraints, the predicted and
+residual sample costs, the res_percent step rule, and the whole update (LQR step, then PI2 on the residual)."""
 
 import numpy as np
 import pytest
 
-from gps_core.configs import PILQRConfig
+from gps_core.configs import PI2Config, PILQRConfig
 from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 from gps_core.traj_opt.lqr import (
     Dynamics, HopelessConditions, QuadraticCost, backward_pass_batched, estimate_cost,
 )
+from gps_core.traj_opt.pi2 import costs_to_go, pi2_temperatures, pi2_weights, weights_kl
 from gps_core.traj_opt.pilqr import (
-    lqr_step_batched, per_step_backward_batched, per_step_kl_bounds, predicted_costs, predicted_costs_batched,
-    res_percent_ratios, res_percent_rule, res_percent_step, residual_costs, schedule,
+    lqr_step_batched, per_step_backward_batched, per_step_kl_bounds, pilqr_update, pilqr_update_batched,
+    predicted_costs, predicted_costs_batched, res_percent_ratios, res_percent_rule, res_percent_step,
+    residual_costs, schedule,
 )
 
 dX, dU, T = 3, 2, 10
@@ -341,3 +343,154 @@ def test_rule_with_the_reference_defaults():
     np.testing.assert_allclose(small.step_mult, np.minimum(8.0, np.linspace(10.0, 5.0, T5)))  # doubled, capped
     whole = res_percent_rule(residual, sampled, 1.0, PILQRConfig(cons_per_step=False))
     assert whole.ratio.shape == () and whole.direction == 0 and whole.step_mult == 1.0
+
+
+# --------------------------------------------------------------------------- the whole update
+
+
+def _samples(seed, N=8, antithetic=False, extra=0.0):
+    """A problem, its sampling controller's noise-free-dynamics samples from x0mu, and their costs [N, T]
+    (the quadratic model's, plus extra · sin(x_0) if asked)."""
+    dyn, cost, pol = random_problem(seed)
+    rng = np.random.default_rng(100 + seed)
+    noise = rng.standard_normal((N // 2 if antithetic else N, T, dU))
+    if antithetic:  # mean noise exactly zero at every step
+        noise = np.concatenate([noise, -noise])
+    X, U = _simulate(pol, dyn.Fm, dyn.fv, dyn.x0mu, noise)
+    return dyn, cost, pol, noise, X, U, _true_cost(X, U, cost, extra)
+
+
+EPS = per_step_kl_bounds(schedule((0.4, 0.2), T), 1.0)
+
+
+def test_linear_gaussian_quadratic_gives_the_lqr_step():
+    """Residual zero, weights uniform, K exactly the LQR step's, k = k_lqr + chol_lqrᵀ mean(ε), covariance
+    the damped rule's from uniform weights, η the LQR step's; temperatures fitted on the full cost."""
+    dyn, cost, pol, noise, X, U, sampled = _samples(0)
+    cfg, pcfg = PILQRConfig(), PI2Config()
+    res = pilqr_update(cost, pol, dyn, sampled, noise, EPS, None, cfg, pcfg)
+    lqr = lqr_step_batched([cost], [pol], [dyn], EPS[None], None, cfg)
+    assert lqr.converged[0]
+    np.testing.assert_array_equal(res.K, lqr.K)
+    np.testing.assert_array_equal(res.eta, lqr.eta)
+    np.testing.assert_array_equal(res.lqr.k, lqr.k)
+    np.testing.assert_array_equal(res.lqr.kl, lqr.kl)
+    assert np.abs(res.K[0] - pol.K).max() > 1e-2  # the LQR step's gains, not the sampling controller's
+    np.testing.assert_allclose(res.residual[0], 0.0, atol=1e-10 * np.abs(sampled).max())
+    np.testing.assert_allclose(res.residual_ratio[0], 0.0, atol=1e-10)
+    np.testing.assert_allclose(res.weights[0], 1.0 / 8, rtol=1e-9)
+    assert res.weights.shape == (1, T, 8) and np.all(res.weights_kl[0] < 1e-15)
+    full = pi2_temperatures(costs_to_go(sampled), pcfg.kl_threshold, pcfg.min_temperature)
+    np.testing.assert_array_equal(res.fitted_temperatures[0], full)
+    np.testing.assert_array_equal(res.temperatures[0], full)
+    assert np.all(full > 10 * pcfg.min_temperature) and not res.temperature_raised.any()
+    # k and the covariance from uniform weights over k_lqr + chol_lqrᵀ ε_i.
+    L = np.linalg.cholesky(lqr.covar[0])
+    dev = np.einsum("tuv,ntv->ntu", L, noise - noise.mean(axis=0))
+    np.testing.assert_allclose(res.k[0], lqr.k[0] + np.einsum("tuv,tv->tu", L, noise.mean(axis=0)), atol=1e-10)
+    ml = np.einsum("ntu,ntv->tuv", dev, dev) / 8
+    np.testing.assert_allclose(res.ml_covar[0], ml, rtol=1e-8, atol=1e-12)
+    scale = (np.trace(np.linalg.solve(lqr.covar[0], ml), axis1=1, axis2=2) / dU) ** (1 / pcfg.covariance_damping)
+    np.testing.assert_allclose(res.covar[0], scale[:, None, None] * lqr.covar[0], rtol=1e-8)
+    # Antithetic noise (mean exactly 0): k is the LQR step's own.
+    dyn, cost, pol, noise, X, U, sampled = _samples(0, antithetic=True)
+    res = pilqr_update(cost, pol, dyn, sampled, noise, EPS, None, cfg, pcfg)
+    np.testing.assert_allclose(res.k, lqr.k, atol=1e-10)
+    np.testing.assert_array_equal(res.K, lqr.K)
+
+
+def test_unmodelled_penalty_is_in_the_residual_and_pushes_k_away():
+    """A step-function penalty P on the state region only the sample with the largest final x_0 reaches:
+    the residual is +P there and 0 elsewhere; that sample's weight falls below 1/N at every step, and the
+    new k moves away from its feedforward control, by exactly the reweighting."""
+    N, P = 8, 5.0
+    dyn, cost, pol, noise, X, U, sampled = _samples(1, N=N)
+    j = int(np.argmax(X[:, -1, 0]))
+    penalised = sampled.copy()
+    penalised[:, -1] += P * (X[:, -1, 0] >= X[j, -1, 0])  # CostBinaryRegion-like: no derivatives
+    cfg, pcfg = PILQRConfig(), PI2Config()
+    base = pilqr_update(cost, pol, dyn, sampled, noise, EPS, None, cfg, pcfg)
+    res = pilqr_update(cost, pol, dyn, penalised, noise, EPS, None, cfg, pcfg)
+    expect = np.zeros((N, T))
+    expect[j, -1] = P
+    np.testing.assert_allclose(res.residual[0], expect, atol=1e-9)
+    assert res.residual_ratio[0, -1] > res.residual_ratio[0, 0] > 0
+    np.testing.assert_array_equal(res.K, base.K)  # the LQR step does not see samples' costs
+    # Weights: the penalised sample's cost-to-go is P higher at every t ≤ T−1.
+    eta = res.temperatures[0]
+    w_j = np.exp(-P / eta) / (N - 1 + np.exp(-P / eta))
+    np.testing.assert_allclose(res.weights[0, :, j], w_j, rtol=1e-9)
+    assert np.all(res.weights[0, :, j] < 1.0 / N)
+    # The new k against the uniform one: k − k_unif = Σ_i (w_i − 1/N) f_i = (N w_j − 1)/(N − 1) · (f_j − k_unif).
+    f = res.lqr.k[0] + np.einsum("tuv,ntv->ntu", np.linalg.cholesky(res.lqr.covar[0]), noise)
+    k_unif = f.mean(axis=0)
+    np.testing.assert_allclose(base.k[0], k_unif, atol=1e-9)
+    move, away = res.k[0] - k_unif, f[j] - k_unif
+    np.testing.assert_allclose(move, ((N * w_j - 1) / (N - 1))[:, None] * away, rtol=1e-7, atol=1e-12)
+    assert np.all(np.einsum("tu,tu->t", move, away) < 0)
+    np.testing.assert_array_equal(res.fitted_temperatures[0],
+                                  pi2_temperatures(costs_to_go(penalised), pcfg.kl_threshold, pcfg.min_temperature))
+
+
+def test_weights_kl_is_not_bounded_by_the_threshold():
+    """The reference's quirk, exposed: a cost whose samples differ little (the fitted η is small) while
+    the model's prediction differs a lot (a large residual spread) gives nearly one-hot weights, a KL
+    far above kl_threshold, below log N."""
+    N = 8
+    dyn, cost, pol, noise, X, U, model = _samples(5, N=N)
+    flat = model.mean(axis=0) + 0.01 * np.random.default_rng(0).standard_normal((N, T))
+    pcfg = PI2Config()
+    res = pilqr_update(cost, pol, dyn, flat, noise, EPS, None, PILQRConfig(), pcfg)
+    np.testing.assert_allclose(res.residual[0], flat - model, atol=1e-9)
+    np.testing.assert_allclose(res.weights_kl[0], weights_kl(res.weights[0]), rtol=1e-12)
+    assert np.all(res.weights_kl[0] > 1.5 * pcfg.kl_threshold) and np.all(res.weights_kl[0] <= np.log(N))
+    # The same temperatures on the full cost meet the threshold.
+    np.testing.assert_allclose(weights_kl(pi2_weights(costs_to_go(flat), res.fitted_temperatures[0])),
+                               pcfg.kl_threshold, rtol=1e-9)
+
+
+def test_mdgps_reference_batching_warm_start_and_determinism():
+    """With a KL reference other than the sampling controller, the LQR step is against the reference and
+    the prediction still rolls the sampling controller; two conditions at once equal each alone; the
+    warm start reaches the LQR step; the same call gives the same arrays."""
+    cfg, pcfg = PILQRConfig(), PI2Config()
+    a = _samples(2, extra=0.2)
+    b = _samples(3, extra=-0.1)
+    _, _, other = random_problem(9)
+    refs = [other, b[2]]
+    eta0 = np.stack([np.full(T, 0.5), np.linspace(0.1, 2.0, T)])
+    eps = np.stack([EPS, 2.0 * EPS])
+    args = ([a[1], b[1]], [a[2], b[2]], [a[0], b[0]], np.stack([a[6], b[6]]), np.stack([a[3], b[3]]), eps, eta0,
+            cfg, pcfg)
+    res = pilqr_update_batched(*args, references=refs)
+    lqr = lqr_step_batched([a[1], b[1]], refs, [a[0], b[0]], eps, eta0, cfg)
+    np.testing.assert_array_equal(res.K, lqr.K)
+    np.testing.assert_array_equal(res.eta, lqr.eta)
+    np.testing.assert_array_equal(res.lqr.bisection_rounds, lqr.bisection_rounds)
+    for m, (dyn, cost, pol, noise, X, U, sampled) in enumerate((a, b)):
+        np.testing.assert_allclose(res.predicted[m], predicted_costs(pol, dyn, cost, noise), rtol=1e-12)
+        np.testing.assert_allclose(res.residual[m], 0.2 * (1 - 1.5 * m) * np.sin(X[..., 0]), atol=1e-9)
+        one = pilqr_update(cost, pol, dyn, sampled, noise, eps[m], eta0[m], cfg, pcfg, reference=refs[m])
+        for field in ("K", "k", "covar", "eta", "weights", "temperatures", "residual"):
+            np.testing.assert_allclose(getattr(one, field)[0], getattr(res, field)[m], rtol=1e-12, atol=1e-14)
+    # The reference matters: against the sampling controller the LQR step differs.
+    own = pilqr_update_batched(*args)
+    assert np.abs(own.K[0] - res.K[0]).max() > 1e-3
+    np.testing.assert_array_equal(own.K[1], res.K[1])
+    again = pilqr_update_batched(*args, references=refs)
+    for field in ("K", "k", "covar", "eta", "weights", "weights_kl", "temperatures", "residual", "residual_ratio"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(res, field))
+
+
+def test_update_refuses_bad_input_by_condition():
+    dyn, cost, pol, noise, X, U, sampled = _samples(4)
+    cfg, pcfg = PILQRConfig(), PI2Config()
+    bad = sampled.copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(FloatingPointError, match="condition 0"):
+        pilqr_update(cost, pol, dyn, bad, noise, EPS, None, cfg, pcfg)
+    with pytest.raises(ValueError, match="sampled_costs"):
+        pilqr_update(cost, pol, dyn, sampled[:, :-1], noise, EPS, None, cfg, pcfg)
+    # Two samples with dU = 2 and no damping: PI2's covariance would be singular.
+    with pytest.raises(FloatingPointError, match="condition 0: PILQR's PI2 step"):
+        pilqr_update(cost, pol, dyn, sampled[:2], noise[:2], EPS, None, cfg, PI2Config(covariance_damping=0.0))

@@ -36,6 +36,11 @@ LQR step is gps_core/traj_opt/pi2.py.
 3. The `res_percent` step rule (res_percent_ratios, res_percent_step): the share of the cost to go
    that the model misses decides per step whether the KL step halves, doubles or stays.
 
+4. The whole update (pilqr_update_batched, pilqr_update): the LQR step (1), the residual (2), then PI2
+   (gps_core/traj_opt/pi2.py) on the samples re-expressed with the LQR step's controller, its
+   temperatures fitted on the full sampled cost and applied to the residual; K and the η carried
+   from the LQR step, k and the covariance from PI2.
+
 Where the reference is ill-defined we chose (documented at each function): a non-PD action block at
 t = 0 raises η_0 like any other step (the reference then silently returns NaN controllers); a step
 rule ratio that is NaN (0/0) keeps the multiplier; non-PD raising of η_t is η_t + δ, + 2δ, + 4δ, …
@@ -48,12 +53,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gps_core.configs import PILQRConfig
+from gps_core.configs import PI2Config, PILQRConfig
 from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 from gps_core.traj_opt.lqr import (
     ConditionError, Dynamics, HopelessConditions, QuadraticCost, forward_pass_batched, matvec, mT,
     quadratic_form_batched, sym, traj_kl_batched,
 )
+from gps_core.traj_opt.pi2 import costs_to_go, pi2_feedforward_update, pi2_temperatures, resampled_feedforward
 
 # η_t at which a step whose action block stays indefinite is given up (the reference's 1e16).
 ETA_LIMIT = 1e16
@@ -391,3 +397,177 @@ def res_percent_rule(
         # array schedules would make it an array here, and its scalar C-step then fails).
         lo, hi = float(np.mean(lo)), float(np.mean(hi))
     return res_percent_step(ratio, step_mult, lo, hi, cfg.step_rule_res_ratio_dec, cfg.step_rule_res_ratio_inc)
+
+
+# --------------------------------------------------------------------------- 4. the whole PILQR update
+
+
+@dataclass(frozen=True)
+class PILQRResult:
+    """The PILQR update of M conditions (pilqr_update_batched), with what a run needs to check it.
+
+    The new controllers: K [M, T, dU, dX] (the LQR step's), k [M, T, dU] and covar [M, T, dU, dU]
+    (PI2's); eta [M, T], the η to carry to the next iteration (the LQR step's).
+    lqr: the LQR step (PerStepLQRResult: its controller K, k, covar before PI2, its eta, per-step kl
+    and kl_bound [M, T], converged and rounds [M]).
+    predicted [M, N, T]: each sample's cost as the model predicts it under the sampling controller;
+    residual [M, N, T] = sampled − predicted; residual_ratio [M, T]: the residual's share of the cost
+    to go from each step (res_percent_ratios; ratio_0 is the whole trajectory's share).
+    fitted_temperatures [M, T]: PI2's η_t fitted on the full sampled cost (their weights of the full
+    cost have KL kl_threshold to uniform, or less at min_temperature); temperatures [M, T]: the η_t
+    the residual's weights were computed with (the fitted ones, raised where temperature_raised
+    [M, T] says the covariance was not positive definite); weights [M, T, N]: those weights;
+    weights_kl [M, T]: their KL to uniform, NOT bounded by kl_threshold (up to log N);
+    ml_covar [M, T, dU, dU]: PI2's weighted maximum-likelihood covariance before damping.
+    """
+
+    K: np.ndarray
+    k: np.ndarray
+    covar: np.ndarray
+    eta: np.ndarray
+    lqr: PerStepLQRResult
+    predicted: np.ndarray
+    residual: np.ndarray
+    residual_ratio: np.ndarray
+    fitted_temperatures: np.ndarray
+    temperatures: np.ndarray
+    temperature_raised: np.ndarray
+    weights: np.ndarray
+    weights_kl: np.ndarray
+    ml_covar: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.K.shape[0])
+
+    def policy(self, m: int) -> LinearGaussianPolicy:
+        """Condition m's new controller."""
+        return LinearGaussianPolicy(K=self.K[m], k=self.k[m], covar=self.covar[m])
+
+
+def pilqr_update_batched(
+    costs: list[QuadraticCost],
+    sampling: list[LinearGaussianPolicy],
+    dyns: list[Dynamics],
+    sampled_costs: np.ndarray,
+    noise: np.ndarray,
+    kl_bounds: np.ndarray,
+    etas: np.ndarray | float | None,
+    cfg: PILQRConfig,
+    pi2_cfg: PI2Config,
+    references: list[LinearGaussianPolicy] | None = None,
+) -> PILQRResult:
+    """PILQR's update of M conditions (Chebotar et al. 2017; the reference's TrajOptPILQR.update).
+
+    costs: the quadratic cost models (Cm, cv, cc) of the M conditions; sampling: the controllers the
+    samples were drawn with (u = K x + k + chol(Σ)ᵀ ε, chol upper); dyns: the fitted dynamics (mean,
+    covariance, x0mu, x0sigma); sampled_costs [M, N, T]: each sample's per-step cost as the cost
+    function gave it (including any term the model does not have); noise [M, N, T, dU]: each sample's
+    exploration noise ε; kl_bounds [M, T] (per_step_kl_bounds, anything that broadcasts); etas: the
+    LQR step's warm start [M, T] (None: 1.0, the first iteration); references: the KL reference of the
+    LQR step (None: the sampling controllers, PILQR alone; the global policy's linearisation for
+    MDGPS-PILQR). N is the same for every condition.
+
+    1. The LQR step (lqr_step_batched) from the reference against it, per-step bounds, warm start etas.
+    2. predicted = predicted_costs_batched with the SAMPLING controller (the reference's
+       approximated_cost(samples, prev_traj_distr, traj_info): the controller the samples were drawn
+       with, not the LQR step's) through the mean dynamics from the fitted x0mu (traj_info.x0mu, the
+       same x0mu the LQR step's forward pass starts from, not the samples' own initial states);
+       residual = sampled − predicted (the reference's cs − c_approx).
+    3. PI2 (pi2_feedforward_update) on the feedforward samples k_lqr + chol(Σ_lqr)ᵀ ε_i
+       (resampled_feedforward). The reference forms them as U_lqr − K_lqr x with
+       U_lqr = K_lqr x + k_lqr + chol_lqrᵀ ε, so only the LQR step's controller enters, its K cancels,
+       and the samples' states and actions are not needed. The damping's old covariance is the LQR
+       step's. The temperatures are fitted on the costs-to-go of the FULL sampled cost
+       (pi2_temperatures with pi2_cfg.kl_threshold and min_temperature) and then applied to the
+       costs-to-go of the RESIDUAL. Quirk of the reference, kept: the weights actually used then have
+       a KL to uniform that kl_threshold does not bound (anything up to log N: a residual that is
+       large against the full cost's spread concentrates them); result.weights_kl exposes it.
+       Where PI2's covariance has no Cholesky factor, that step's η is raised (pi2.py; the
+       reference raises the given temperatures the same way).
+    4. K is the LQR step's (not the sampling controller's), k and the covariance PI2's, and the η
+       carried is the LQR step's (PI2's temperatures are not carried: they are re-fitted every time).
+
+    Choice: the reference fits the temperatures through a first full PI2 update on the full cost whose
+    controller it discards; here only the temperatures are computed (pi2_temperatures), so that
+    discarded update's covariance cannot fail (the reference would then end in a ValueError after
+    raising a re-fitted η), and the temperatures are exact where the reference's L-BFGS-B stops
+    about 1e-5 relative short (pi2.py).
+
+    When the dynamics are exactly linear-Gaussian with no noise beyond the controller's, the samples
+    start at x0mu, and the cost is the quadratic model, the residual is zero up to round-off, the
+    weights are uniform, and the result is the LQR step's controller with k_t = k_lqr,t +
+    chol_lqr,tᵀ mean_i ε_it and the covariance PI2's rule gives from uniform weights.
+
+    Raises ConditionError naming the condition for NaN/Inf input and for a PI2 step that fails
+    (pi2.py's ValueError: no positive definite covariance, or N ≤ dU without damping), and what
+    lqr_step_batched raises.
+    """
+    M = len(costs)
+    if not (len(sampling) == len(dyns) == M) or (references is not None and len(references) != M):
+        raise ValueError(f"costs, sampling, dyns (and references) must have one entry per condition ({M})")
+    sampled = np.asarray(sampled_costs, dtype=np.float64)
+    noise = np.asarray(noise, dtype=np.float64)
+    K0 = _stack(sampling, "K")
+    T, dU, dX = K0.shape[1:]
+    if noise.ndim != 4 or noise.shape[0] != M or noise.shape[2:] != (T, dU):
+        raise ValueError(f"noise must be [M, N, T, dU] = [{M}, N, {T}, {dU}], got {noise.shape}")
+    N = noise.shape[1]
+    if sampled.shape != (M, N, T):
+        raise ValueError(f"sampled_costs must be [M, N, T] = {(M, N, T)}, got {sampled.shape}")
+    for m in range(M):
+        if not (np.all(np.isfinite(sampled[m])) and np.all(np.isfinite(noise[m]))):
+            raise ConditionError(m, "the sampled costs or the exploration noise contain NaN or Inf")
+
+    # 1. The LQR step.
+    lqr = lqr_step_batched(costs, list(sampling) if references is None else list(references), dyns,
+                           kl_bounds, etas, cfg)
+
+    # 2. The residual, with the sampling controller.
+    chol0 = np.stack([np.asarray(p.chol, dtype=np.float64) for p in sampling])
+    _, predicted = predicted_costs_batched(
+        K0, _stack(sampling, "k"), chol0, _stack(dyns, "Fm"), _stack(dyns, "fv"), _stack(dyns, "x0mu"),
+        noise, _stack(costs, "Cm"), _stack(costs, "cv"), _stack(costs, "cc"))
+    residual = residual_costs(sampled, predicted)
+    ratio = np.stack([res_percent_ratios(residual[m], sampled[m]) for m in range(M)])
+
+    # 3. PI2 on the samples under the LQR step's controller: η from the full cost, weights from the residual.
+    fitted = np.stack([pi2_temperatures(costs_to_go(sampled[m]), pi2_cfg.kl_threshold, pi2_cfg.min_temperature)
+                       for m in range(M)])
+    pi2 = []
+    for m in range(M):
+        ffw = resampled_feedforward(lqr.k[m], lqr.covar[m], noise[m])
+        try:
+            pi2.append(pi2_feedforward_update(ffw, residual[m], lqr.covar[m], pi2_cfg, temperatures=fitted[m]))
+        except ValueError as err:
+            raise ConditionError(m, f"PILQR's PI2 step: {err}") from err
+
+    # 4. K and η from the LQR step, k and the covariance from PI2.
+    return PILQRResult(
+        K=lqr.K.copy(), k=np.stack([r.k for r in pi2]), covar=np.stack([r.covar for r in pi2]),
+        eta=lqr.eta.copy(), lqr=lqr, predicted=predicted, residual=residual, residual_ratio=ratio,
+        fitted_temperatures=fitted, temperatures=np.stack([r.temperatures for r in pi2]),
+        temperature_raised=np.stack([r.temperature_raised for r in pi2]),
+        weights=np.stack([r.weights for r in pi2]), weights_kl=np.stack([r.weights_kl for r in pi2]),
+        ml_covar=np.stack([r.ml_covar for r in pi2]),
+    )
+
+
+def pilqr_update(
+    cost: QuadraticCost,
+    sampling: LinearGaussianPolicy,
+    dyn: Dynamics,
+    sampled_costs: np.ndarray,
+    noise: np.ndarray,
+    kl_bound: np.ndarray,
+    eta: np.ndarray | float | None,
+    cfg: PILQRConfig,
+    pi2_cfg: PI2Config,
+    reference: LinearGaussianPolicy | None = None,
+) -> PILQRResult:
+    """pilqr_update_batched of one condition: sampled_costs [N, T], noise [N, T, dU], kl_bound [T]
+    (or scalar), eta [T] (or scalar, or None) -> PILQRResult of M = 1 (result.policy(0))."""
+    return pilqr_update_batched(
+        [cost], [sampling], [dyn], np.asarray(sampled_costs)[None], np.asarray(noise)[None],
+        np.asarray(kl_bound, dtype=np.float64)[None] if np.ndim(kl_bound) else kl_bound,
+        None if eta is None else (np.asarray(eta, dtype=np.float64)[None] if np.ndim(eta) else eta),
+        cfg, pi2_cfg, None if reference is None else [reference])
