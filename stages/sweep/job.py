@@ -216,7 +216,9 @@ def leftovers(workdir: Path) -> tuple[list[Leftover], int]:
             files = AttemptFiles(Path(marker["clone"]), Path(marker["worker"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not an attempt's marker
-        if files.marker != marker_path or attempt_running(marker) is not False:
+        if files.marker != marker_path:
+            continue  # a marker moved here from elsewhere: its files are not these
+        if attempt_running(marker) is not False:
             running += 1
             continue
         found.append(Leftover(marker.get("experiment", files.clone.name), files, files.size()))
