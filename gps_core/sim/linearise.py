@@ -1,0 +1,353 @@
+"""One control step of a task linearised with MuJoCo's own derivatives: x' ≈ F x + G u + f.
+
+The step is the simulator's (gps_core.sim.env.Simulator): `substeps` physics steps with the
+task's stepping, the control clamped to the actuators' range by MuJoCo, then the blocks read.
+MuJoCo's `mjd_transitionFD` gives each physics step's derivative in its own state tangent
+s = (dq [nv], dv [nv], act [na]); the substeps are chained, and the result is mapped into the
+task's x through the blocks:
+
+    dx'/dx = (dx'/ds') (ds'/ds) (ds/dx)  +  (how x' reads x itself)
+
+- ds/dx (StateMap.P) picks the qpos and qvel entries of x. Everything else in x is a reading
+  of the simulation, not a degree of freedom of it, with one exception below. A coordinate of s
+  that x does not hold must be one nothing in x or u can move (Reacher's target, Pusher's goal:
+  unactuated, carrying no geom that can collide, at rest); a joint that can be moved but is not
+  in x (Pusher's cylinder) makes x no state of the simulation, and raises LinearisationError.
+- qpos, qvel, cos and sin blocks are read from s' (the state after the control step).
+- Points (position and relative blocks) are read from the kinematics MuJoCo last computed,
+  which belong to the state before the last substep, s⁻ (the simulator's docstring): their rows
+  are the points' Jacobians (mj_jacSite, mj_jacBody) at s⁻ times ds⁻/ds. Under RK4 (Reacher)
+  MuJoCo's last kinematics are those of its fourth stage (off s⁻'s by ~2 mm there), which also
+  depend on u, and mjd_transitionFD refuses RK4: there each physics step and the last substep's
+  reading are differenced here (central, in MuJoCo's tangent space, as mjd_transitionFD would).
+- Velocity blocks are the simulator's finite differences (b' − b)/dt of a point-like block b of
+  the previous step. That previous reading is part of x (the block must be in the state, else
+  raise), so F holds −I/dt at (velocity', b): x's point blocks enter the step through the
+  velocity blocks and nothing else; x's velocity blocks do not enter it at all. This is exactly
+  how x' depends on x in the simulator, with no J q̇ approximation (and no dJ/dq term) needed.
+
+Split stepping (mj_step1, set the control, mj_step2) equals mj_step for the derivative: the
+task compiler allows split only for Euler models, where both run the same computations (for
+the shipped tasks the trajectories agree bit for bit), and MuJoCo reads the control only after
+mj_step1. mjd_transitionFD differentiates mj_step, and the forward pass here steps as the task does.
+
+The recorded action u is unclipped (env.py); MuJoCo clamps it, so G's column of a control
+strictly outside its range is zero (the derivatives are taken at the clamped control, where
+MuJoCo's differences stay inside the range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from gps_core.sim.task import POINT_KINDS, Task
+
+# Integrators whose step computes the kinematics at the start (positions read after it are s⁻'s).
+_KINEMATICS_AT_START = {int(mujoco.mjtIntegrator.mjINT_EULER), int(mujoco.mjtIntegrator.mjINT_IMPLICIT),
+                        int(mujoco.mjtIntegrator.mjINT_IMPLICITFAST)}
+
+
+class LinearisationError(ValueError):
+    """The task's state x does not determine the simulation's state, so no F in x exists."""
+
+
+@dataclass(frozen=True)
+class StateMap:
+    """How x holds MuJoCo's state tangent s = (dq [nv], dv [nv], act [na]), decided once per task and model.
+
+    P: [ns, dX] ds/dx (0/1 entries). held: [k] coordinates of s that x does not hold (they must stay put).
+    velocity: (x slice of a velocity block, x slice of the block it differentiates) pairs.
+    """
+
+    P: np.ndarray
+    held: np.ndarray
+    velocity: tuple[tuple[slice, slice], ...]
+
+
+@dataclass(frozen=True)
+class Linearisation:
+    """x_next ≈ F x + G u + f near (x, u). F: [dX, dX], G: [dX, dU], f: [dX], x: [dX], x_next: [dX] (the step's own)."""
+
+    F: np.ndarray
+    G: np.ndarray
+    f: np.ndarray
+    x: np.ndarray
+    x_next: np.ndarray
+
+
+def _subtree_geoms(model, body: int) -> np.ndarray:
+    """Geoms on `body` and its descendants."""
+    inside = np.zeros(model.nbody, dtype=bool)
+    for b in range(model.nbody):  # parents come before children in MuJoCo's body order
+        inside[b] = b == body or (b > 0 and inside[model.body_parentid[b]])
+    return np.flatnonzero(inside[model.geom_bodyid])
+
+
+def _can_collide(model, geoms: np.ndarray) -> bool:
+    """Whether one of `geoms` can touch a geom outside them (MuJoCo's contype/conaffinity rule, or an explicit pair)."""
+    others = np.setdiff1d(np.arange(model.ngeom), geoms)
+    for g in geoms:
+        t, a = model.geom_contype[g], model.geom_conaffinity[g]
+        if np.any((t & model.geom_conaffinity[others]) | (model.geom_contype[others] & a)):
+            return True
+    return bool(model.npair) and bool(np.isin(model.pair_geom1, geoms).any() or np.isin(model.pair_geom2, geoms).any())
+
+
+def state_map(model, task: Task) -> StateMap:
+    """ds/dx for `task` on `model` [ns, dX]; raises LinearisationError where x does not hold the simulation's state."""
+    nv, na = model.nv, model.na
+    P = np.zeros((2 * nv + na, task.dX))
+    for b in task.blocks:
+        if b.name in task.state and b.kind in ("qpos", "qvel"):
+            start = task.x_slices[b.name].start
+            # Hinge and slide joints only (compile_task): a qpos entry is its dof's tangent coordinate.
+            rows = b.dadr if b.kind == "qpos" else nv + b.dadr
+            for i, r in enumerate(rows):
+                if not P[r].any():  # a joint in two blocks: the first one holds it
+                    P[r, start + i] = 1.0
+    held = np.flatnonzero(~P.any(axis=1))
+    problems = []
+    if na:
+        problems.append(f"{na} actuator activation state(s), which no block reads")
+    actuated = {int(model.actuator_trnid[a, 0]) for a in range(model.nu)
+                if model.actuator_trntype[a] in (mujoco.mjtTrn.mjTRN_JOINT, mujoco.mjtTrn.mjTRN_JOINTINPARENT)}
+    for j in range(model.njnt):
+        dofs = np.arange(model.jnt_dofadr[j], model.jnt_dofadr[j] + (model.jnt_dofadr[j + 1] if j + 1 < model.njnt
+                                                                      else nv) - model.jnt_dofadr[j])
+        coords = np.concatenate([dofs, nv + dofs])
+        if not np.isin(coords, held).any():
+            continue
+        name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"#{j}"
+        why = ("an actuator drives it" if j in actuated
+               else "it carries geoms that can collide" if _can_collide(model, _subtree_geoms(model, model.jnt_bodyid[j]))
+               else None)  # any other coupling shows in the step's derivative (_check_held)
+        if why is not None:
+            missing = "qpos and qvel" if np.isin(coords, held).all() else ("qpos" if np.isin(dofs, held).any() else "qvel")
+            problems.append(f"joint {name!r} ({missing} not in the state; {why})")
+    if problems:
+        raise LinearisationError(
+            f"task {task.name}: the state x does not hold the simulation's state, so the model cannot be "
+            f"linearised in x: {'; '.join(problems)}. Add qpos and qvel blocks of these joints to task.state.")
+    velocity = []
+    for b in task.blocks:
+        if b.name in task.state and b.kind == "velocity":
+            if b.of not in task.state:
+                raise LinearisationError(f"task {task.name}: velocity block {b.name!r} differentiates {b.of!r}, which is "
+                                         "not in the state: x' then depends on a reading x does not hold")
+            velocity.append((task.x_slices[b.name], task.x_slices[b.of]))
+    return StateMap(P, held, tuple(velocity))
+
+
+def physics_state(task: Task, x: np.ndarray, qpos0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(qpos [nq], qvel [nv]) of a state x [dX]: x's joint entries, the rest from qpos0 [nq] at rest (held joints)."""
+    qpos, qvel = np.array(qpos0, dtype=float), np.zeros(task.nv)
+    for b in reversed([b for b in task.blocks if b.name in task.state]):  # reversed: the first block holding a joint wins
+        if b.kind == "qpos":
+            qpos[b.qadr] = x[task.x_slices[b.name]]
+        elif b.kind == "qvel":
+            qvel[b.dadr] = x[task.x_slices[b.name]]
+    return qpos, qvel
+
+
+def step_data(model, data, u: np.ndarray, substeps: int, split: bool) -> None:
+    """One control step as gps_core.sim.env.Simulator takes it (data advances in place)."""
+    if split:
+        for _ in range(substeps):
+            mujoco.mj_step1(model, data)
+            data.ctrl[:] = u
+            mujoco.mj_step2(model, data)
+    else:
+        data.ctrl[:] = u
+        mujoco.mj_step(model, data, nstep=substeps)
+
+
+def _point_rows(model, data, task: Task) -> tuple[list[slice], np.ndarray]:
+    """The state's point-like blocks: their x slices and d(block)/dq [n, nv] at data's kinematics."""
+    slices, rows = [], []
+    jac = np.zeros((3, model.nv))
+    for b in task.blocks:
+        if b.name not in task.state or b.kind not in POINT_KINDS:
+            continue
+        per_point = []
+        for p in b.points:
+            (mujoco.mj_jacSite if p.kind == "site" else mujoco.mj_jacBody)(model, data, jac, None, p.id)
+            per_point.append(jac.copy())
+        if b.kind == "relative":
+            per_point = [per_point[0] - per_point[1]]
+        slices.append(task.x_slices[b.name])
+        rows.append(np.concatenate([J[list(b.axes)] for J in per_point]))
+    return slices, (np.concatenate(rows) if rows else np.zeros((0, model.nv)))
+
+
+def _points(task: Task, values: dict) -> np.ndarray:
+    return np.concatenate([values[b.name] for b in task.blocks if b.name in task.state and b.kind in POINT_KINDS]
+                          or [np.zeros(0)])
+
+
+def _substep_fd(model, data, task: Task, u: np.ndarray, split: bool, eps: float):
+    """One physics step from data's state by central differences, for what mjd_transitionFD does not take (RK4).
+
+    u: [nu] a control within its range. Returns A [ns, ns], B [ns, nu] (as mjd_transitionFD's) and
+    R [n, ns], Ru [n, nu]: the derivatives of the state's points read after the step.
+    A control at the edge of its range is differenced one-sidedly inward, as MuJoCo does.
+    """
+    from gps_core.sim.env import BlockReader
+
+    reader = BlockReader(task)
+    nv, na, nu = model.nv, model.na, model.nu
+    ns = 2 * nv + na
+    qpos, qvel, act = data.qpos.copy(), data.qvel.copy(), data.act.copy()
+    warm, time = data.qacc_warmstart.copy(), data.time
+    scratch = mujoco.MjData(model)
+    dq = np.zeros(nv)
+
+    def run(ds: np.ndarray, du: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scratch.qpos[:] = qpos
+        mujoco.mj_integratePos(model, scratch.qpos, ds[:nv], 1.0)
+        scratch.qvel[:], scratch.act[:] = qvel + ds[nv:2 * nv], act + ds[2 * nv:]
+        scratch.qacc_warmstart[:], scratch.time = warm, time
+        step_data(model, scratch, u + du, 1, split)
+        mujoco.mj_differentiatePos(model, dq, 1.0, qpos, scratch.qpos)  # tangent of qpos', relative to qpos
+        s = np.concatenate([dq, scratch.qvel, scratch.act])
+        return s, _points(task, reader.values(scratch, None))
+
+    cols_s, cols_u = [], []
+    for i in range(ns):
+        e = np.zeros(ns)
+        e[i] = eps
+        (sp, pp), (sm, pm) = run(e, np.zeros(nu)), run(-e, np.zeros(nu))
+        cols_s.append(np.concatenate([sp - sm, pp - pm]) / (2 * eps))
+    lo, hi = task.action_low, task.action_high
+    for i in range(nu):
+        up, down = min(eps, hi[i] - u[i]), min(eps, u[i] - lo[i])
+        if up <= 0 and down <= 0:
+            cols_u.append(np.zeros(len(cols_s[0]) if cols_s else 0))
+            continue
+        e_up, e_down = np.zeros(nu), np.zeros(nu)
+        e_up[i], e_down[i] = max(up, 0.0), -max(down, 0.0)
+        (sp, pp), (sm, pm) = run(np.zeros(ns), e_up), run(np.zeros(ns), e_down)
+        cols_u.append(np.concatenate([sp - sm, pp - pm]) / (e_up[i] - e_down[i]))
+    Ds, Du = np.stack(cols_s, axis=1), np.stack(cols_u, axis=1)
+    return Ds[:ns], Du[:ns], Ds[ns:], Du[ns:]
+
+
+def linearise_step(model, task: Task, qpos: np.ndarray, qvel: np.ndarray, u: np.ndarray,
+                   x: np.ndarray | None = None, eps: float = 1e-6, smap: StateMap | None = None) -> Linearisation:
+    """One control step of `task` on `model` linearised at the physics state (qpos [nq], qvel [nv]) and control u [dU].
+
+    x [dX]: the state as the simulator read it there (its point blocks are the previous reading the
+    velocity blocks difference against); None: read now, as at t = 0 (points exact, velocities 0).
+    eps: mjd_transitionFD's (central) difference step. smap: state_map(model, task), to decide it once.
+    """
+    from gps_core.sim.env import BlockReader
+
+    smap = state_map(model, task) if smap is None else smap
+    reader = BlockReader(task)
+    nv, na, nu = model.nv, model.na, model.nu
+    ns, split = 2 * nv + na, task.stepping == "split"
+    u = np.asarray(u, dtype=float)
+    # MuJoCo's differences are taken at the clamped control (they keep inside the range there); a control
+    # beyond its range has no effect at all.
+    lo, hi = task.action_low, task.action_high
+    inside = ((u >= lo) & (u <= hi)).astype(float)
+    uc = np.clip(u, lo, hi)
+
+    data = mujoco.MjData(model)
+    data.qpos[:], data.qvel[:] = qpos, qvel
+    mujoco.mj_forward(model, data)
+    if x is None:
+        x = np.concatenate([reader.values(data, None)[n] for n in task.state])
+    x = np.asarray(x, dtype=float)
+    for blk in task.blocks:  # x's joint entries are the physics state's (x was read there)
+        if blk.name in task.state and blk.kind in ("qpos", "qvel"):
+            have = data.qpos[blk.qadr] if blk.kind == "qpos" else data.qvel[blk.dadr]
+            if not np.allclose(x[task.x_slices[blk.name]], have, rtol=0, atol=1e-12):
+                raise ValueError(f"x's block {blk.name!r} is not the physics state's {blk.kind}: pass the state x was read at")
+    prev = {name: x[task.x_slices[name]] for name in task.state}  # the previous reading of the velocity blocks' sources
+
+    A, B = np.eye(ns), np.zeros((ns, nu))  # d s_k / d(s_0, u) over the substeps taken so far
+    Ak, Bk = np.zeros((ns, ns)), np.zeros((ns, nu))
+    # mjd_transitionFD takes every integrator but RK4 (MuJoCo 4.0 refuses RK4); those also compute the kinematics at the
+    # start of the step, so the points read after it are s⁻'s (split steps are Euler: compile_task).
+    mjd = split or int(model.opt.integrator) in _KINEMATICS_AT_START
+    last_rows = None
+    for k in range(task.substeps):
+        if k == task.substeps - 1:  # s⁻: the points read after the step are its kinematics (or RK4's stage from it)
+            A_pre, B_pre = A.copy(), B.copy()
+            if mjd:
+                mujoco.mj_kinematics(model, data)
+                mujoco.mj_comPos(model, data)
+                slices, J = _point_rows(model, data, task)
+                last_rows = (slices, np.hstack([J, np.zeros((len(J), ns - nv))]), np.zeros((len(J), nu)))
+            else:
+                slices, _ = _point_rows(model, data, task)
+        if mjd:
+            data.ctrl[:] = uc
+            mujoco.mjd_transitionFD(model, data, eps, True, Ak, Bk, None, None)
+        else:
+            Ak, Bk, Rs, Ru = _substep_fd(model, data, task, uc, split, eps)
+            if k == task.substeps - 1:
+                last_rows = (slices, Rs, Ru)
+        A, B = Ak @ A, Ak @ B + Bk
+        step_data(model, data, u, 1, split)
+    B = B * inside
+    values = reader.values(data, prev)
+    x_next = np.concatenate([values[n] for n in task.state])
+
+    # dx'/ds_0 and dx'/du, block by block.
+    Ds, Du = np.zeros((task.dX, ns)), np.zeros((task.dX, nu))
+    for b in task.blocks:
+        if b.name not in task.state or b.kind not in ("qpos", "qvel", "cos", "sin"):
+            continue
+        sl = task.x_slices[b.name]
+        rows = nv + b.dadr if b.kind == "qvel" else b.dadr
+        q = data.qpos[b.qadr]  # cos and sin of q' change by ∓sin, cos times dq'
+        scale = (np.ones_like(q) if b.kind in ("qpos", "qvel") else -np.sin(q) if b.kind == "cos" else np.cos(q))[:, None]
+        Ds[sl], Du[sl] = scale * A[rows], scale * B[rows]
+    slices, Rs, Ru = last_rows
+    row = 0
+    for sl in slices:
+        n = sl.stop - sl.start
+        Ds[sl] = Rs[row:row + n] @ A_pre
+        Du[sl] = (Rs[row:row + n] @ B_pre + Ru[row:row + n]) * inside
+        row += n
+    F = Ds @ smap.P
+    for vel, of in smap.velocity:  # (b' − b)/dt: b' through the simulation, b straight from x
+        Ds_v, Du_v = Ds[of] / task.dt, Du[of] / task.dt
+        F[vel] = Ds_v @ smap.P
+        F[vel, of] -= np.eye(of.stop - of.start) / task.dt
+        Du[vel] = Du_v
+    _check_held(task, smap, A, B)
+    f = x_next - F @ x - Du @ u
+    return Linearisation(F=F, G=Du, f=f, x=x, x_next=x_next)
+
+
+def _check_held(task: Task, smap: StateMap, A: np.ndarray, B: np.ndarray) -> None:
+    """The coordinates x does not hold must not move with x or u (they enter F as constants)."""
+    if not len(smap.held):
+        return
+    moved = np.abs(np.hstack([A[smap.held] @ smap.P, B[smap.held]])).max()
+    if moved > 1e-6:
+        raise LinearisationError(f"task {task.name}: a coordinate of the simulation that the state x does not hold "
+                                 f"moves with x or u here (derivative {moved:.3g}): x is not the simulation's state")
+
+
+def linearise_trajectory(sim, m: int, X: np.ndarray, U: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """The model's dynamics along a trajectory of condition m, in the layout of gps_core.traj_opt.lqr.Dynamics.
+
+    X: [T, dX] states, U: [T, dU] controls -> Fm [T, dX, dX+dU], fv [T, dX] with x_{t+1} ≈ Fm_t [x_t; u_t] + fv_t.
+    Each x_t is put into condition m's simulation by physics_state (held joints at the condition's
+    initial positions). Step T-1 leads nowhere and stays zero, as in the fitted dynamics.
+    """
+    task, model = sim.task, sim.models[m]
+    T, dX = X.shape
+    smap = state_map(model, task)
+    Fm, fv = np.zeros((T, dX, dX + task.dU)), np.zeros((T, dX))
+    for t in range(T - 1):
+        qpos, qvel = physics_state(task, X[t], sim.qpos0[m])
+        lin = linearise_step(model, task, qpos, qvel, U[t], x=X[t], eps=eps, smap=smap)
+        Fm[t, :, :dX], Fm[t, :, dX:], fv[t] = lin.F, lin.G, lin.f
+    return Fm, fv
