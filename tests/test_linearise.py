@@ -7,7 +7,7 @@ blocks as the previous reading its velocity blocks difference against. Central d
 with step 1e-6, so truncation (~1e-12) is negligible and rounding (machine epsilon / 1e-6 ≈ 1e-10
 per physics step, times the 1/dt = 20..50 of the velocity blocks, plus the constraint solver's own
 tolerance where a joint limit or contact is near) stays well below 2e-6 of the largest entry; the
-largest differences seen are 6e-7 (peg, entries up to 20).
+largest differences seen are 6e-7 (peg, entries up to 20) and 2.8e-5 in contact (peg, entries up to 184).
 """
 
 from __future__ import annotations
@@ -95,6 +95,24 @@ def test_F_and_G_are_the_simulators_derivatives(name):
         F, G = fd_jacobians(sim, 0, X[t], U[t])
         np.testing.assert_allclose(lin.F, F, rtol=0, atol=2e-6 * max(1.0, np.abs(F).max()))
         np.testing.assert_allclose(lin.G, G, rtol=0, atol=2e-6 * max(1.0, np.abs(G).max()))
+
+
+def test_in_contact():
+    """The peg on the table (frictionless contact, as the model has it), reached by random torques."""
+    task = _task("peg")
+    sim = Simulator(task)
+    rng = np.random.default_rng(6)
+    r = sim.rollout(np.array([0]), lambda t, x, o: rng.uniform(-60, 60, (1, 7)) - 5 * x[:, 7:14], 9)
+    x, u = r.X[0, 7], r.U[0, 7]
+    qpos, qvel = physics_state(task, x, sim.qpos0[0])
+    data = mujoco.MjData(sim.models[0])
+    data.qpos[:], data.qvel[:] = qpos, qvel
+    mujoco.mj_forward(sim.models[0], data)
+    assert data.ncon > 0
+    lin = linearise_step(sim.models[0], task, qpos, qvel, u, x=x)
+    F, G = fd_jacobians(sim, 0, x, u)
+    np.testing.assert_allclose(lin.F, F, rtol=0, atol=2e-6 * np.abs(F).max())
+    np.testing.assert_allclose(lin.G, G, rtol=0, atol=2e-6 * np.abs(G).max())
 
 
 @pytest.mark.parametrize("name", TASKS)
