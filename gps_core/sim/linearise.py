@@ -121,8 +121,7 @@ def state_map(model, task: Task) -> StateMap:
     actuated = {int(model.actuator_trnid[a, 0]) for a in range(model.nu)
                 if model.actuator_trntype[a] in (mujoco.mjtTrn.mjTRN_JOINT, mujoco.mjtTrn.mjTRN_JOINTINPARENT)}
     for j in range(model.njnt):
-        dofs = np.arange(model.jnt_dofadr[j], model.jnt_dofadr[j] + (model.jnt_dofadr[j + 1] if j + 1 < model.njnt
-                                                                      else nv) - model.jnt_dofadr[j])
+        dofs = np.flatnonzero(model.dof_jntid == j)  # 1 (hinge, slide), 3 (ball) or 6 (free)
         coords = np.concatenate([dofs, nv + dofs])
         if not np.isin(coords, held).any():
             continue
@@ -276,8 +275,8 @@ def linearise_step(model, task: Task, qpos: np.ndarray, qvel: np.ndarray, u: np.
 
     A, B = np.eye(ns), np.zeros((ns, nu))  # d s_k / d(s_0, u) over the substeps taken so far
     Ak, Bk = np.zeros((ns, ns)), np.zeros((ns, nu))
-    # mjd_transitionFD takes every integrator but RK4 (MuJoCo 4.0 refuses RK4); those also compute the kinematics at the
-    # start of the step, so the points read after it are s⁻'s (split steps are Euler: compile_task).
+    # mjd_transitionFD takes every integrator but RK4 (MuJoCo 4.0 refuses it); those also compute the kinematics
+    # at the start of the step, so the points read after it are s⁻'s (split steps are Euler: compile_task).
     mjd = split or int(model.opt.integrator) in _KINEMATICS_AT_START
     last_rows = None
     for k in range(task.substeps):
