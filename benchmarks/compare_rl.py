@@ -360,11 +360,7 @@ def mdgps_params(task: TaskSettings, seed: int) -> dict:
     """The task's settings file with the method's settings and the seed."""
     from benchmarks.paper_comparison import make_params
 
-    params = make_params(task.name, task.gps_method, seed, [], config=task.gps_config)
-    model = Path(params["task"]["model"])
-    if not model.is_absolute() and (task.gps_config.parent / model).exists():
-        params["task"]["model"] = str((task.gps_config.parent / model).resolve())  # the run folder is elsewhere
-    return params
+    return make_params(task.name, task.gps_method, seed, [], config=task.gps_config)  # task.model made absolute there
 
 
 def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:

@@ -42,9 +42,17 @@ def make_params(task: str, method: str, seed: int, overrides: list[str], config:
     `key=value` overrides."""
     import yaml
 
+    from gps_core.sim.task import package_file
+    from stages.settings.model_check import settings_model
     from stages.sweep.queue import METHODS, set_dotted
 
-    params = yaml.safe_load((config or ROOT / "configs" / f"{task}.yaml").read_text())
+    config = config or ROOT / "configs" / f"{task}.yaml"
+    params = yaml.safe_load(config.read_text())
+    model = str(params["task"]["model"])
+    if not Path(model).is_absolute() and package_file(model) is None:
+        # the run folder is elsewhere and a project root of its own (run_one writes its dvc.yaml): the file the
+        # settings' rule names from the config, by its absolute path
+        params["task"]["model"] = str(settings_model(model, config).resolve())
     settings = {**METHODS[method], "seed": seed}
     for item in overrides:
         key, _, value = item.partition("=")

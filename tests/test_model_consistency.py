@@ -169,7 +169,9 @@ CASES = [
      "['slide_x', 'slide_y'] second, after the qpos block"),
     # the model file
     ("missing_model", small_params, setting("task.model", "models/no_such.xml"),
-     "task.model: 'models/no_such.xml': no such file ({tmp}/models/no_such.xml)"),  # relative to the params file
+     "task.model: 'models/no_such.xml': no such file ({tmp}/models/no_such.xml); a relative path that is no installed "
+     "package's file starts at the params file's folder when no folder at or above it holds dvc.yaml or .dvc/ (a DVC "
+     "project)"),  # a params file in no project: relative to its folder (tests/test_model_path.py: in a project)
 ]
 
 

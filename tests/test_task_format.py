@@ -46,7 +46,8 @@ def test_model_from_an_installed_package_is_read_where_it_is_installed():
     assert list(task.action_low) == [-1.0, -1.0] and list(task.action_high) == [1.0, 1.0]  # the model's ctrlrange
 
 
-def test_a_relative_path_that_names_no_package_is_relative_to_the_params_file(tmp_path):
+def test_a_relative_path_that_names_no_package_is_relative_to_the_base_given(tmp_path):
+    """gps_core takes the folder; which one is the settings' rule (the project root, tests/test_model_path.py)."""
     from gps_core.sim.env import model_path
     from gps_core.sim.task import resolve_model
 

@@ -159,25 +159,36 @@ class Task:
 # Model files
 
 
-def resolve_model(model: str, base: Path | None = None) -> Path:
-    """The file a `task.model` setting names.
-
-    An absolute path; else a path whose first part is an installed package
-    (`gymnasium/envs/mujoco/assets/reacher.xml`), read from that package where it is
-    installed, not copied; else a path relative to `base` (the params file's folder).
-    """
+def package_file(model: str) -> Path | None:
+    """The file of an installed package a relative `task.model` names
+    (`gymnasium/envs/mujoco/assets/reacher.xml`: the first part is the package), read where the package is
+    installed, not copied; None when the first part is no installed package or the package has no such file."""
     path = Path(model)
-    if path.is_absolute():
-        return path
-    head = path.parts[0] if path.parts else ""
+    head = path.parts[0] if path.parts and not path.is_absolute() else ""
     if head.isidentifier():
         spec = importlib.util.find_spec(head)  # finds the package without importing it
-        if spec is not None and spec.submodule_search_locations:
+        # a regular package only: a plain folder (the project's models/) on sys.path, as the working folder is
+        # for `python -m`, is found as a namespace package, and would then not be read by the project's rule
+        if spec is not None and spec.origin not in (None, "namespace") and spec.submodule_search_locations:
             for location in spec.submodule_search_locations:
                 candidate = Path(location).joinpath(*path.parts[1:])
                 if candidate.exists():
                     return candidate
-    return (base or Path.cwd()) / path
+    return None
+
+
+def resolve_model(model: str, base: Path | None = None) -> Path:
+    """The file a `task.model` setting names.
+
+    An absolute path; else a file of an installed package (package_file); else a path relative to `base`.
+    Which folder that is, is the caller's rule, not gps_core's: the stages pass the project root of the
+    params file (stages.settings.model_check.model_base), so that the same text names the same file in
+    configs/NAME.yaml and in the root's params.yaml. Without `base`, the working folder.
+    """
+    path = Path(model)
+    if path.is_absolute():
+        return path
+    return package_file(model) or (base or Path.cwd()) / path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -292,29 +292,32 @@ def split_pipeline(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {ROOT_FILE: files.pop(ROOT_FILE), **files}
 
 
-def project_model_file(params: dict[str, Any], root: Path | None = None) -> str | None:
-    """task.model as a path relative to the project root, when the file is the project's: inside the code the
-    stages run (CODE_ROOT: gps_core/assets/) or inside `root` (default: the working folder); None for a file of
-    an installed package (perhaps in a .venv inside the project) or an absolute path. The stages that read the
-    `task` params depend on it."""
-    from gps_core.sim.task import resolve_model
+def project_model_file(params: dict[str, Any], root: Path | None = None, params_file: str = "params.yaml") -> str | None:
+    """task.model as a path relative to the project root `root` (default: the working folder), when the file is
+    the project's: a file of the code the stages run (CODE_ROOT: gps_core/assets/) or a relative path read by
+    the settings' rule (stages.settings.model_check.model_base of `params_file`, relative to `root`) that lands
+    inside `root`; None for another installed package's file (perhaps in a .venv inside the project) or an
+    absolute path. The stages that read the `task` params depend on it."""
+    from gps_core.sim.task import package_file
+    from stages.settings.model_check import settings_model
 
     model = params["task"]["model"]
     if Path(model).is_absolute():
         return None
     root = (root or Path.cwd()).resolve()
-    resolved = resolve_model(model, root).resolve()
-    for base in (CODE_ROOT, root):
-        if resolved == base / model:
-            return Path(model).as_posix()
-    return None
+    if package_file(model) is not None:  # e.g. gps_core/assets/obstacle.xml, read from the installed gps_core
+        return Path(model).as_posix() if package_file(model).resolve() == CODE_ROOT / model else None
+    try:  # the same file the stages will read, whatever the text's spelling (./models/arm.xml)
+        return settings_model(model, root / params_file).resolve().relative_to(root).as_posix()
+    except ValueError:  # outside the project: nothing DVC can track
+        return None
 
 
 def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml", root: Path | None = None) -> dict[str, str]:
     """{path relative to the project root: text} of every dvc.yaml of the run, for params that passed the schema
     (stages.settings.params.load_params)."""
     doc = build_pipeline(params["iterations"], params_file, algorithm_name(params), gym="gym_evaluation" in params)
-    model = project_model_file(params, root)
+    model = project_model_file(params, root, params_file)
     if model is not None:  # the stages that simulate depend on the model file too
         for stage in doc["stages"].values():
             keys = stage.get("params", [])

@@ -49,6 +49,42 @@ def _check_length(source: str, key: str, values: list, n: int, what: str) -> Non
         raise UserError(f"{source}: {key} is {values!r} ({_entries(values)}), expected {n} entries, {what}")
 
 
+def project_root(path: str | Path) -> Path | None:
+    """The DVC project a file is in: the nearest folder at or above its folder holding dvc.yaml or .dvc/."""
+    folder = Path(path).resolve().parent
+    return next((f for f in (folder, *folder.parents) if (f / "dvc.yaml").is_file() or (f / ".dvc").is_dir()), None)
+
+
+def model_base(params_file: str | Path) -> Path:
+    """The folder a relative `task.model` that names no installed package's file is read from: the project
+    root (project_root), else the params file's own folder (a params file in no DVC project).
+
+    The one rule for such paths, wherever the settings are read: `gps configure` copies configs/NAME.yaml
+    unchanged to the root's params.yaml, and the stages run from the root (DVC's wdir), so only a folder both
+    files share makes `models/arm.xml` name the same file in each."""
+    return project_root(params_file) or Path(params_file).resolve().parent
+
+
+def settings_model(model: str, params_file: str | Path) -> Path:
+    """The file `task.model` names in the params file `params_file` (gps_core.sim.task.resolve_model on model_base)."""
+    from gps_core.sim.task import resolve_model
+
+    return resolve_model(model, model_base(params_file))
+
+
+def _missing_model(source: str, model: str, path: Path) -> NoReturn:
+    """The missing file and the rule it was looked for by, so that the fix (where the path starts) is plain."""
+    if Path(model).is_absolute():
+        rule = ""
+    elif project_root(source) is None:
+        rule = ("; a relative path that is no installed package's file starts at the params file's folder when no "
+                "folder at or above it holds dvc.yaml or .dvc/ (a DVC project)")
+    else:
+        rule = ("; a relative path that is no installed package's file starts at the project root (the nearest folder "
+                "at or above the params file holding dvc.yaml or .dvc/), in configs/ and in params.yaml alike")
+    raise UserError(f"{source}: task.model: {model!r}: no such file ({path}){rule}")
+
+
 def compile_settings_task(params: dict[str, Any], source: str = "params.yaml") -> "Task":
     """The task section compiled on its model (cached per model file version and section)."""
     import json
@@ -56,12 +92,14 @@ def compile_settings_task(params: dict[str, Any], source: str = "params.yaml") -
     from gps_core.sim.task import TaskError, compile_task, resolve_model  # mujoco: the warm worker has it already
 
     section = params["task"]
-    base = Path(source).resolve().parent  # a relative model path that names no package is relative to the params file
+    base = model_base(source)
     path = resolve_model(section["model"], base)
     try:
         st = os.stat(path)
         key = (str(path), st.st_mtime_ns, st.st_size, json.dumps(section, sort_keys=True, default=str))
     except OSError:
+        if not path.exists():
+            _missing_model(source, section["model"], path)
         key = None
     if key is not None and key in _TASK_CACHE:
         return _TASK_CACHE[key]

@@ -77,6 +77,7 @@ def policy_cost(eval_path: Path, samples_path: Path) -> np.ndarray | None:
     """
     from gps_core.costs import build_cost
     from gps_core.sim.task import TaskError, compile_task
+    from stages.settings.model_check import model_base
 
     if not (eval_path.exists() and samples_path.exists()):
         return None
@@ -87,7 +88,8 @@ def policy_cost(eval_path: Path, samples_path: Path) -> np.ndarray | None:
                   {"M": (jac.shape[0], f"as in {samples_path}"), "T": (jac.shape[2], f"as in {samples_path}")})
     try:
         recorded = json.loads(sattrs["params"])
-        cost_spec, task = recorded["cost"], compile_task(recorded["task"])
+        # a relative model path from the run's project root, as the run's stages read it (not the working folder)
+        cost_spec, task = recorded["cost"], compile_task(recorded["task"], model_base(samples_path))
     except (KeyError, TypeError, ValueError, TaskError) as exc:
         raise UserError(f"{eval_path}: cannot compute the policy's cost ({exc})") from None
     J = np.zeros((sizes["M"], sizes["T"], *jac.shape[-2:]))
