@@ -132,7 +132,7 @@ def quadratic_form_batched(K: np.ndarray, k: np.ndarray, covar: np.ndarray):
     return M, v, c, logdet
 
 
-def _cholesky_per_item(A: np.ndarray) -> np.ndarray:
+def cholesky_per_item(A: np.ndarray) -> np.ndarray:
     """Which of the stacked matrices A [B, n, n] have a Cholesky factor (numpy's criterion): bool [B]."""
     ok = np.ones(A.shape[0], dtype=bool)
     for b in range(A.shape[0]):
@@ -177,7 +177,7 @@ def backward_pass_batched(
         try:
             L = np.linalg.cholesky(Quu)
         except np.linalg.LinAlgError:
-            ok = _cholesky_per_item(Quu)
+            ok = cholesky_per_item(Quu)
             failed[alive[~ok]] = True
             alive = alive[ok]
             if alive.size == 0:

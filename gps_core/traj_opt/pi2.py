@@ -74,6 +74,7 @@ import numpy as np
 
 from gps_core.configs import PI2Config
 from gps_core.traj_opt.lingauss import LinearGaussianPolicy
+from gps_core.traj_opt.lqr import cholesky_per_item
 
 # The raise of η where the new covariance is not positive definite: the reference's del0 and its limit.
 ETA_RAISE_START = 1e-4
@@ -235,22 +236,6 @@ def pi2_temperatures(costs_to_go: np.ndarray, kl_threshold: float, min_temperatu
 # --------------------------------------------------------------------------- the update
 
 
-def _has_cholesky(A: np.ndarray) -> np.ndarray:
-    """Which of the stacked matrices A [T, n, n] have a Cholesky factor (numpy's criterion): bool [T]."""
-    try:
-        np.linalg.cholesky(A)
-        return np.ones(A.shape[0], dtype=bool)
-    except np.linalg.LinAlgError:
-        pass
-    ok = np.ones(A.shape[0], dtype=bool)
-    for t in range(A.shape[0]):
-        try:
-            np.linalg.cholesky(A[t])
-        except np.linalg.LinAlgError:
-            ok[t] = False
-    return ok
-
-
 def _weighted_moments(ffw: np.ndarray, weights: np.ndarray, covar_old: np.ndarray, damping: float):
     """Weighted mean [T, dU], ML covariance [T, dU, dU] and the (damped) new covariance [T, dU, dU] of
     feedforward samples ffw [N, T, dU] under weights [T, N]."""
@@ -312,7 +297,7 @@ def pi2_feedforward_update(
 
     # Where the new covariance has no Cholesky factor, spread the weights (module docstring).
     raised = np.zeros(T, dtype=bool)
-    bad = ~_has_cholesky(covar)
+    bad = ~cholesky_per_item(covar)
     delta = np.full(T, ETA_RAISE_START)
     while np.any(bad):
         t_bad = np.flatnonzero(bad)
@@ -326,7 +311,7 @@ def pi2_feedforward_update(
         w_t = pi2_weights(S[t_bad], eta[t_bad])
         k_t, ml_t, covar_t = _weighted_moments(ffw[:, t_bad], w_t, covar_old[t_bad], damping)
         weights[t_bad], k[t_bad], ml[t_bad], covar[t_bad] = w_t, k_t, ml_t, covar_t
-        bad[t_bad] = ~_has_cholesky(covar_t)
+        bad[t_bad] = ~cholesky_per_item(covar_t)
 
     return PI2Result(k=k, covar=covar, temperatures=eta, weights=weights, weights_kl=weights_kl(weights),
                      ml_covar=ml, temperature_raised=raised)
