@@ -33,8 +33,8 @@ evaluation.target), the optimizer's diagnostics and the wall time of each part.
     python benchmarks/local_optimizers.py --plot-only --out DIR      # figure and table from DIR/results.json
 
 Writes DIR/results.json (after every run, so an interrupted benchmark keeps what it finished),
-DIR/curves.csv and DIR/cost.png (cost against iteration, mean and band (min..max) over seeds, one
-panel per task, a line per optimizer), and prints a markdown table and the per-part times.
+DIR/curves.csv and DIR/cost.png (cost and final distance against iteration, mean and band (min..max)
+over the seeds still running, one column per task, a line per optimizer, x where a run stopped), and prints a markdown table and the per-part times.
 Run it with OMP_NUM_THREADS=1 (one core). A run whose optimizer raises is recorded with its error
 and the iterations it finished.
 """
@@ -52,7 +52,6 @@ import sys
 import time
 import traceback
 import zlib
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -315,8 +314,14 @@ def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path
                     warnings.simplefilter("ignore", RuntimeWarning)
                     mean, lo, hi = np.nanmean(C, 0), np.nanmin(C, 0), np.nanmax(C, 0)
                 positive &= bool(np.all(C[np.isfinite(C)] > 0))
-                ax.plot(it, mean, color=COLORS[opt], label=f"{LABELS[opt]} ({len(C)} seeds)", marker="o", ms=2.5, lw=1.3)
+                stopped = [int(np.flatnonzero(np.isfinite(r_))[-1]) for r_ in C if not np.all(np.isfinite(r_))]
+                note = f", {len(stopped)} stopped after itr {', '.join(map(str, stopped))}: x" if stopped else ""
+                ax.plot(it, mean, color=COLORS[opt], label=f"{LABELS[opt]} ({len(C)} seeds{note})", marker="o", ms=2.5, lw=1.3)
                 ax.fill_between(it, lo, hi, color=COLORS[opt], alpha=0.2, lw=0)
+                for r_ in C:
+                    if not np.all(np.isfinite(r_)):
+                        last = int(np.flatnonzero(np.isfinite(r_))[-1])
+                        ax.plot([last], [r_[last]], marker="x", ms=9, mew=2, color=COLORS[opt], ls="none")
             if positive:
                 ax.set_yscale("log")
             if row == 0:
@@ -332,10 +337,13 @@ def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path
 
 
 def fmt(x: np.ndarray) -> str:
+    """mean ± population std of the finite entries; "(n of m)" where some runs had stopped."""
+    n_all = len(x)
     x = x[np.isfinite(x)]
     if not len(x):
         return "n/a"
-    return f"{x.mean():.4g} ± {x.std():.2g}" if len(x) > 1 else f"{x.mean():.4g}"
+    cell = f"{x.mean():.4g} ± {x.std():.2g}" if len(x) > 1 else f"{x.mean():.4g}"
+    return cell if len(x) == n_all else f"{cell} ({len(x)} of {n_all})"
 
 
 def table(runs: list[dict], tasks: list[str], opts: list[str], K: int) -> str:
