@@ -494,3 +494,73 @@ def test_update_refuses_bad_input_by_condition():
     # Two samples with dU = 2 and no damping: PI2's covariance would be singular.
     with pytest.raises(FloatingPointError, match="condition 0: PILQR's PI2 step"):
         pilqr_update(cost, pol, dyn, sampled[:2], noise[:2], EPS, None, cfg, PI2Config(covariance_damping=0.0))
+
+
+# --------------------------------------------------------------------------- against the reference's own numbers
+# tests/data/pilqr_reference_case.npz: a 2-condition problem (T 8, dX 3, dU 2, N 10; condition 0's cost has an
+# indefinite action block at late steps, so the reference raised some η_t > 0 in its backward pass) and what the
+# reference's own code (cbfinn/gps 82fa6cc: TrajOptLQRPython.update with cons_per_step, traj_distr_kl,
+# approximated_cost, AlgorithmTrajOptPILQR._stepadjust, TrajOptPILQR.update; run under Python 3 with only
+# xrange/res.x[0] edits) computed from it, as TrajOpt-PILQR (a: KL to the sampling controller) and as
+# MDGPS-PILQR (b: KL to the policy linearisation pol). Its search converged for one of the four LQR steps.
+# upd_*_temps are the PI2 temperatures its L-BFGS-B fitted; ours are the exact minimiser (pi2.py).
+
+
+def _reference_case():
+    from pathlib import Path
+    f = dict(np.load(Path(__file__).parent / "data" / "pilqr_reference_case.npz"))
+    costs = [QuadraticCost(Cm=f[f"Cm{m}"], cv=f[f"cv{m}"], cc=f[f"cc{m}"]) for m in range(2)]
+    dyns = [Dynamics(Fm=f[f"Fm{m}"], fv=f[f"fv{m}"], covar=f[f"W{m}"], x0mu=f[f"x0mu{m}"], x0sigma=f[f"x0sigma{m}"])
+            for m in range(2)]
+    samp = [LinearGaussianPolicy(K=f[f"samp_K{m}"], k=f[f"samp_k{m}"], covar=f[f"samp_covar{m}"]) for m in range(2)]
+    pols = [LinearGaussianPolicy(K=f[f"pol_K{m}"], k=f[f"pol_k{m}"], covar=f[f"pol_covar{m}"]) for m in range(2)]
+    T_ = f["cc0"].shape[0]
+    eps = np.stack([per_step_kl_bounds(schedule(PILQRConfig().kl_step, T_), f[f"step_mult{m}"]) for m in range(2)])
+    return f, costs, dyns, samp, pols, eps
+
+
+@pytest.mark.parametrize("form", ["a", "b"])
+def test_lqr_step_equals_the_reference_run(form):
+    f, costs, dyns, samp, pols, eps = _reference_case()
+    eta0 = np.stack([f["eta00"], f["eta01"]])
+    res = lqr_step_batched(costs, pols if form == "b" else samp, dyns, eps, eta0, PILQRConfig())
+    for m in range(2):
+        for ours, key in ((res.K, "K"), (res.k, "k"), (res.covar, "covar"), (res.eta, "eta"), (res.kl, "kl")):
+            ref = f[f"lqr_{form}_{key}{m}"]
+            np.testing.assert_allclose(ours[m], ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max(), err_msg=f"{key}{m}")
+    assert res.converged.sum() == (1 if form == "a" else 0)
+
+
+def test_predicted_costs_and_step_rule_equal_the_reference_run():
+    f, costs, dyns, samp, pols, eps = _reference_case()
+    cfg = PILQRConfig()
+    for m in range(2):
+        noise = f[f"noise{m}"]
+        pred = predicted_costs(samp[m], dyns[m], costs[m], noise)
+        np.testing.assert_allclose(pred, f[f"predicted{m}"], rtol=1e-12, atol=1e-12 * np.abs(pred).max())
+        rule = res_percent_rule(residual_costs(f[f"cs{m}"], pred), f[f"cs{m}"], f[f"step_mult{m}"], cfg)
+        np.testing.assert_array_equal(rule.step_mult, f[f"step_mult_new{m}"])
+
+
+@pytest.mark.parametrize("form", ["a", "b"])
+def test_whole_update_equals_the_reference_run(form):
+    """K and η to round-off; the PI2 temperatures differ by the reference's L-BFGS-B error only, and with its
+    temperatures k and the covariance are its own to round-off."""
+    from gps_core.traj_opt.pi2 import pi2_feedforward_update, resampled_feedforward
+
+    f, costs, dyns, samp, pols, eps = _reference_case()
+    pcfg = PI2Config()
+    res = pilqr_update_batched(costs, samp, dyns, np.stack([f["cs0"], f["cs1"]]), np.stack([f["noise0"], f["noise1"]]),
+                               eps, np.stack([f["eta00"], f["eta01"]]), PILQRConfig(), pcfg,
+                               references=pols if form == "b" else None)
+    for m in range(2):
+        g = lambda key: f[f"upd_{form}_{key}{m}"]  # noqa: E731
+        np.testing.assert_allclose(res.K[m], g("K"), rtol=1e-9, atol=1e-12 * np.abs(g("K")).max())
+        np.testing.assert_allclose(res.eta[m], g("eta"), rtol=1e-9)
+        np.testing.assert_allclose(res.fitted_temperatures[m], g("temps"), rtol=1e-3)
+        np.testing.assert_allclose(res.k[m], g("k"), rtol=1e-3, atol=1e-4 * np.abs(g("k")).max())
+        np.testing.assert_allclose(res.covar[m], g("covar"), rtol=1e-3)
+        ffw = resampled_feedforward(res.lqr.k[m], res.lqr.covar[m], f[f"noise{m}"])
+        same = pi2_feedforward_update(ffw, res.residual[m], res.lqr.covar[m], pcfg, temperatures=g("temps"))
+        np.testing.assert_allclose(same.k, g("k"), rtol=1e-9, atol=1e-12 * np.abs(g("k")).max())
+        np.testing.assert_allclose(same.covar, g("covar"), rtol=1e-9)

@@ -42,9 +42,26 @@ LQR step is gps_core/traj_opt/pi2.py.
    from the LQR step, k and the covariance from PI2.
 
 Where the reference is ill-defined we chose (documented at each function): a non-PD action block at
-t = 0 raises η_0 like any other step (the reference then silently returns NaN controllers); a step
-rule ratio that is NaN (0/0) keeps the multiplier; non-PD raising of η_t is η_t + δ, + 2δ, + 4δ, …
-cumulatively (the reference's in-place update, δ reset to del0 by every backward pass).
+t = 0 raises η_0 like any other step (the reference's pass stops there with its t = 0 entries NaN,
+its failure flag being the step index 0, and its KL then ends the run in a ValueError "array must not
+contain infs or NaNs"); a step rule ratio that is NaN (0/0) keeps the multiplier (as the reference's
+comparisons do); non-PD raising of η_t is η_t + δ, + 2δ, + 4δ, … cumulatively (the reference's
+in-place update, δ reset to del0 by every backward pass).
+
+Checked against the reference's own code run (TrajOptLQRPython.update with cons_per_step,
+traj_distr_kl, approximated_cost, AlgorithmTrajOptPILQR._stepadjust, TrajOptPILQR.update; the
+traj-opt form and the MDGPS form, whose KL reference is the policy linearisation
+pol_info.traj_distr() while the residual still rolls the sampling controller; with cons_per_step its
+compute_costs(augment=False) hands the backward pass the plain Cm, cv: the policy-KL terms and
+max_ent_traj of its MDGPS compute_costs take no part) on random problems
+(T 5-20, dX 2-6, dU 1-3, N 5-20, 2 conditions; 40 problems, 31917 reference backward passes, 47 of
+them with a non-PD raise at t > 0): K, k, covariance, η and per-step KL of the LQR step agree to
+1e-11 relative, the predicted costs, residuals and step-rule ratios to 3e-15, the new step_mult
+exactly; in the whole update K and the carried η to 1e-11, k and the covariance to 1e-11 given the
+reference's PI2 temperatures and otherwise by its L-BFGS-B error (pi2.py). Where the reference
+fails (an action block still indefinite at η = 1e16), ours raises HopelessConditions for the same
+conditions (checked one by one on three such problems), except the t = 0 case above.
+tests/test_pilqr.py keeps one such case (tests/data/pilqr_reference_case.npz).
 """
 
 from __future__ import annotations
