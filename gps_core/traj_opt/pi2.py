@@ -36,7 +36,8 @@ the one here). The error grows with the costs' scale, far from its start at 10.0
 random problems (pilqr.py) the median was 3e-6 and the 90th percentile 2e-5, but where the
 costs-to-go spanned 1e7 (η ≈ 6e5) it reached 4.5e-2. The temperatures here differ from its by that
 solver error only, and so do the weights and the updated controller (k and Σ within 2e-5 relative,
-2e-4 near the floor, on problems of moderate scale; 7e-5 in PILQR's whole update). With temperatures
+2e-4 near the floor, on problems of moderate scale; up to 2e-3 in PILQR's whole update on those
+random problems). With temperatures
 given, the two agree to round-off. The old feedforward terms take no part (the reference's mean_old
 gives only a shape).
 
