@@ -105,6 +105,9 @@ class PILQRConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
+    # "abort" raises where the LQR step is hopeless or PI2 fails (the reference); "recover" keeps the
+    # KL reference, or the LQR step's controller, for that condition (gps_core.traj_opt.pilqr, "Safeguards").
+    on_fault: str = "recover"
 
 
 # --------------------------------------------------------------------------- priors of the fits (gps_core.fit.dynamics, gps_core.fit.policy_lin)

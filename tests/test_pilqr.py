@@ -7,11 +7,11 @@ import pytest
 from gps_core.configs import PI2Config, PILQRConfig
 from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 from gps_core.traj_opt.lqr import (
-    Dynamics, HopelessConditions, QuadraticCost, backward_pass_batched, estimate_cost,
+    ConditionError, Dynamics, HopelessConditions, QuadraticCost, backward_pass_batched, estimate_cost,
 )
 from gps_core.traj_opt.pi2 import costs_to_go, pi2_temperatures, pi2_weights, weights_kl
 from gps_core.traj_opt.pilqr import (
-    lqr_step_batched, per_step_backward_batched, per_step_kl_bounds, pilqr_update, pilqr_update_batched,
+    KL_REFERENCE, LQR_STEP, NO_SAFEGUARD, SAFEGUARDS, lqr_step_batched, per_step_backward_batched, per_step_kl_bounds, pilqr_update, pilqr_update_batched,
     predicted_costs, predicted_costs_batched, res_percent_ratios, res_percent_rule, res_percent_step,
     residual_costs, schedule,
 )
@@ -564,3 +564,133 @@ def test_whole_update_equals_the_reference_run(form):
         same = pi2_feedforward_update(ffw, res.residual[m], res.lqr.covar[m], pcfg, temperatures=g("temps"))
         np.testing.assert_allclose(same.k, g("k"), rtol=1e-9, atol=1e-12 * np.abs(g("k")).max())
         np.testing.assert_allclose(same.covar, g("covar"), rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- safeguards (PILQRConfig.on_fault)
+
+
+def _hopeless(problem, t=4):
+    """Q_uu = −1e20·I at step t against a unit-covariance reference: Q_uu/η + I needs η > 1e20."""
+    dyn, cost, ref = problem
+    Cm = cost.Cm.copy()
+    Cm[t, dX:, dX:] = -1e20 * np.eye(dU)
+    unit = LinearGaussianPolicy(K=ref.K, k=ref.k, covar=np.broadcast_to(np.eye(dU), (T, dU, dU)).copy())
+    return dyn, QuadraticCost(Cm=Cm, cv=cost.cv, cc=cost.cc), unit
+
+
+def test_safeguard_names():
+    assert SAFEGUARDS[NO_SAFEGUARD] == "none"
+    assert SAFEGUARDS[KL_REFERENCE] == "kl_reference" and SAFEGUARDS[LQR_STEP] == "lqr_step"
+    dyn, cost, ref = random_problem(0)
+    with pytest.raises(ValueError, match="on_fault"):
+        lqr_step_batched([cost], [ref], [dyn], EPS[None], None, PILQRConfig(on_fault="ignore"))
+
+
+def test_hopeless_lqr_step_keeps_the_kl_reference_for_that_condition_only():
+    probs = [_hopeless(random_problem(20)), random_problem(21), _hopeless(random_problem(22)), random_problem(23)]
+    dyns, costs, refs = [p[0] for p in probs], [p[1] for p in probs], [p[2] for p in probs]
+    eps = np.full((4, T), 0.3)
+    with pytest.raises(HopelessConditions, match="condition 0"):
+        lqr_step_batched(costs, refs, dyns, eps, None, PILQRConfig(on_fault="abort"))
+    res = lqr_step_batched(costs, refs, dyns, eps, None, PILQRConfig())
+    np.testing.assert_array_equal(res.safeguard, [KL_REFERENCE, NO_SAFEGUARD, KL_REFERENCE, NO_SAFEGUARD])
+    assert res.safeguard.dtype == np.int8
+    for m in (0, 2):  # the η → ∞ limit: the reference itself, KL 0, η as the search left it (the first pass failed)
+        np.testing.assert_array_equal(res.K[m], refs[m].K)
+        np.testing.assert_array_equal(res.k[m], refs[m].k)
+        np.testing.assert_array_equal(res.covar[m], refs[m].covar)
+        np.testing.assert_array_equal(res.kl[m], 0.0)
+        np.testing.assert_array_equal(res.eta[m], 1.0)
+        assert not res.converged[m]
+    # The healthy conditions are solved as if alone.
+    alone = lqr_step_batched([costs[1], costs[3]], [refs[1], refs[3]], [dyns[1], dyns[3]], eps[[1, 3]], None,
+                             PILQRConfig())
+    for name in ("K", "k", "covar", "eta", "kl", "converged", "bisection_rounds", "adam_rounds"):
+        np.testing.assert_array_equal(getattr(res, name)[[1, 3]], getattr(alone, name), err_msg=name)
+    assert np.all(alone.safeguard == NO_SAFEGUARD)
+
+
+@pytest.mark.parametrize("mdgps", [False, True])
+def test_hopeless_whole_update_returns_the_kl_reference(mdgps):
+    dyn, cost, pol, noise, X, U, sampled = _samples(6)
+    _, bad_cost, unit = _hopeless((dyn, cost, pol))
+    sampling = unit if not mdgps else pol
+    reference = unit if mdgps else None
+    with pytest.raises(HopelessConditions, match="condition 0"):
+        pilqr_update(bad_cost, sampling, dyn, sampled, noise, EPS, None, PILQRConfig(on_fault="abort"), PI2Config(),
+                     reference=reference)
+    res = pilqr_update(bad_cost, sampling, dyn, sampled, noise, EPS, 0.5, PILQRConfig(), PI2Config(), reference=reference)
+    assert res.safeguard[0] == KL_REFERENCE and res.lqr.safeguard[0] == KL_REFERENCE
+    np.testing.assert_array_equal(res.K[0], unit.K)
+    np.testing.assert_array_equal(res.k[0], unit.k)
+    np.testing.assert_array_equal(res.covar[0], unit.covar)
+    np.testing.assert_array_equal(res.eta[0], 0.5)
+    for name in ("temperatures", "weights", "weights_kl", "ml_covar"):  # PI2 did not run
+        assert np.all(np.isnan(getattr(res, name))), name
+    assert not np.any(res.temperature_raised)
+
+
+def _runaway_fit(seed=0, growth=20.0):
+    """Samples from the true dynamics, fitted dynamics that grow 20^9 ≈ 5e11 over the horizon: the model's
+    predicted costs are off by ~1e24 (the peg failure's 7e23), the residual's weights one-hot."""
+    dyn, cost, pol, noise, X, U, sampled = _samples(seed)
+    fit = Dynamics(Fm=growth * dyn.Fm, fv=dyn.fv, covar=dyn.covar, x0mu=dyn.x0mu, x0sigma=dyn.x0sigma)
+    return fit, cost, pol, noise, sampled
+
+
+def test_pi2_failure_falls_back_to_the_lqr_step():
+    fit, cost, pol, noise, sampled = _runaway_fit()
+    with pytest.raises(ConditionError, match="condition 0: PILQR's PI2 step: PI2 step"):
+        pilqr_update(cost, pol, fit, sampled, noise, EPS, None, PILQRConfig(on_fault="abort"), PI2Config())
+    res = pilqr_update(cost, pol, fit, sampled, noise, EPS, None, PILQRConfig(), PI2Config())
+    assert res.safeguard[0] == LQR_STEP and res.lqr.safeguard[0] == NO_SAFEGUARD
+    assert np.abs(res.residual).max() > 1e20
+    # The failure: the residual's weights one-hot at every step at the fitted temperatures, even raised to 1e16.
+    S = costs_to_go(res.residual[0])
+    for eta in (res.fitted_temperatures[0], np.full(T, 1e16)):
+        assert np.all(np.sort(pi2_weights(S, eta), axis=1)[:, -1] == 1.0)
+    lqr = lqr_step_batched([cost], [pol], [fit], EPS[None], None, PILQRConfig())
+    for name in ("K", "k", "covar", "eta"):
+        np.testing.assert_array_equal(getattr(res, name), getattr(lqr, name), err_msg=name)
+    assert all(np.all(np.isfinite(a)) for a in (res.K, res.k, res.covar, res.eta))
+    assert np.all(np.linalg.eigvalsh(res.covar[0]) > 0)
+    for name in ("temperatures", "weights", "weights_kl", "ml_covar"):
+        assert np.all(np.isnan(getattr(res, name))), name
+
+
+def test_safeguards_act_per_condition_in_a_batch():
+    """A hopeless condition, a PI2 failure and a healthy one together; the healthy one as if alone."""
+    healthy = _samples(7)
+    fit, cost1, pol1, noise1, sampled1 = _runaway_fit(8)
+    dyn2, cost2, pol2, noise2, X2, U2, sampled2 = _samples(9)
+    _, bad_cost2, unit2 = _hopeless((dyn2, cost2, pol2))
+    costs, pols, dyns = [healthy[1], cost1, bad_cost2], [healthy[2], pol1, unit2], [healthy[0], fit, dyn2]
+    sampled, noise = np.stack([healthy[6], sampled1, sampled2]), np.stack([healthy[3], noise1, noise2])
+    res = pilqr_update_batched(costs, pols, dyns, sampled, noise, EPS, None, PILQRConfig(), PI2Config())
+    np.testing.assert_array_equal(res.safeguard, [NO_SAFEGUARD, LQR_STEP, KL_REFERENCE])
+    np.testing.assert_array_equal(res.K[2], unit2.K)
+    np.testing.assert_array_equal(res.k[1], res.lqr.k[1])
+    one = pilqr_update(healthy[1], healthy[2], healthy[0], healthy[6], healthy[3], EPS, None, PILQRConfig(), PI2Config())
+    for name in ("K", "k", "covar", "eta", "weights", "temperatures"):
+        np.testing.assert_array_equal(getattr(res, name)[0], getattr(one, name)[0], err_msg=name)
+    with pytest.raises(HopelessConditions, match="condition 2"):
+        pilqr_update_batched(costs, pols, dyns, sampled, noise, EPS, None, PILQRConfig(on_fault="abort"), PI2Config())
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_healthy_update_is_bit_identical_with_and_without_safeguards(seed):
+    a, b = _samples(seed, extra=0.3), _samples(seed + 1, extra=0.3)
+    refs = [random_problem(seed + 2)[2], random_problem(seed + 3)[2]]
+    args = ([a[1], b[1]], [a[2], b[2]], [a[0], b[0]], np.stack([a[6], b[6]]), np.stack([a[3], b[3]]),
+            np.stack([EPS, 0.5 * EPS]), np.full((2, T), 0.3))
+    for references in (None, refs):
+        on = pilqr_update_batched(*args, PILQRConfig(), PI2Config(), references=references)
+        off = pilqr_update_batched(*args, PILQRConfig(on_fault="abort"), PI2Config(), references=references)
+        np.testing.assert_array_equal(on.safeguard, NO_SAFEGUARD)
+        np.testing.assert_array_equal(off.safeguard, NO_SAFEGUARD)
+        for name in ("K", "k", "covar", "eta", "predicted", "residual", "residual_ratio", "fitted_temperatures",
+                     "temperatures", "temperature_raised", "weights", "weights_kl", "ml_covar"):
+            x, y = getattr(on, name), getattr(off, name)
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+        for name in ("K", "k", "covar", "eta", "kl", "converged", "bisection_rounds", "adam_rounds"):
+            assert getattr(on.lqr, name).tobytes() == getattr(off.lqr, name).tobytes(), name

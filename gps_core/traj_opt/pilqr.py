@@ -59,11 +59,30 @@ them with a non-PD raise at t > 0): K, k, covariance, η and per-step KL of the 
 1e-11 relative, the predicted costs, residuals and step-rule ratios to 3e-15, the new step_mult
 exactly; in the whole update K and the carried η to 1e-11, k and the covariance to 1e-11 given the
 reference's PI2 temperatures and otherwise by its L-BFGS-B error (pi2.py). Where the reference
-fails (an action block still indefinite at η = 1e16), ours raises HopelessConditions for the same
-conditions (checked one by one on three such problems), except the t = 0 case above; with the
-reference's flag made truthy at t = 0 (its own raise applied there), it too succeeds on those problems
-and equals ours to round-off (8 problems checked).
+fails (an action block still indefinite at η = 1e16), ours raises HopelessConditions (on_fault
+"abort"; "recover": Safeguards below) for the same conditions (checked one by one on three such
+problems), except the t = 0 case above; with the reference's flag made truthy at t = 0 (its own
+raise applied there), it too succeeds on those problems and equals ours to round-off (8 problems
+checked).
 tests/test_pilqr.py keeps one such case (tests/data/pilqr_reference_case.npz).
+
+Safeguards (PILQRConfig.on_fault; gps_core.configs.ON_FAULT), per condition, so that a run never
+stops on numerics. "abort" raises where the reference fails (HopelessConditions, ConditionError).
+"recover" (the default):
+  (1) an action block still indefinite at η_t = ETA_LIMIT in the LQR step: that condition keeps its KL
+      reference controller (the η → ∞ limit of every step: KL 0, the conservative answer); its η is
+      carried as the search left it (the last η a backward pass completed with, not the raised one),
+      its kl is 0, converged False, and PI2 is not run for it (safeguard "kl_reference");
+  (2) PI2 failing on the residual (non-finite predicted costs, or weights so concentrated, e.g.
+      one-hot under a residual off by 1e20, that no temperature below 1e16 gives a positive definite
+      covariance): that condition takes the LQR step's controller, PILQR without its PI2 correction
+      (safeguard "lqr_step"). A configuration PI2 refuses whatever the numbers (N ≤ dU without
+      damping) still raises.
+The conditions a safeguard acted on have NaN in the PI2 fields of the result (temperatures, weights,
+weights_kl, ml_covar) and temperature_raised False. Where no safeguard acts the result is the same,
+bit for bit, under either setting. A cheaper, better-founded answer to (1) would be c_step.py's: the
+backward pass in coordinates relative to the KL reference, whose action block is P̄ + O(1/η) and so
+becomes positive definite at a finite η; not built here.
 """
 
 from __future__ import annotations
@@ -82,6 +101,10 @@ from gps_core.traj_opt.pi2 import costs_to_go, pi2_feedforward_update, pi2_tempe
 
 # η_t at which a step whose action block stays indefinite is given up (the reference's 1e16).
 ETA_LIMIT = 1e16
+
+# What the PILQR update did for a condition (module docstring, "Safeguards"); `safeguard` [M] holds the index.
+SAFEGUARDS = ("none", "kl_reference", "lqr_step")
+NO_SAFEGUARD, KL_REFERENCE, LQR_STEP = 0, 1, 2
 
 
 # --------------------------------------------------------------------------- KL bounds and schedules
@@ -182,7 +205,9 @@ def per_step_backward_batched(
 @dataclass(frozen=True)
 class PerStepLQRResult:
     """The per-step LQR step of M conditions: K [M, T, dU, dX], k [M, T, dU], covar [M, T, dU, dU];
-    eta, kl, kl_bound [M, T]; converged, bisection_rounds, adam_rounds [M].
+    eta, kl, kl_bound [M, T]; converged, bisection_rounds, adam_rounds [M]; safeguard [M] int8 (index
+    into SAFEGUARDS: NO_SAFEGUARD, or KL_REFERENCE where the step was hopeless and the controller is
+    the KL reference).
 
     eta is the warm start of the next iteration (module docstring, 1); kl the per-step KL of the
     returned controller against the reference; a round is one backward and forward pass.
@@ -197,6 +222,7 @@ class PerStepLQRResult:
     converged: np.ndarray
     bisection_rounds: np.ndarray
     adam_rounds: np.ndarray
+    safeguard: np.ndarray
 
     def __len__(self) -> int:
         return int(self.K.shape[0])
@@ -224,9 +250,13 @@ def lqr_step_batched(
     (per_step_kl_bounds; anything that broadcasts); etas: the warm start [M, T] (a scalar or None:
     that value, or 1.0, at every step, as the reference's first iteration). Conditions that have
     converged leave the search; the others go on, each with its own brackets and Adam state.
-    Raises ConditionError for NaN/Inf input and HopelessConditions for an action block that stays
-    indefinite (the reference aborts there too; no safeguard yet).
+    Raises ConditionError for NaN/Inf input. An action block that stays indefinite raises
+    HopelessConditions under cfg.on_fault "abort" (the reference aborts there too); under "recover"
+    that condition leaves the search with its KL reference as controller (module docstring,
+    "Safeguards"), the others go on.
     """
+    if cfg.on_fault not in ("recover", "abort"):
+        raise ValueError(f"on_fault must be 'recover' or 'abort', got {cfg.on_fault!r}")
     M = len(costs)
     Cm, cv = _stack(costs, "Cm"), _stack(costs, "cv")
     Kq, kq, Sq = _stack(references, "K"), _stack(references, "k"), _stack(references, "covar")
@@ -245,14 +275,29 @@ def lqr_step_batched(
     out_K, out_k, out_covar = np.zeros(Kq.shape), np.zeros(kq.shape), np.zeros(Sq.shape)
     out_kl = np.full((M, T), np.inf)
     converged = np.zeros(M, dtype=bool)
+    hopeless = np.zeros(M, dtype=bool)
     rounds = {"bisection": np.zeros(M, dtype=np.int64), "adam": np.zeros(M, dtype=np.int64)}
 
     def solve(active: np.ndarray, phase: str) -> np.ndarray:
         """One round for the conditions `active`: backward and forward pass, per-step KL; returns
-        KL_t − ε_t [len(active), T] and drops converged conditions from the search."""
-        a = slice(None) if active.size == M else active
-        Ka, ka, Sa, eta_a = per_step_backward_batched(
-            eta[a], Cm[a], cv[a], Kq[a], kq[a], Pq[a], Fm[a], fv[a], cfg.del0, conditions=active)
+        KL_t − ε_t [len(active), T] and drops converged conditions from the search. Under "recover"
+        a hopeless condition is marked, given its reference, and its row of KL_t − ε_t is 0."""
+        full = active
+        while True:
+            a = slice(None) if active.size == M else active
+            try:
+                Ka, ka, Sa, eta_a = per_step_backward_batched(
+                    eta[a], Cm[a], cv[a], Kq[a], kq[a], Pq[a], Fm[a], fv[a], cfg.del0, conditions=active)
+                break
+            except HopelessConditions as err:
+                if cfg.on_fault == "abort":
+                    raise
+                bad = active[np.asarray(err.positions)]
+                hopeless[bad] = True
+                out_K[bad], out_k[bad], out_covar[bad], out_kl[bad] = Kq[bad], kq[bad], Sq[bad], 0.0
+                active = active[~hopeless[active]]
+                if not active.size:
+                    return np.zeros((full.size, T))
         mu, S = forward_pass_batched(Ka, ka, Sa, Fm[a], fv[a], W[a], x0mu[a], x0sigma[a])
         kl = traj_kl_batched(mu, S, quadratic_form_batched(Ka, ka, Sa), tuple(q[a] for q in q_terms))
         eta[a] = eta_a
@@ -260,7 +305,11 @@ def lqr_step_batched(
         rounds[phase][a] += 1
         con = kl - eps[a]
         converged[a] = np.all(np.abs(con) < cfg.tolerance * eps[a], axis=1)
-        return con
+        if active.size == full.size:
+            return con
+        con_full = np.zeros((full.size, T))
+        con_full[~hopeless[full]] = con
+        return con_full
 
     # Phase 1: every η_t in its own bracket, moved by the scalar C-step's rule.
     lo = np.full((M, T), float(cfg.min_eta))
@@ -270,7 +319,7 @@ def lqr_step_batched(
         if not active.size:
             break
         con = solve(active, "bisection")
-        keep = ~converged[active]
+        keep = ~(converged[active] | hopeless[active])
         active, con = active[keep], con[keep]
         if not active.size:
             break
@@ -289,7 +338,7 @@ def lqr_step_batched(
         if not active.size:
             break
         con = solve(active, "adam")
-        keep = ~converged[active]
+        keep = ~(converged[active] | hopeless[active])
         active, con = active[keep], con[keep][:, :-1]
         if not active.size:
             break
@@ -303,6 +352,7 @@ def lqr_step_batched(
     return PerStepLQRResult(
         K=out_K, k=out_k, covar=out_covar, eta=eta, kl=out_kl, kl_bound=eps, converged=converged,
         bisection_rounds=rounds["bisection"], adam_rounds=rounds["adam"],
+        safeguard=np.where(hopeless, KL_REFERENCE, NO_SAFEGUARD).astype(np.int8),
     )
 
 
@@ -438,6 +488,8 @@ class PILQRResult:
     [M, T] says the covariance was not positive definite); weights [M, T, N]: those weights;
     weights_kl [M, T]: their KL to uniform, NOT bounded by kl_threshold (up to log N);
     ml_covar [M, T, dU, dU]: PI2's weighted maximum-likelihood covariance before damping.
+    safeguard [M] int8: index into SAFEGUARDS of what acted (module docstring, "Safeguards"); where
+    one did, the controller is the KL reference or the LQR step's and the PI2 fields are NaN.
     """
 
     K: np.ndarray
@@ -454,6 +506,7 @@ class PILQRResult:
     weights: np.ndarray
     weights_kl: np.ndarray
     ml_covar: np.ndarray
+    safeguard: np.ndarray
 
     def __len__(self) -> int:
         return int(self.K.shape[0])
@@ -517,9 +570,10 @@ def pilqr_update_batched(
     weights are uniform, and the result is the LQR step's controller with k_t = k_lqr,t +
     chol_lqr,tᵀ mean_i ε_it and the covariance PI2's rule gives from uniform weights.
 
-    Raises ConditionError naming the condition for NaN/Inf input and for a PI2 step that fails
-    (pi2.py's ValueError: no positive definite covariance, or N ≤ dU without damping), and what
-    lqr_step_batched raises.
+    Raises ConditionError naming the condition for NaN/Inf input and for N ≤ dU without damping;
+    under cfg.on_fault "abort" also for a PI2 step that fails (pi2.py's ValueError: non-finite
+    residual, no positive definite covariance) and what lqr_step_batched raises. Under "recover"
+    those fall back per condition (module docstring, "Safeguards"; result.safeguard).
     """
     M = len(costs)
     if not (len(sampling) == len(dyns) == M) or (references is not None and len(references) != M):
@@ -552,22 +606,36 @@ def pilqr_update_batched(
     # 3. PI2 on the samples under the LQR step's controller: η from the full cost, weights from the residual.
     fitted = np.stack([pi2_temperatures(costs_to_go(sampled[m]), pi2_cfg.kl_threshold, pi2_cfg.min_temperature)
                        for m in range(M)])
+    damping = pi2_cfg.covariance_damping if pi2_cfg.covariance_damping is not None else 0.0
+    safeguard = lqr.safeguard.copy()
     pi2 = []
     for m in range(M):
+        if safeguard[m] == KL_REFERENCE:  # (1): the KL reference, no PI2 on top
+            pi2.append(None)
+            continue
         ffw = resampled_feedforward(lqr.k[m], lqr.covar[m], noise[m])
         try:
             pi2.append(pi2_feedforward_update(ffw, residual[m], lqr.covar[m], pi2_cfg, temperatures=fitted[m]))
         except ValueError as err:
-            raise ConditionError(m, f"PILQR's PI2 step: {err}") from err
+            if cfg.on_fault == "abort" or (damping <= 0 and N <= dU):
+                raise ConditionError(m, f"PILQR's PI2 step: {err}") from err
+            pi2.append(None)  # (2): the LQR step's controller
+            safeguard[m] = LQR_STEP
 
-    # 4. K and η from the LQR step, k and the covariance from PI2.
+    # 4. K and η from the LQR step, k and the covariance from PI2 (the LQR step's where PI2 did not run).
+    k = lqr.k.copy()
+    covar = lqr.covar.copy()
+    temperatures, weights, wkl = np.full((M, T), np.nan), np.full((M, T, N), np.nan), np.full((M, T), np.nan)
+    raised, ml = np.zeros((M, T), dtype=bool), np.full((M, T, dU, dU), np.nan)
+    for m, r in enumerate(pi2):
+        if r is not None:
+            k[m], covar[m], temperatures[m], weights[m] = r.k, r.covar, r.temperatures, r.weights
+            wkl[m], raised[m], ml[m] = r.weights_kl, r.temperature_raised, r.ml_covar
     return PILQRResult(
-        K=lqr.K.copy(), k=np.stack([r.k for r in pi2]), covar=np.stack([r.covar for r in pi2]),
+        K=lqr.K.copy(), k=k, covar=covar,
         eta=lqr.eta.copy(), lqr=lqr, predicted=predicted, residual=residual, residual_ratio=ratio,
-        fitted_temperatures=fitted, temperatures=np.stack([r.temperatures for r in pi2]),
-        temperature_raised=np.stack([r.temperature_raised for r in pi2]),
-        weights=np.stack([r.weights for r in pi2]), weights_kl=np.stack([r.weights_kl for r in pi2]),
-        ml_covar=np.stack([r.ml_covar for r in pi2]),
+        fitted_temperatures=fitted, temperatures=temperatures, temperature_raised=raised,
+        weights=weights, weights_kl=wkl, ml_covar=ml, safeguard=safeguard,
     )
 
 
