@@ -6,6 +6,7 @@ Standard library only, so that the `gps` client (stages.worker.client) can use i
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -28,3 +29,12 @@ def process_start_time() -> float:
     if ticks is None:
         return time.clock_gettime(time.CLOCK_BOOTTIME)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def running_here(hostname: str | None, pid: int | None, start: int | None) -> bool | None:
+    """Whether the process (pid, start ticks) recorded on `hostname` still runs: True or False on this host,
+    None when it ran on another one (a folder or ledger shared between machines: not checkable here).
+    The start time tells the process from a later one that got its pid; no start recorded: not running."""
+    if hostname != socket.gethostname():
+        return None
+    return start is not None and pid is not None and start_ticks(pid) == start

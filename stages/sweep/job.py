@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stages.process_clock import start_ticks
+from stages.process_clock import running_here, start_ticks
 
 GUARD = Path(__file__).with_name("group_guard.py")
 LOG_TAIL_LINES = 15
@@ -198,15 +198,6 @@ class Leftover:
     size: int
 
 
-def attempt_running(marker: dict) -> bool | None:
-    """Whether the process a marker names still runs: True, False, or None when it ran on another host
-    (a work folder shared between machines) and cannot be checked from here."""
-    if marker.get("hostname") != socket.gethostname():
-        return None
-    # the start time tells the attempt's process from a later one that got its pid
-    return start_ticks(marker.get("pid", -1)) == marker.get("start")
-
-
 def leftovers(workdir: Path) -> tuple[list[Leftover], int]:
     """The attempts in `workdir` whose process is gone, and how many others still run (here or elsewhere)."""
     found, running = [], 0
@@ -218,7 +209,7 @@ def leftovers(workdir: Path) -> tuple[list[Leftover], int]:
             continue  # not an attempt's marker
         if files.marker != marker_path:
             continue  # a marker moved here from elsewhere: its files are not these
-        if attempt_running(marker) is not False:
+        if running_here(marker.get("hostname"), marker.get("pid"), marker.get("start")) is not False:
             running += 1
             continue
         found.append(Leftover(marker.get("experiment", files.clone.name), files, files.size()))

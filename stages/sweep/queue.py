@@ -133,11 +133,22 @@ def split_top_level(text: str) -> list[str]:
     return [*items, text[start:]]
 
 
+def comparable_value(value: Any) -> Any:
+    """A hashable stand-in of a params value, equal for values equal as settings: 2 and 2.0 alike, true and 1
+    not (names tell them apart too), lists and mappings item by item."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), comparable_value(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("list", tuple(comparable_value(v) for v in value))
+    return ("other", repr(value))
+
+
 def _same_value(a: Any, b: Any) -> bool:
-    """Equal as settings: 2 and 2.0 are, true and 1 are not (they are told apart in the names too)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
+    return comparable_value(a) == comparable_value(b)
 
 
 def parse_settings(texts: Sequence[str]) -> list[Setting]:

@@ -58,13 +58,11 @@ def connect(address: str | None, echo: Callable[[str], None]):
     return ray
 
 
-def clean_machine(workdir: Path | None) -> tuple[str, list[str]]:
-    """On one machine: remove what killed attempts left in its work folder; (the machine's lines, for the driver)."""
-    import io
-
-    out = io.StringIO()
-    clean_here(workdir, lambda line: print(f"{socket.gethostname()}: {line}", file=out))
-    return socket.gethostname(), out.getvalue().splitlines()
+def clean_machine(workdir: Path | None) -> list[str]:
+    """On one machine: remove what killed attempts left in its work folder; what it did, for the driver."""
+    lines: list[str] = []
+    clean_here(workdir, lines.append)
+    return [f"{socket.gethostname()}: {line}" for line in lines]
 
 
 def clean_nodes(ray, workdir: Path | None, echo: Callable[[str], None]) -> None:
@@ -80,7 +78,7 @@ def clean_nodes(ray, workdir: Path | None, echo: Callable[[str], None]) -> None:
     refs = [task.options(num_cpus=0, max_retries=0, name="clean leftovers",
                          scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(workdir)
             for node_id in machines.values()]
-    for _, lines in ray.get(refs):
+    for lines in ray.get(refs):
         for line in lines:
             echo(line)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from stages.errors import UserError
-from stages.process_clock import start_ticks
+from stages.process_clock import running_here, start_ticks
 from stages.sweep.job import (Experiment, ExperimentFailed, Origin, Outcome, clean_here, default_workdir, git_identity_problem,
                               leftover_text, leftovers, remote_experiments, run_experiment)
 
@@ -144,10 +144,7 @@ class Ledger:
         driver = self.data.get("driver") or {}
         if not driver:
             return False
-        if driver.get("host") != socket.gethostname():
-            return None
-        # the start time tells the driver from a later process that got its pid
-        return driver.get("start") is not None and start_ticks(driver["pid"]) == driver["start"]
+        return running_here(driver.get("host"), driver.get("pid"), driver.get("start"))
 
 
 def status_rows(experiments: list[Experiment], done: dict[str, str], ledger: Ledger) -> list[tuple[str, str, str]]:

@@ -23,6 +23,7 @@ import yaml
 from gps_core.scoring import success_table
 from stages.errors import UserError
 from stages.settings.schema import algorithm_name
+from stages.sweep.queue import comparable_value, name_keys, yaml_text
 
 TASK_TITLES = {"obstacle": "Obstacle", "peg": "Peg", "peg_blind": "Blind Peg", "reacher": "Reacher", "pusher": "Pusher"}
 METHOD_ORDER = ["BADMM", "Off/Classic", "Off/Global", "On/Classic", "On/Global"]
@@ -193,23 +194,10 @@ class Groups(dict):
 _UNSET = object()
 
 
-def _comparable(value: Any) -> Any:
-    """A hashable stand-in of a params value: 2 and 2.0 alike, true and 1 not."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return (type(value).__name__, value)
-    if isinstance(value, (int, float)):
-        return ("number", float(value))
-    if isinstance(value, dict):
-        return ("dict", tuple(sorted((str(k), _comparable(v)) for k, v in value.items())))
-    if isinstance(value, list):
-        return ("list", tuple(_comparable(v) for v in value))
-    return ("other", repr(value))
-
-
 def varying_keys(runs: list[Run]) -> list[str]:
     """The params keys whose values differ between the runs (seed aside), in the order the params have them."""
     keys = list(dict.fromkeys(k for r in runs for k in r.params if k != "seed"))
-    return [k for k in keys if len({_comparable(r.params[k]) if k in r.params else "unset" for r in runs}) > 1]
+    return [k for k in keys if len({comparable_value(r.params[k]) if k in r.params else "unset" for r in runs}) > 1]
 
 
 def _value_order(value: Any) -> tuple[int, float, str]:
@@ -218,13 +206,7 @@ def _value_order(value: Any) -> tuple[int, float, str]:
         return (0, 0.0, "")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (1, float(value), "")
-    return (2, 0.0, _flow(value))
-
-
-def _flow(value: Any) -> str:
-    from stages.sweep.queue import yaml_text
-
-    return yaml_text(value)
+    return (2, 0.0, yaml_text(value))
 
 
 def group_runs(runs: list[Run]) -> Groups:
@@ -233,8 +215,6 @@ def group_runs(runs: list[Run]) -> Groups:
     A label is the method's (`On/Classic`), followed by the settings that differ between
     the task's runs of that method, short keys as `gps sweep` names them (`On/Classic kl_step=2`).
     """
-    from stages.sweep.queue import name_keys
-
     by_method: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         by_method.setdefault((run.task, run.method), []).append(run)
@@ -246,9 +226,9 @@ def group_runs(runs: list[Run]) -> Groups:
         labels: dict[tuple, str] = {}  # by the values as compared (2 and 2.0 alike), the first run's text
         for run in members:
             values = [run.params.get(k, _UNSET) for k in keys]
-            same = tuple(_comparable(v) if v is not _UNSET else "unset" for v in values)
+            same = tuple(comparable_value(v) if v is not _UNSET else "unset" for v in values)
             if same not in labels:
-                labels[same] = " ".join([method, *(f"{k}={'(unset)' if v is _UNSET else _flow(v)}" for k, v in zip(shown, values))])
+                labels[same] = " ".join([method, *(f"{k}={'(unset)' if v is _UNSET else yaml_text(v)}" for k, v in zip(shown, values))])
                 order[labels[same]] = (METHOD_ORDER.index(method), tuple((k, *_value_order(v)) for k, v in zip(keys, values)))
             groups.setdefault(task, {}).setdefault(labels[same], []).append(run)
     for task, labels in groups.items():
