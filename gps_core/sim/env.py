@@ -40,6 +40,19 @@ _DIVERGENCE_WARNINGS = [
 ]
 
 
+def control_step(model, data, u: np.ndarray, substeps: int, split: bool) -> None:
+    """One control step in place: `substeps` physics steps under the command u [dU]. split: the paper's
+    wrapper (mj_step1, set the control, mj_step2, per substep); else MuJoCo's own mj_step."""
+    if split:
+        for _ in range(substeps):
+            mujoco.mj_step1(model, data)
+            data.ctrl[:] = u
+            mujoco.mj_step2(model, data)
+    else:
+        data.ctrl[:] = u
+        mujoco.mj_step(model, data, nstep=substeps)
+
+
 def model_path(name: str) -> str:
     """A model file shipped with gps_core (gps_core/assets/<name>.xml: obstacle, peg)."""
     return str(ASSETS / f"{name}.xml")
@@ -301,14 +314,7 @@ class Simulator:
         expected, reset = (t + 1) * self.dt, []
         for b in live:
             model, data = models[b], datas[b]
-            if self.split:
-                for _ in range(self.substeps):
-                    mujoco.mj_step1(model, data)
-                    data.ctrl[:] = U[b, t]
-                    mujoco.mj_step2(model, data)
-            else:
-                data.ctrl[:] = U[b, t]
-                mujoco.mj_step(model, data, nstep=self.substeps)
+            control_step(model, data, U[b, t], self.substeps, self.split)
             X[b, t + 1], O[b, t + 1], J[b, t + 1], values[b] = self._read(model, data, values[b])
             if abs(data.time - expected) > self._time_tolerance:
                 reset.append(b)

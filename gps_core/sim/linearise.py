@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
+from gps_core.sim.env import control_step
 from gps_core.sim.task import POINT_KINDS, Task
 
 # Integrators whose step computes the kinematics at the start (positions read after it are s⁻'s).
@@ -157,18 +158,6 @@ def physics_state(task: Task, x: np.ndarray, qpos0: np.ndarray) -> tuple[np.ndar
     return qpos, qvel
 
 
-def step_data(model, data, u: np.ndarray, substeps: int, split: bool) -> None:
-    """One control step as gps_core.sim.env.Simulator takes it (data advances in place)."""
-    if split:
-        for _ in range(substeps):
-            mujoco.mj_step1(model, data)
-            data.ctrl[:] = u
-            mujoco.mj_step2(model, data)
-    else:
-        data.ctrl[:] = u
-        mujoco.mj_step(model, data, nstep=substeps)
-
-
 def _point_rows(model, data, task: Task) -> tuple[list[slice], np.ndarray]:
     """The state's point-like blocks: their x slices and d(block)/dq [n, nv] at data's kinematics."""
     slices, rows = [], []
@@ -214,7 +203,7 @@ def _substep_fd(model, data, task: Task, u: np.ndarray, split: bool, eps: float)
         mujoco.mj_integratePos(model, scratch.qpos, ds[:nv], 1.0)
         scratch.qvel[:], scratch.act[:] = qvel + ds[nv:2 * nv], act + ds[2 * nv:]
         scratch.qacc_warmstart[:], scratch.time = warm, time
-        step_data(model, scratch, u + du, 1, split)
+        control_step(model, scratch, u + du, 1, split)
         mujoco.mj_differentiatePos(model, dq, 1.0, qpos, scratch.qpos)  # tangent of qpos', relative to qpos
         s = np.concatenate([dq, scratch.qvel, scratch.act])
         return s, _points(task, reader.values(scratch, None))
@@ -297,7 +286,7 @@ def linearise_step(model, task: Task, qpos: np.ndarray, qvel: np.ndarray, u: np.
             if k == task.substeps - 1:
                 last_rows = (slices, Rs, Ru)
         A, B = Ak @ A, Ak @ B + Bk
-        step_data(model, data, u, 1, split)
+        control_step(model, data, u, 1, split)
     B = B * inside
     values = reader.values(data, prev)
     x_next = np.concatenate([values[n] for n in task.state])
