@@ -42,6 +42,7 @@ and the iterations it finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -69,34 +70,19 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def parse_seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    return out
-
-
 class Clock:
     """Wall time of each part of one iteration."""
 
     def __init__(self):
         self.times = {p: 0.0 for p in PARTS}
 
+    @contextlib.contextmanager
     def part(self, name: str):
-        clock = self
-
-        class _Part:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                clock.times[name] += time.perf_counter() - self.t0
-
-        return _Part()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] += time.perf_counter() - t0
 
 
 def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: int | None) -> dict:
@@ -257,25 +243,15 @@ def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: 
 # --------------------------------------------------------------------------- outputs
 
 
-def cost_matrix(runs: list[dict], task: str, opt: str, K: int) -> np.ndarray:
-    """[seeds, K+1] mean sampled cost (mean over conditions), NaN where a run stopped."""
+def metric_matrix(runs: list[dict], task: str, opt: str, K: int, key: str) -> np.ndarray:
+    """[seeds, K+1] of an iteration record's `key` (cost or final_distance), mean over conditions; NaN where a
+    run stopped."""
     rows = []
     for r in runs:
         if r["task"] == task and r["optimizer"] == opt:
             row = np.full(K + 1, np.nan)
             for it in r["iterations"]:
-                row[it["iteration"]] = float(np.mean(it["cost"]))
-            rows.append(row)
-    return np.array(rows) if rows else np.full((0, K + 1), np.nan)
-
-
-def dist_matrix(runs: list[dict], task: str, opt: str, K: int) -> np.ndarray:
-    rows = []
-    for r in runs:
-        if r["task"] == task and r["optimizer"] == opt:
-            row = np.full(K + 1, np.nan)
-            for it in r["iterations"]:
-                row[it["iteration"]] = float(np.mean(it["final_distance"]))
+                row[it["iteration"]] = float(np.mean(it[key]))
             rows.append(row)
     return np.array(rows) if rows else np.full((0, K + 1), np.nan)
 
@@ -302,12 +278,12 @@ def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path
     fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 7.5), squeeze=False, sharex=True)
     it = np.arange(K + 1)
     for col, task in enumerate(tasks):
-        for row, (matrix, ylabel) in enumerate(((cost_matrix, "mean sampled cost per condition (sum over t)"),
-                                                (dist_matrix, "final distance, noise-free rollout (mean over conditions)"))):
+        for row, (key, ylabel) in enumerate((("cost", "mean sampled cost per condition (sum over t)"),
+                                             ("final_distance", "final distance, noise-free rollout (mean over conditions)"))):
             ax = axes[row, col]
             positive = True
             for opt in opts:
-                C = matrix(runs, task, opt, K)
+                C = metric_matrix(runs, task, opt, K, key)
                 if not len(C):
                     continue
                 with warnings.catch_warnings():
@@ -353,7 +329,7 @@ def table(runs: list[dict], tasks: list[str], opts: list[str], K: int) -> str:
              "|---|---|---|" + "---|" * (len(cols) + 2)]
     for task in tasks:
         for opt in opts:
-            C, D = cost_matrix(runs, task, opt, K), dist_matrix(runs, task, opt, K)
+            C, D = metric_matrix(runs, task, opt, K, "cost"), metric_matrix(runs, task, opt, K, "final_distance")
             if not len(C):
                 continue
             upd = [it["times"]["update"] + it["times"]["fit_dynamics"] + it["times"]["step_rule"]
@@ -406,6 +382,8 @@ def main() -> None:
     if a.plot_only:
         outputs(json.loads((a.out / "results.json").read_text()), a.out)
         return
+    from stages.sweep.queue import parse_seeds
+
     tasks, opts, seeds = a.tasks.split(","), a.optimizers.split(","), parse_seeds(a.seeds)
     for o in opts:
         if o not in OPTIMIZERS:
