@@ -195,6 +195,14 @@ def test_sweep_queues_runs_and_report_reads_them(tmp_path):
             break
         time.sleep(3)
     assert status.count("Success") == 2, status
+    # DVC's queue says Success when a run ends and collects its experiment into the repository after that
+    # (a task of its own): wait for both refs before reading them
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
+        if all(any(ref.endswith(f"/{n}") for ref in refs) for n in names):
+            break
+        time.sleep(1)
     shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], repo).stdout)
     recorded = {rev["name"]: rev["data"]["params"]["params.yaml"]["data"]
                 for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
