@@ -26,6 +26,10 @@ RAMPS = ("constant", "linear", "quadratic", "final_only")
 
 PENALTIES = ("sqrt", "log")
 
+# Cost terms with no derivatives (gps_core.costs: their expansion is zero): only the optimizers that
+# use sampled costs (PI2, and PILQR's PI2 step on the residual) can act on them.
+DERIVATIVE_FREE_TERMS = ("binary_region",)
+
 
 # --------------------------------------------------------------------------- MDGPS (gps_core.mdgps)
 

@@ -263,6 +263,12 @@ COST_TERMS: dict[str, dict[str, Field]] = {
         "alpha": Field("float", gt=0, optional=True), "ramp": Field("choice", choices=RAMPS, optional=True),
         "wp_final_multiplier": Field("float", lo=0, optional=True),
     },
+    # The reference's CostBinaryRegion: inside_cost where sum_i |x_i - target_i| <= max_distance, else
+    # outside_cost; no derivatives (gps_core.configs.DERIVATIVE_FREE_TERMS).
+    "binary_region": {
+        "block": Field("str"), "target": Field("floats"), "max_distance": Field("float", gt=0),
+        "inside_cost": Field("float"), "outside_cost": Field("float"),
+    },
 }
 
 
