@@ -594,6 +594,36 @@ def pilqr_update_batched(
     # 1. The LQR step.
     lqr = lqr_step_batched(costs, list(sampling) if references is None else list(references), dyns,
                            kl_bounds, etas, cfg)
+    return pi2_after_lqr(costs, sampling, dyns, sampled, noise, lqr, cfg, pi2_cfg)
+
+
+def pi2_after_lqr(
+    costs: list[QuadraticCost],
+    sampling: list[LinearGaussianPolicy],
+    dyns: list[Dynamics],
+    sampled_costs: np.ndarray,
+    noise: np.ndarray,
+    lqr: PerStepLQRResult,
+    cfg: PILQRConfig,
+    pi2_cfg: PI2Config,
+) -> PILQRResult:
+    """Steps 2-4 of pilqr_update_batched (its docstring) given the LQR step's result `lqr`: the residual
+    under the sampling controllers, PI2 on it around the LQR step's controllers, and the new controllers.
+    The pipeline runs the LQR step and this in two stages (lqr_step.h5 holds `lqr`); the arguments are
+    pilqr_update_batched's."""
+    M = len(costs)
+    if not (len(sampling) == len(dyns) == len(lqr) == M):
+        raise ValueError(f"costs, sampling, dyns and lqr must have one entry per condition ({M})")
+    sampled = np.asarray(sampled_costs, dtype=np.float64)
+    noise = np.asarray(noise, dtype=np.float64)
+    K0 = _stack(sampling, "K")
+    T, dU = K0.shape[1:3]
+    N = noise.shape[1]
+    if noise.shape != (M, N, T, dU) or sampled.shape != (M, N, T):
+        raise ValueError(f"noise [M, N, T, dU] and sampled_costs [M, N, T] must match: {noise.shape}, {sampled.shape}")
+    for m in range(M):
+        if not (np.all(np.isfinite(sampled[m])) and np.all(np.isfinite(noise[m]))):
+            raise ConditionError(m, "the sampled costs or the exploration noise contain NaN or Inf")
 
     # 2. The residual, with the sampling controller.
     chol0 = np.stack([np.asarray(p.chol, dtype=np.float64) for p in sampling])

@@ -146,6 +146,17 @@ def load_step(path, known: Known | None = None) -> np.ndarray:
     return data["step_mult"]
 
 
+def load_step_mult(path, known: Known | None = None) -> np.ndarray:
+    """The step multipliers a per-step optimizer reads: [M, T] from `gps res-percent`'s file, or [M, 1]
+    from a step.h5 (the init's ones: every step's multiplier). Finite and > 0."""
+    data, attrs = read_artifact(path, ["step_mult"])
+    kind = "res_percent" if attrs.get("stage") == "res_percent" else "step"
+    data, _ = read_artifact(path, ["step_mult"], kind=kind)
+    check(str(path), data, spec(kind, "step_mult"), known)
+    positive(str(path), data["step_mult"], "step_mult")
+    return data["step_mult"] if kind == "res_percent" else data["step_mult"][:, None]
+
+
 def load_eta(path, known: Known | None = None) -> np.ndarray:
     """The C-step dual variables `eta` [M] (> 0) of a controllers file."""
     data = read_artifact(path, kind="controllers")[0]

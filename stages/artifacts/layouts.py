@@ -41,9 +41,13 @@ CONTROLLERS = {
     "pol_covar": D("M,T,dU,dU", "action covariance (positive definite)"),
 }
 C_STEP = {
-    "eta": D("M", "dual variable of the KL bound (warm start for the next iteration; init: 1.0)"),
-    "kl_step": D("M", "the KL bound used, kl_step · step_mult · T"),
-    "kl": D("M", "the KL(p ‖ π̄) achieved"),
+    "eta": D("M", "dual variable of the KL bound (warm start for the next iteration; init: 1.0). Written by `gps pi2` "
+                  "(PI2, PILQR and their MDGPS forms) as summaries of its per-step values: PILQR the geometric mean "
+                  "of the LQR step's η_t, PI2 alone of its temperatures"),
+    "kl_step": D("M", "the KL bound used, kl_step · step_mult · T (`gps pi2`: Σ_t ε_t of the LQR step; PI2 alone "
+                      "T · `pi2.kl_threshold`, a bound on the weights)"),
+    "kl": D("M", "the KL(p ‖ π̄) achieved (`gps pi2`: Σ_t KL_t of the LQR step; PI2 alone Σ_t of its weights' KL "
+                 "to uniform)"),
     "converged": D("M", "whether the dual search met |KL − bound| < tolerance · bound", "bool"),
     "dual_iterations": D("M", "rounds of the dual search (of the relative search, where that ran)", "int64"),
     "safeguard": D("M", "what the C-step did where the reference's rule would have stopped the run "
@@ -91,7 +95,8 @@ LAYOUTS: dict[str, dict[str, Dataset]] = {
                    d.dtype) for name, d in GMM_PRIOR.items()},
     },
     "step": {
-        "step_mult": D("M", "step multipliers for this iteration's C-step (init: 1.0)"),
+        "step_mult": D("M", "step multipliers for this iteration's C-step (init: 1.0; PILQR's first iteration: every "
+                            "step's)"),
         "J_prev": D("M", "Laplace cost estimates of the step rule: previous"),
         "J_predicted": D("M", "predicted"),
         "J_actual": D("M", "actual"),
@@ -103,6 +108,46 @@ LAYOUTS: dict[str, dict[str, Dataset]] = {
            for name, d in CONTROLLERS.items()},
         **C_STEP,
         "x0": D("M,dX", "init only: initial state of each condition (forward kinematics of the model)"),
+    },
+    "res_percent": {
+        "step_mult": D("M,T", "PILQR's per-step multipliers of its KL bounds ε_t = kl_step_t · step_mult_t for this "
+                              "iteration's LQR step (`gps res-percent`, iteration ≥ 1)"),
+        "ratio": D("M,T", "the residual's share of the cost to go: mean Σ_{s≥t} |residual| / mean Σ_{s≥t} |cost| of "
+                          "this iteration's samples, the residual under the controllers that drew them"),
+        "direction": D("M,T", "the rule's decision before the clip to the schedules: −1 halved (ratio > "
+                              "`step_rule_res_ratio_dec`), +1 doubled (ratio < `step_rule_res_ratio_inc`), 0 kept "
+                              "(and always 0 with `pilqr.step_rule: const`)", "int8"),
+        "predicted": D("M,N,T", "each sample's cost as the fitted model predicts it (the controller that drew the "
+                                "samples, rolled through the mean dynamics from x0mu with that sample's noise)"),
+    },
+    "lqr_step": {
+        **{name: D(d.dims, "PILQR's LQR step, before PI2: " + d.meaning if name == "K" else d.meaning, d.dtype)
+           for name, d in CONTROLLERS.items()},
+        "eta": D("M,T", "the per-step dual variables η_t (warm start of the next iteration; first: 1.0)"),
+        "kl": D("M,T", "KL_t of the controller against the KL reference (the previous controller, or for MDGPS-PILQR "
+                       "the policy linearisation)"),
+        "kl_step": D("M,T", "the per-step bounds ε_t = kl_step_t · step_mult_t"),
+        "converged": D("M", "whether |KL_t − ε_t| < tolerance · ε_t at every t", "bool"),
+        "bisection_rounds": D("M", "rounds of the bracketing search", "int64"),
+        "adam_rounds": D("M", "Adam steps after it", "int64"),
+        "safeguard": D("M", "1 where an action block stayed indefinite up to η = 1e16 and the controller is the KL "
+                            "reference (`pilqr.on_fault: recover`), else 0", "int8"),
+    },
+    "pi2": {
+        "temperatures": D("M,T", "the η_t each step's sample weights were computed with"),
+        "fitted_temperatures": D("M,T", "η_t from the REPS dual: the weights of the cost to go have KL "
+                                        "`pi2.kl_threshold` to uniform (or less at `min_temperature`)"),
+        "temperature_raised": D("M,T", "where η_t was raised because the new covariance was not positive definite",
+                                "bool"),
+        "weights": D("M,T,N", "the samples' weights at each step (softmax of −cost to go / η_t)"),
+        "weights_kl": D("M,T", "their KL to uniform (PILQR: of the residual's weights, not bounded by kl_threshold)"),
+        "ml_covar": D("M,T,dU,dU", "the weighted maximum-likelihood covariance before damping"),
+        "predicted": D("M,N,T", "PILQR: each sample's cost as the fitted model predicts it"),
+        "residual": D("M,N,T", "PILQR: sampled − predicted cost, the cost PI2 optimises"),
+        "residual_ratio": D("M,T", "PILQR: the residual's share of the cost to go from each step"),
+        "safeguard": D("M", "PILQR: 0 none, 1 the LQR step kept its KL reference (no PI2), 2 PI2 failed and the LQR "
+                            "step's controller was kept (`pilqr.on_fault: recover`); the file attribute "
+                            "`safeguard_names` lists the names", "int8"),
     },
     "policy": {
         "policy/W{i}": D("out,in", "layer weights (torch `Linear` layout), ReLU hidden layers, linear output"),
@@ -156,6 +201,7 @@ LAYOUTS: dict[str, dict[str, Dataset]] = {
 # Which file of a run holds which kind (docs/artifacts.md shows each kind's table under its file).
 FILES = {
     "samples": "samples.h5", "dynamics": "dynamics.h5", "policy_lin": "policy_lin.h5", "step": "step.h5",
+    "res_percent": "res_percent.h5", "lqr_step": "lqr_step.h5", "pi2": "pi2.h5",
     "controllers": "controllers.h5", "policy": "policy.h5", "eval": "eval.h5", "duals": "duals.h5", "inner": "inner.h5",
 }
 

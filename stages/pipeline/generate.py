@@ -22,6 +22,20 @@ and params.yaml disagree. Within each file stages are in execution order.
 BADMM: sample (always the local controllers), fit_dynamics, fit_policy,
 adjust_step (k ≥ 1, BADMM's rule), badmm_inner (all inner C/S alternations and
 the dual updates in one process), evaluate; `init` also writes data/init/duals.h5.
+
+The reference's other optimizers (the `pi2` and `pilqr` sections of params.yaml):
+- traj_opt (LQR-FLM alone): sample, fit_dynamics, adjust_step (k ≥ 1; the KL reference
+  and the "policy linearisation" of the step rule are the controllers that drew the
+  samples), c_step against those controllers, evaluate (the controllers act);
+- pi2: sample, pi2 (the new controllers from the sampled costs), evaluate;
+- pilqr: sample, fit_dynamics, res_percent (k ≥ 1), lqr_step (against the controllers
+  that drew the samples), pi2 (on the residual), evaluate;
+- mdgps_pilqr: MDGPS with res_percent (k ≥ 1), lqr_step (against the policy
+  linearisation) and pi2 in place of adjust_step and c_step;
+- pigps: MDGPS without the dynamics fit, the policy linearisation and the step rule,
+  pi2 in place of the C-step.
+The local optimizers alone sample the local controllers, train no policy (the init's
+policy.h5 is read by the sample stage, never changed) and have no evaluate_gym stage.
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ import yaml
 
 from stages.pipeline.code_deps import stage_code
 from stages.settings.params import STAGE_PARAMS
-from stages.settings.schema import algorithm_name
+from stages.settings.schema import LOCAL_ONLY, algorithm_name
 from stages.artifacts.io import write_text_atomic
 from stages.errors import UserError
 
@@ -107,6 +121,9 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             [], "init", [init_c, init_p, init_s], params_file,
         )
     }
+    if algorithm in LOCAL_ONLY:
+        metrics_files = [_local_iteration(stages, k, algorithm, p, params_file) for k in range(iterations)]
+        return _finish(stages, metrics_files, iterations, p, params_file, gym=False)
     metrics_files = []
     for k in range(iterations):
         d, prev = _itr(k), _itr(k - 1)
@@ -118,7 +135,8 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
         step = init_s if k == 0 else f"{d}/step.h5"
         controllers, policy = f"{d}/controllers.h5", f"{d}/policy.h5"
 
-        _sample_and_fit_dynamics(stages, k, p, params_file, prev_controllers, prev_policy)
+        _sample_and_fit_dynamics(stages, k, p, params_file, prev_controllers, prev_policy,
+                                 fit=algorithm != "pigps")
         if k == 0:
             # Catch-up: before the first C-step the network imitates the initial controllers.
             policy_in = f"{d}/policy_catchup.h5"
@@ -129,53 +147,140 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             )
         else:
             policy_in = prev_policy
-        prev_lin = [] if k == 0 else [f"{prev}/policy_lin.h5"]
-        stages[f"fit_policy_{tag}"] = _stage(
-            ["gps", "fit-policy", *i, *p, "--samples", samples, "--policy", policy_in,
-             *sum((["--prev", x] for x in prev_lin), []), "--out", policy_lin],
-            [samples, policy_in, *prev_lin], "fit_policy", [policy_lin], params_file,
-        )
-        if k > 0:
-            prev_step = init_s if k == 1 else f"{prev}/step.h5"
-            ins = {
-                "--prev-samples": f"{prev}/samples.h5", "--prev-dynamics": f"{prev}/dynamics.h5",
-                "--prev-policy-lin": f"{prev}/policy_lin.h5", "--prev-controllers": prev_controllers,
-                "--prev-step": prev_step, "--samples": samples, "--dynamics": dynamics, "--policy-lin": policy_lin,
-            }
-            stages[f"adjust_step_{tag}"] = _stage(
-                ["gps", "adjust-step", *i, *p, *sum(([o, v] for o, v in ins.items()), []), "--out", step],
-                list(ins.values()), "adjust_step", [step], params_file,
+        if algorithm == "pigps":  # PI2 needs no model: no policy linearisation, no step rule
+            step = init_s
+            _pi2(stages, k, p, params_file, prev_controllers)
+        else:
+            prev_lin = [] if k == 0 else [f"{prev}/policy_lin.h5"]
+            stages[f"fit_policy_{tag}"] = _stage(
+                ["gps", "fit-policy", *i, *p, "--samples", samples, "--policy", policy_in,
+                 *sum((["--prev", x] for x in prev_lin), []), "--out", policy_lin],
+                [samples, policy_in, *prev_lin], "fit_policy", [policy_lin], params_file,
             )
-        stages[f"c_step_{tag}"] = _stage(
-            ["gps", "c-step", *i, *p, "--samples", samples, "--dynamics", dynamics, "--policy-lin", policy_lin,
-             "--step", step, "--prev-controllers", prev_controllers, "--out", controllers],
-            [samples, dynamics, policy_lin, step, prev_controllers], "c_step", [controllers], params_file,
-        )
+        if algorithm == "mdgps_pilqr":
+            step = _pilqr(stages, k, p, params_file, prev_controllers, reference=policy_lin)
+        elif algorithm == "mdgps":
+            if k > 0:
+                prev_step = init_s if k == 1 else f"{prev}/step.h5"
+                ins = {
+                    "--prev-samples": f"{prev}/samples.h5", "--prev-dynamics": f"{prev}/dynamics.h5",
+                    "--prev-policy-lin": f"{prev}/policy_lin.h5", "--prev-controllers": prev_controllers,
+                    "--prev-step": prev_step, "--samples": samples, "--dynamics": dynamics, "--policy-lin": policy_lin,
+                }
+                stages[f"adjust_step_{tag}"] = _stage(
+                    ["gps", "adjust-step", *i, *p, *sum(([o, v] for o, v in ins.items()), []), "--out", step],
+                    list(ins.values()), "adjust_step", [step], params_file,
+                )
+            stages[f"c_step_{tag}"] = _stage(
+                ["gps", "c-step", *i, *p, "--samples", samples, "--dynamics", dynamics, "--policy-lin", policy_lin,
+                 "--step", step, "--prev-controllers", prev_controllers, "--out", controllers],
+                [samples, dynamics, policy_lin, step, prev_controllers], "c_step", [controllers], params_file,
+            )
         stages[f"s_step_{tag}"] = _stage(
             ["gps", "s-step", *i, *p, "--samples", samples, "--controllers", controllers, "--policy", policy_in,
              "--out", policy],
             [samples, controllers, policy_in], "s_step", [policy], params_file,
         )
-        metrics = f"{d}/metrics.json"
-        metrics_files.append(metrics)
-        stages[f"evaluate_{tag}"] = _stage(
-            ["gps", "evaluate", *i, *p, "--policy", policy, "--samples", samples, "--controllers", controllers,
-             "--step", step, "--out", f"{d}/eval.h5", "--metrics", metrics],
-            [policy, samples, controllers, step], "evaluate", [f"{d}/eval.h5"], params_file,
-            metrics=[metrics],
-        )
+        metrics_files.append(_evaluate(stages, k, p, params_file, step, policy))
     return _finish(stages, metrics_files, iterations, p, params_file, gym)
 
 
+def _evaluate(stages: dict[str, Any], k: int, p: list[str], params_file: str, step: str, policy: str | None) -> str:
+    """Add iteration k's evaluate stage (the global policy, or without one the local controllers); its metrics file."""
+    d = _itr(k)
+    samples, controllers, metrics = f"{d}/samples.h5", f"{d}/controllers.h5", f"{d}/metrics.json"
+    acting = [] if policy is None else [policy]
+    stages[f"evaluate_{k:02d}"] = _stage(
+        ["gps", "evaluate", "-i", str(k), *p, *sum((["--policy", x] for x in acting), []), "--samples", samples,
+         "--controllers", controllers, "--step", step, "--out", f"{d}/eval.h5", "--metrics", metrics],
+        [*acting, samples, controllers, step], "evaluate", [f"{d}/eval.h5"], params_file,
+        metrics=[metrics],
+    )
+    return metrics
+
+
+def _pi2(stages: dict[str, Any], k: int, p: list[str], params_file: str, sampling: str,
+         lqr_step: str | None = None) -> None:
+    """Add iteration k's pi2 stage: PI2 on the sampled costs, or (lqr_step given) PILQR's PI2 on the residual."""
+    d, i = _itr(k), ["-i", str(k)]
+    samples, controllers, details = f"{d}/samples.h5", f"{d}/controllers.h5", f"{d}/pi2.h5"
+    pilqr = [] if lqr_step is None else ["--lqr-step", lqr_step, "--dynamics", f"{d}/dynamics.h5"]
+    stages[f"pi2_{k:02d}"] = _stage(
+        ["gps", "pi2", *i, *p, "--samples", samples, "--controllers", sampling, *pilqr, "--out", controllers,
+         "--pi2-out", details],
+        [samples, sampling, *pilqr[1::2]], "pi2" if lqr_step is None else "pi2_residual", [controllers, details],
+        params_file,
+    )
+
+
+def _pilqr(stages: dict[str, Any], k: int, p: list[str], params_file: str, sampling: str, reference: str) -> str:
+    """Add iteration k's PILQR stages: res_percent (k ≥ 1), lqr_step against `reference`, pi2 on the residual
+    around the LQR step's controllers; returns the step multipliers' file the LQR step read."""
+    d, prev, tag, i = _itr(k), _itr(k - 1), f"{k:02d}", ["-i", str(k)]
+    samples, dynamics, lqr = f"{d}/samples.h5", f"{d}/dynamics.h5", f"{d}/lqr_step.h5"
+    step = "data/init/step.h5" if k == 0 else f"{d}/res_percent.h5"
+    if k > 0:
+        prev_step = "data/init/step.h5" if k == 1 else f"{prev}/res_percent.h5"
+        ins = {"--samples": samples, "--dynamics": dynamics, "--controllers": sampling, "--prev-step": prev_step}
+        stages[f"res_percent_{tag}"] = _stage(
+            ["gps", "res-percent", *i, *p, *sum(([o, v] for o, v in ins.items()), []), "--out", step],
+            list(ins.values()), "res_percent", [step], params_file,
+        )
+    prev_lqr = [] if k == 0 else [f"{prev}/lqr_step.h5"]
+    stages[f"lqr_step_{tag}"] = _stage(
+        ["gps", "lqr-step", *i, *p, "--samples", samples, "--dynamics", dynamics, "--reference", reference,
+         "--step", step, *sum((["--prev", x] for x in prev_lqr), []), "--out", lqr],
+        [samples, dynamics, reference, step, *prev_lqr], "lqr_step", [lqr], params_file,
+    )
+    _pi2(stages, k, p, params_file, sampling, lqr_step=lqr)
+    return step
+
+
+def _local_iteration(stages: dict[str, Any], k: int, algorithm: str, p: list[str], params_file: str) -> str:
+    """Add iteration k of a local optimizer alone (traj_opt, pi2, pilqr); returns its metrics file. The
+    controllers that drew the samples are the KL reference and what PI2 starts from."""
+    d, prev, prev2, tag, i = _itr(k), _itr(k - 1), _itr(k - 2), f"{k:02d}", ["-i", str(k)]
+    init_c, init_s = "data/init/controllers.h5", "data/init/step.h5"
+    sampling = init_c if k == 0 else f"{prev}/controllers.h5"
+    samples, dynamics, controllers = f"{d}/samples.h5", f"{d}/dynamics.h5", f"{d}/controllers.h5"
+    _sample_and_fit_dynamics(stages, k, p, params_file, sampling, "data/init/policy.h5", fit=algorithm != "pi2")
+    step = init_s
+    if algorithm == "pi2":
+        _pi2(stages, k, p, params_file, sampling)
+    elif algorithm == "pilqr":
+        step = _pilqr(stages, k, p, params_file, sampling, reference=sampling)
+    else:  # traj_opt: MDGPS's C-step and classic rule with the sampling controllers as the KL reference
+        if k > 0:
+            step = f"{d}/step.h5"
+            ins = {
+                "--prev-samples": f"{prev}/samples.h5", "--prev-dynamics": f"{prev}/dynamics.h5",
+                "--prev-policy-lin": init_c if k == 1 else f"{prev2}/controllers.h5", "--prev-controllers": sampling,
+                "--prev-step": init_s if k == 1 else f"{prev}/step.h5", "--samples": samples, "--dynamics": dynamics,
+                "--policy-lin": sampling,
+            }
+            stages[f"adjust_step_{tag}"] = _stage(
+                ["gps", "adjust-step", *i, *p, *sum(([o, v] for o, v in ins.items()), []), "--out", step],
+                list(dict.fromkeys(ins.values())), "adjust_step", [step], params_file,
+            )
+        stages[f"c_step_{tag}"] = _stage(
+            ["gps", "c-step", *i, *p, "--samples", samples, "--dynamics", dynamics, "--policy-lin", sampling,
+             "--step", step, "--prev-controllers", sampling, "--out", controllers],
+            [samples, dynamics, sampling, step], "c_step", [controllers], params_file,
+        )
+    return _evaluate(stages, k, p, params_file, step, None)
+
+
 def _sample_and_fit_dynamics(stages: dict[str, Any], k: int, p: list[str], params_file: str,
-                             controllers: str, policy: str) -> None:
-    """Add iteration k's sample and fit_dynamics stages (the same for MDGPS and BADMM)."""
+                             controllers: str, policy: str, fit: bool = True) -> None:
+    """Add iteration k's sample and (fit) fit_dynamics stages (the same for every algorithm that fits)."""
     d, prev, tag, i = _itr(k), _itr(k - 1), f"{k:02d}", ["-i", str(k)]
     samples, dynamics = f"{d}/samples.h5", f"{d}/dynamics.h5"
     stages[f"sample_{tag}"] = _stage(
         ["gps", "sample", *i, *p, "--controllers", controllers, "--policy", policy, "--out", samples],
         [controllers, policy], "sample", [samples], params_file,
     )
+    if not fit:
+        return
     prev_dyn = [] if k == 0 else [f"{prev}/dynamics.h5"]
     stages[f"fit_dynamics_{tag}"] = _stage(
         ["gps", "fit-dynamics", *i, *p, "--samples", samples, *sum((["--prev", x] for x in prev_dyn), []), "--out", dynamics],

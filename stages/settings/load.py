@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gps_core.configs import BadmmConfig, InitLQRConfig, PriorConfig, SStepConfig, TrajOptConfig
+from gps_core.configs import BadmmConfig, InitLQRConfig, PI2Config, PILQRConfig, PriorConfig, SStepConfig, TrajOptConfig
 from gps_core.sim.task import Task
 from stages.settings import schema
 from stages.settings.schema import typed
@@ -160,6 +160,8 @@ class Settings:
     init_lqr: InitLQRConfig
     s_step: SStepConfig
     badmm: BadmmConfig | None  # None: the file has no badmm section (an MDGPS run)
+    pi2: PI2Config | None  # None: the file has no pi2 section (read by schema.USES_PI2)
+    pilqr: PILQRConfig | None  # None: the file has no pilqr section (read by schema.USES_PILQR)
     gym_evaluation: GymEvaluationSettings | None
     render: RenderSettings
 
@@ -195,6 +197,8 @@ class Settings:
             init_lqr=InitLQRConfig(**section("init_lqr"), dt=task.dt),
             s_step=SStepConfig(**policy),
             badmm=BadmmConfig(**typed(schema.BADMM, params["badmm"])) if "badmm" in params else None,
+            pi2=PI2Config(**typed(schema.PI2, params["pi2"])) if "pi2" in params else None,
+            pilqr=PILQRConfig(**typed(schema.PILQR, params["pilqr"])) if "pilqr" in params else None,
             gym_evaluation=None if gym is None else GymEvaluationSettings(**typed(schema.SCHEMA["gym_evaluation"], gym)),
             render=_render(params.get("render")),
         )

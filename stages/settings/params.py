@@ -36,6 +36,14 @@ STAGE_PARAMS: dict[str, list[str]] = {
     # BADMM (algorithm.name: badmm): init also writes the duals; its own step rule; the whole inner loop
     "init_badmm": ["task", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed", "badmm.init_pol_wt"],
     "badmm_adjust_step": ["algorithm.min_step_mult", "algorithm.max_step_mult"],
+    # The reference's other local optimizers (LOCAL_ONLY, USES_PI2, USES_PILQR of stages.settings.schema).
+    "res_percent": ["pilqr.step_rule", "pilqr.step_rule_res_ratio_dec", "pilqr.step_rule_res_ratio_inc",
+                    "pilqr.min_step_mult", "pilqr.max_step_mult"],
+    "lqr_step": ["pilqr.kl_step", "pilqr.min_eta", "pilqr.max_eta", "pilqr.del0", "pilqr.tolerance",
+                 "pilqr.bisection_iterations", "pilqr.adam_iterations", "pilqr.adam_lr", "pilqr.adam_beta1",
+                 "pilqr.adam_beta2", "pilqr.adam_eps", "pilqr.on_fault"],
+    "pi2": ["pi2"],
+    "pi2_residual": ["pi2", "pilqr.on_fault"],
     "badmm_inner": [
         "seed", "iterations", "algorithm.kl_step", "traj_opt", "policy_prior",
         "policy.iterations", "policy.batch_size", "policy.lr", "policy.weight_decay", "badmm",

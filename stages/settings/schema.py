@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gps_core.configs import (
-    ON_FAULT, PENALTIES, RAMPS, REGULARIZATION_SHAPES, STEP_RULES, TARGET_SHIFTS, WEIGHT_RULES,
+    DERIVATIVE_FREE_TERMS, ON_FAULT, PENALTIES, PILQR_STEP_RULES, RAMPS, REGULARIZATION_SHAPES, STEP_RULES,
+    TARGET_SHIFTS, WEIGHT_RULES,
 )
 from gps_core.sim.task import STEPPING
 from stages.errors import UserError
@@ -112,7 +113,13 @@ PRIOR = {
     "strength": Field("float", gt=0),
 }
 
-ALGORITHMS = ("mdgps", "badmm")  # the layouts of an iteration (stages.pipeline.generate)
+# The layouts of an iteration (stages.pipeline.generate): MDGPS and the paper's BADMM; the reference's local
+# optimizers alone (LQR-FLM, PI2, PILQR: no global policy); MDGPS whose C-step is PILQR or PI2.
+ALGORITHMS = ("mdgps", "badmm", "traj_opt", "pi2", "pilqr", "mdgps_pilqr", "pigps")
+LOCAL_ONLY = ("traj_opt", "pi2", "pilqr")  # no global policy: the local controllers are the result
+USES_PI2 = ("pi2", "pilqr", "mdgps_pilqr", "pigps")  # read the `pi2` section
+USES_PILQR = ("pilqr", "mdgps_pilqr")  # read the `pilqr` section
+NEEDS_DERIVATIVES = ("mdgps", "badmm", "traj_opt")  # every C-step is LQR on the cost's expansion
 
 
 def algorithm_name(params: dict[str, Any]) -> str:
@@ -144,6 +151,35 @@ class Items:
     schema: dict[str, Field]
 
 
+# PI2 (gps_core.configs.PI2Config; the reference's TRAJ_OPT_PI2); read when algorithm.name is in USES_PI2.
+PI2 = {
+    "kl_threshold": Field("float", gt=0),
+    "covariance_damping": Field("float"),  # <= 0: the weighted maximum-likelihood covariance itself
+    "min_temperature": Field("float", gt=0),
+}
+
+# PILQR's LQR step and step rule (gps_core.configs.PILQRConfig; the reference's ALG_PILQR, TRAJ_OPT_PILQR);
+# read when algorithm.name is in USES_PILQR. The schedules are [value at t = 0, value at t = T-1].
+PILQR = {
+    "step_rule": Field("choice", choices=PILQR_STEP_RULES),
+    "step_rule_res_ratio_dec": Field("float", gt=0),
+    "step_rule_res_ratio_inc": Field("float", gt=0),
+    "kl_step": Field("floats", gt=0, length=2),
+    "max_step_mult": Field("floats", gt=0, length=2),
+    "min_step_mult": Field("floats", gt=0, length=2),
+    "min_eta": Field("float", gt=0),
+    "max_eta": Field("float", gt=0),
+    "del0": Field("float", gt=0),
+    "tolerance": Field("float", gt=0, hi=1),
+    "bisection_iterations": Field("int", lo=1),
+    "adam_iterations": Field("int", lo=0),
+    "adam_lr": Field("float", gt=0),
+    "adam_beta1": Field("float", lo=0, hi=0.999999),
+    "adam_beta2": Field("float", lo=0, hi=0.999999),
+    "adam_eps": Field("float", gt=0),
+    "on_fault": Field("choice", choices=ON_FAULT),
+}
+
 # `gps render`'s picture (stages/tools/render.py); no stage reads it. A marker is drawn at the
 # evaluation target or at the scored point (evaluation.point), a sphere or, with `pole`, a capsule
 # from there to there + pole.
@@ -163,7 +199,7 @@ RENDER = {
 }
 
 # Sections that may be left out (params files written before they existed); see validate_params.
-OPTIONAL_SECTIONS = ("badmm", "gym_evaluation", "render", "render.camera", "render.markers")
+OPTIONAL_SECTIONS = ("badmm", "pi2", "pilqr", "gym_evaluation", "render", "render.camera", "render.markers")
 
 SCHEMA: dict[str, Any] = {
     "seed": Field("int", lo=0),
@@ -238,6 +274,8 @@ SCHEMA: dict[str, Any] = {
         "success_thresholds": Field("floats", gt=0),
     },
     "badmm": BADMM,
+    "pi2": PI2,
+    "pilqr": PILQR,
     # The trained policy scored in a Gymnasium environment (stages/steps/evaluate_gym.py); optional.
     "gym_evaluation": {
         "env": Field("str"),
@@ -319,12 +357,22 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     """Raise a one-line UserError for the first problem found."""
     _check_mapping(source, SCHEMA, params, "")
     alg = params["algorithm"]
-    if algorithm_name(params) == "badmm":
-        if "badmm" not in params:
-            raise UserError(f"{source}: missing key 'badmm' (the BADMM settings; algorithm.name is badmm)")
-        if alg["sample_on_policy"]:
-            raise UserError(f"{source}: algorithm.sample_on_policy is true, but BADMM (algorithm.name badmm) samples "
-                            "the local controllers: set algorithm.sample_on_policy to false")
+    name = algorithm_name(params)
+    needed = {"badmm": name == "badmm", "pi2": name in USES_PI2, "pilqr": name in USES_PILQR}
+    for section, needs in needed.items():
+        if needs and section not in params:
+            raise UserError(f"{source}: missing key {section!r} (its settings; algorithm.name is {name})")
+    if alg["sample_on_policy"] and (name == "badmm" or name in LOCAL_ONLY):
+        why = "BADMM samples the local controllers" if name == "badmm" else "it trains no global policy"
+        raise UserError(f"{source}: algorithm.sample_on_policy is true, but {why} (algorithm.name {name}): "
+                        "set algorithm.sample_on_policy to false")
+    for i, term in enumerate(params["cost"]):
+        if term["type"] in DERIVATIVE_FREE_TERMS and name in NEEDS_DERIVATIVES:
+            raise UserError(f"{source}: cost[{i}] is a {term['type']} term, which has no derivatives, and "
+                            f"algorithm.name {name} optimises the cost's expansion only; use one of "
+                            f"{', '.join(a for a in ALGORITHMS if a not in NEEDS_DERIVATIVES)}")
+    if name in USES_PILQR:
+        _check_pilqr(source, params["pilqr"])
     if alg["min_step_mult"] > alg["max_step_mult"]:
         raise UserError(
             f"{source}: algorithm.min_step_mult ({alg['min_step_mult']}) is greater than "
@@ -337,6 +385,18 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     conditions = task["conditions"] if isinstance(task["conditions"], list) else []
     if params["policy"]["batch_size"] > task["T"] * params["agent"]["num_samples"] * max(len(conditions), 1):
         _fail(source, "policy.batch_size", params["policy"]["batch_size"], "at most the number of S-step rows (conditions x samples x T)")
+
+
+def _check_pilqr(source: str, pilqr: dict[str, Any]) -> None:
+    if pilqr["step_rule_res_ratio_inc"] >= pilqr["step_rule_res_ratio_dec"]:
+        raise UserError(f"{source}: pilqr.step_rule_res_ratio_inc ({pilqr['step_rule_res_ratio_inc']}) must be below "
+                        f"pilqr.step_rule_res_ratio_dec ({pilqr['step_rule_res_ratio_dec']})")
+    for t, (lo, hi) in enumerate(zip(pilqr["min_step_mult"], pilqr["max_step_mult"])):
+        if lo > hi:
+            at = "t = 0" if t == 0 else "t = T-1"
+            raise UserError(f"{source}: pilqr.min_step_mult ({lo}) is greater than pilqr.max_step_mult ({hi}) at {at}")
+    if pilqr["min_eta"] >= pilqr["max_eta"]:
+        raise UserError(f"{source}: pilqr.min_eta ({pilqr['min_eta']}) must be below pilqr.max_eta ({pilqr['max_eta']})")
 
 
 def typed(schema: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,17 @@
 """`gps evaluate`: one noise-free rollout of the global policy per condition, and the iteration's metrics.
 
 The task's held-out conditions (task.test_conditions), never sampled for training, are rolled out
-too, in their own batch, into eval.h5's group `test` and the metrics' `test_*` entries."""
+too, in their own batch, into eval.h5's group `test` and the metrics' `test_*` entries.
+
+Without --policy (the local optimizers alone, stages.settings.schema.LOCAL_ONLY) each condition's
+local controller acts instead, without its noise; there is no controller of a held-out condition, so
+those are not rolled out. Per-step summaries (a res_percent.h5's step_mult [M, T]) enter the metrics as
+their mean over t."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import typer
@@ -19,19 +25,19 @@ from stages.settings.load import load_settings
 def evaluate(
     iteration: int = ItrOpt,
     params_path: Path = ParamsOpt,
-    policy: Path = typer.Option(..., "--policy"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="the global policy; none: the local controllers act"),
     samples: Path = typer.Option(..., "--samples"),
     controllers: Path = typer.Option(..., "--controllers", help="this iteration's C-step output"),
     step: Path = typer.Option(..., "--step", help="this iteration's step multipliers"),
     out: Path = typer.Option(..., "--out"),
     metrics: Path = typer.Option(..., "--metrics"),
 ) -> None:
-    """One noise-free rollout of the global policy per condition (training and held-out); distance to the target."""
+    """One noise-free rollout of the global policy (or of each local controller) per condition; distance to the target."""
     from gps_core.sim.env import Simulator
-    from gps_core.sim.sampling import rollout_policy
+    from gps_core.sim.sampling import rollout_controllers, rollout_policy
     from gps_core.scoring import final_distance, success
-    from stages.artifacts.checks import check_controller_stats, load_samples, load_step
-    from stages.artifacts.policy import load_policy
+    from stages.artifacts.checks import check_controller_stats, load_samples, load_step_mult
+    from stages.artifacts.controllers import load_controllers
 
     s = load_settings(params_path)
     agent, ev = s.agent, s.evaluation
@@ -42,20 +48,26 @@ def evaluate(
              "dX": (sim.dX, "state of the model"), "dU": (sim.dU, "actions of the model")}
     sdata, _ = load_samples(samples, known)
     cdata = check_controller_stats(controllers, {"M": known["M"]})
-    step_mult = load_step(step, {"M": known["M"]})
-    net = load_policy(policy, {"dO": (sim.dO, "the observation of task.observation"), "dU": known["dU"]},
-                      hidden=s.policy.hidden)
+    step_mult = load_step_mult(step, {"M": known["M"]}).mean(axis=1)
+    if policy is None:
+        local = load_controllers(controllers, known)
+    else:
+        from stages.artifacts.policy import load_policy
+
+        net = load_policy(policy, {"dO": (sim.dO, "the observation of task.observation"), "dU": known["dU"]},
+                          hidden=s.policy.hidden)
     stop = agent.on_divergence == "stop"
 
     def run(sim) -> dict[str, np.ndarray]:
-        r = rollout_policy(sim, net, np.zeros((sim.M, 1, T, sim.dU)), stop=stop)
+        noise = np.zeros((sim.M, 1, T, sim.dU))
+        r = rollout_policy(sim, net, noise, stop=stop) if policy is not None else rollout_controllers(sim, local, noise, stop=stop)
         X, diverged_at = r.X[:, 0], r.diverged_at[:, 0]
         # A diverged rollout holds its last good state, so its distance is that state's; it fails regardless.
         return {"X": X, "U": r.U[:, 0], "final_distance": final_distance(X, ev.point_start, ev.target),
                 "diverged": diverged_at >= 0, "diverged_at": diverged_at}
 
     train = run(sim)
-    test = run(Simulator(s.task, s.task.test)) if len(s.task.test) else None
+    test = run(Simulator(s.task, s.task.test)) if len(s.task.test) and policy is not None else None
     dist, diverged, diverged_at = train["final_distance"], train["diverged"], train["diverged_at"]
     sample_cost = sdata["cost"].sum(-1).mean(-1)
     datasets = dict(train)
@@ -93,7 +105,7 @@ def evaluate(
             result["per_condition"][f"test_success_{tau:g}"] = per_cond(hits)
     write_json(metrics, result)
     if diverged.any():
-        log(f"iteration {iteration}: the policy's rollout diverged (counted as failed) in "
+        log(f"iteration {iteration}: the {'policy' if policy is not None else 'controller'}'s rollout diverged (counted as failed) in "
              + ", ".join(f"condition {m} at t={diverged_at[m]}" for m in np.flatnonzero(diverged)))
     log(f"iteration {iteration}: final distance {np.array2string(dist, precision=3)} (mean {dist.mean():.3f})")
     if test is not None:
