@@ -32,6 +32,21 @@ evaluation.target), the optimizer's diagnostics and the wall time of each part.
         --seeds 0-2 --iterations K --samples 20 --out DIR
     python benchmarks/local_optimizers.py --plot-only --out DIR      # figure and table from DIR/results.json
 
+--cost binary (obstacle only; default --cost task: the task's own cost) is the reference's
+discontinuous-cost example (mjc_disc_cost_pilqr_example: CostSum of a CostState and a
+CostBinaryRegion, weights 1 and 10) on the obstacle task: the task's cost plus, with weight 10,
+
+    {type: binary_region, block: joint_positions, target: [3.0, 0.0], max_distance: 0.05,
+     inside_cost: -3.0, outside_cost: 0.0}
+
+(BINARY_TERMS): -3 · 10 = -30 at every step where |x - 3| + |y| <= 0.05 (the particle's slide
+joints, the block and target of the task's own state term), 0 elsewhere. The initial controllers
+start 3.0 to 3.4 from the target (L1: 3.0 to 4.5), far outside. Its expansion is zero but for a
+constant (gps_core.costs): LQR-only's C-step does not see the region (its classic step rule sees the
+change of the term's mean between batches), PI2 and PILQR see it through the sampled costs.
+Recorded in addition: the steps inside the region per sample (steps_inside, a third row of the
+figure, a second table and a column of curves.csv).
+
 Writes DIR/results.json (after every run, so an interrupted benchmark keeps what it finished),
 DIR/curves.csv and DIR/cost.png (cost and final distance against iteration, mean and band (min..max)
 over the seeds still running, one column per task, a line per optimizer, x where a run stopped), and prints a markdown table and the per-part times.
@@ -64,6 +79,12 @@ OPTIMIZERS = ("lqr", "pi2", "pilqr")
 PARTS = ("simulate", "cost", "fit_dynamics", "step_rule", "update", "evaluate")
 LABELS = {"lqr": "LQR-only (LQR-FLM)", "pi2": "PI2", "pilqr": "PILQR"}
 COLORS = {"lqr": "tab:blue", "pi2": "tab:orange", "pilqr": "tab:green"}
+COSTS = ("task", "binary")
+# --cost binary: the term added to the task's cost (the module docstring), per task.
+BINARY_TERMS = {
+    "obstacle": {"type": "binary_region", "weight": 10.0, "block": "joint_positions", "target": [3.0, 0.0],
+                 "max_distance": 0.05, "inside_cost": -3.0, "outside_cost": 0.0},
+}
 
 
 def log(msg: str) -> None:
@@ -85,8 +106,9 @@ class Clock:
             self.times[name] += time.perf_counter() - t0
 
 
-def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: int | None) -> dict:
-    """One (task, optimizer, seed): iterations + 1 sample batches, `iterations` updates."""
+def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: int | None,
+            cost: str = "task") -> dict:
+    """One (task, optimizer, seed): iterations + 1 sample batches, `iterations` updates; cost in COSTS."""
     from gps_core.configs import PI2Config, PILQRConfig
     from gps_core.costs import build_cost, expand_cost
     from gps_core.fit.dynamics import fit_all_dynamics
@@ -111,7 +133,8 @@ def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: 
     M, T, dU = sim.M, s.task.T, sim.dU
     N = num_samples or s.agent.num_samples
     noise_settings = vars(s.agent.noise)
-    cost_fn = build_cost(s.cost_terms, s.task)
+    cost_fn = build_cost(s.cost_terms + ([BINARY_TERMS[task]] if cost == "binary" else []), s.task)
+    region = build_cost([BINARY_TERMS[task]], s.task).terms[0][1] if cost == "binary" else None
     alg, ev = s.algorithm, s.evaluation
     pi2_cfg, pilqr_cfg = PI2Config(), PILQRConfig()
 
@@ -128,7 +151,7 @@ def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: 
     prev = None  # LQR-only: (controllers, dynamics, cost models) of the previous iteration
 
     record = {"task": task, "optimizer": optimizer, "seed": seed, "M": M, "N": N, "T": T, "dX": sim.dX, "dU": dU,
-              "iterations": [], "error": None}
+              "cost": cost, "iterations": [], "error": None}
     for i in range(iterations + 1):
         clock = Clock()
         info: dict = {"iteration": i}
@@ -150,6 +173,9 @@ def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: 
             expansion = expand_cost(terms.reshape(M, N), X, U) if optimizer != "pi2" else None
         info["cost"] = sampled.sum(-1).mean(-1).tolist()  # [M]
         info["redrawn"] = int((drawn.draws > 1).sum())
+        if region is not None:  # steps inside the binary region per sample, mean over the N samples: [M]
+            inside = region.evaluate(X.reshape(M * N, T, -1), U.reshape(M * N, T, -1), None).l == region.inside_cost
+            info["steps_inside"] = inside.reshape(M, N, T).sum(-1).mean(-1).tolist()
         # ---- noise-free rollout of each controller (the evaluate stage's score, for the local controllers)
         with clock.part("evaluate"):
             e = controller_episodes(sim, pols)(np.arange(M), np.zeros((M, T, dU)), None)
@@ -257,17 +283,21 @@ def metric_matrix(runs: list[dict], task: str, opt: str, K: int, key: str) -> np
 
 
 def write_curves(runs: list[dict], path: Path) -> None:
+    inside = any("steps_inside" in it for r in runs for it in r["iterations"])  # --cost binary
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "optimizer", "seed", "iteration", "mean_cost", "final_distance"] + [f"t_{p}" for p in PARTS])
+        w.writerow(["task", "optimizer", "seed", "iteration", "mean_cost", "final_distance"]
+                   + ["steps_inside"] * inside + [f"t_{p}" for p in PARTS])
         for r in runs:
             for it in r["iterations"]:
                 w.writerow([r["task"], r["optimizer"], r["seed"], it["iteration"], f"{np.mean(it['cost']):.6g}",
-                            f"{np.mean(it['final_distance']):.6g}"] + [f"{it['times'][p]:.4f}" for p in PARTS])
+                            f"{np.mean(it['final_distance']):.6g}"]
+                           + [f"{np.mean(it['steps_inside']):.6g}"] * inside + [f"{it['times'][p]:.4f}" for p in PARTS])
 
 
-def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path) -> None:
-    """Row 1: mean sampled cost; row 2: final distance of the noise-free rollouts; mean line, min..max band over seeds."""
+def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path, cost: str = "task") -> None:
+    """Row 1: mean sampled cost; row 2: final distance of the noise-free rollouts; row 3 (--cost binary): steps
+    inside the region per sample; mean line, min..max band over seeds."""
     import warnings
 
     import matplotlib
@@ -275,11 +305,15 @@ def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 7.5), squeeze=False, sharex=True)
+    rows = [("cost", "mean sampled cost per condition (sum over t)"),
+            ("final_distance", "final distance, noise-free rollout (mean over conditions)")]
+    if cost == "binary":
+        rows.append(("steps_inside", "steps inside the binary region per sample (mean over conditions)"))
+    fig, axes = plt.subplots(len(rows), len(tasks), figsize=(5.5 * len(tasks), 3.75 * len(rows)), squeeze=False,
+                             sharex=True)
     it = np.arange(K + 1)
     for col, task in enumerate(tasks):
-        for row, (key, ylabel) in enumerate((("cost", "mean sampled cost per condition (sum over t)"),
-                                             ("final_distance", "final distance, noise-free rollout (mean over conditions)"))):
+        for row, (key, ylabel) in enumerate(rows):
             ax = axes[row, col]
             positive = True
             for opt in opts:
@@ -301,8 +335,8 @@ def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path
             if positive:
                 ax.set_yscale("log")
             if row == 0:
-                ax.set_title(f"{task}: local controllers alone")
-            else:
+                ax.set_title(f"{task}: local controllers alone" + (", cost + binary region" if cost == "binary" else ""))
+            if row == len(rows) - 1:
                 ax.set_xlabel("iteration (0: initial controllers; i: after i updates)")
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
@@ -322,14 +356,16 @@ def fmt(x: np.ndarray) -> str:
     return cell if len(x) == n_all else f"{cell} ({len(x)} of {n_all})"
 
 
-def table(runs: list[dict], tasks: list[str], opts: list[str], K: int) -> str:
+def table(runs: list[dict], tasks: list[str], opts: list[str], K: int, key: str = "cost") -> str:
+    """Columns: `key` (cost, or steps_inside of a --cost binary run) at iterations 0, 1, K/2, K, final distance, time."""
     cols = sorted({0, 1, K // 2, K})
-    lines = ["| task | optimizer | seeds | " + " | ".join(f"cost, itr {c}" for c in cols)
+    name = {"cost": "cost", "steps_inside": "steps inside"}[key]
+    lines = ["| task | optimizer | seeds | " + " | ".join(f"{name}, itr {c}" for c in cols)
              + f" | final distance, itr {K} | s / update |",
              "|---|---|---|" + "---|" * (len(cols) + 2)]
     for task in tasks:
         for opt in opts:
-            C, D = metric_matrix(runs, task, opt, K, "cost"), metric_matrix(runs, task, opt, K, "final_distance")
+            C, D = metric_matrix(runs, task, opt, K, key), metric_matrix(runs, task, opt, K, "final_distance")
             if not len(C):
                 continue
             upd = [it["times"]["update"] + it["times"]["fit_dynamics"] + it["times"]["step_rule"]
@@ -357,9 +393,16 @@ def times_table(runs: list[dict], tasks: list[str], opts: list[str], K: int) -> 
 def outputs(data: dict, out: Path) -> None:
     runs, tasks, opts, K = data["runs"], data["tasks"], data["optimizers"], data["iterations"]
     write_curves(runs, out / "curves.csv")
-    plot(runs, tasks, opts, K, out / "cost.png")
+    cost = data.get("cost", "task")  # results.json written before --cost existed: the task's cost
+    plot(runs, tasks, opts, K, out / "cost.png", cost)
+    if cost == "binary":
+        print(f"\ncost: the task's cost plus {', '.join(json.dumps(t) for t in data['cost_added'])}")
     print(f"\nmean sampled cost per condition (mean ± std over seeds), N = {data['num_samples']} samples per condition\n")
     print(table(runs, tasks, opts, K))
+    if cost == "binary":
+        print("\nsteps inside the binary region per sample (of T), mean over samples and conditions, "
+              "mean ± std over seeds\n")
+        print(table(runs, tasks, opts, K, "steps_inside"))
     print("\nseconds per iteration, by part (mean over iterations and seeds; evaluate = noise-free rollouts)\n")
     print(times_table(runs, tasks, opts, K))
     failed = [f"{r['task']} {r['optimizer']} seed {r['seed']}: {r['error']}" for r in runs if r["error"]]
@@ -375,6 +418,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=10, help="K updates; K + 1 sample batches")
     ap.add_argument("--samples", type=int, default=None, help="samples per condition for every optimizer "
                     "(default: the task's agent.num_samples)")
+    ap.add_argument("--cost", default="task", choices=COSTS, help="task: the task's own cost; binary: plus the "
+                    "binary region term of BINARY_TERMS (the reference's discontinuous-cost example; obstacle only)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plot-only", action="store_true", help="figure, csv and tables from OUT/results.json")
     a = ap.parse_args()
@@ -388,10 +433,13 @@ def main() -> None:
     for o in opts:
         if o not in OPTIMIZERS:
             ap.error(f"unknown optimizer {o!r}; expected some of {OPTIMIZERS}")
+    if a.cost == "binary" and any(t not in BINARY_TERMS for t in tasks):
+        ap.error(f"--cost binary is defined for {', '.join(BINARY_TERMS)} only")
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     data = {"command": " ".join(sys.argv), "commit": commit, "tasks": tasks, "optimizers": opts, "seeds": seeds,
             "iterations": a.iterations, "num_samples": a.samples or "agent.num_samples of the task", "host": platform.node(),
-            "threads": os.environ.get("OMP_NUM_THREADS"), "runs": []}
+            "threads": os.environ.get("OMP_NUM_THREADS"), "cost": a.cost,
+            "cost_added": [BINARY_TERMS[t] for t in tasks] if a.cost == "binary" else [], "runs": []}
     t_start = time.perf_counter()
     # Seed-major: an interrupted benchmark has every (task, optimizer) for the seeds it finished.
     for seed in seeds:
@@ -399,7 +447,7 @@ def main() -> None:
             for opt in opts:
                 t0 = time.perf_counter()
                 log(f"{task} {opt} seed {seed}: {a.iterations} iterations")
-                rec = run_one(task, opt, seed, a.iterations, a.samples)
+                rec = run_one(task, opt, seed, a.iterations, a.samples, a.cost)
                 rec["wall"] = time.perf_counter() - t0
                 data["runs"].append(rec)
                 data["wall"] = time.perf_counter() - t_start

@@ -20,6 +20,15 @@ The LQR needs the model around z = 0, so each sample's expansion is re-centred,
 then averaged over samples (re-centring after averaging would be wrong):
 
     cc = mean_n (l − gᵀ ẑ + ½ ẑᵀ C ẑ),  cv = mean_n (g − C ẑ),  Cm = mean_n C
+
+A term without derivatives (BinaryRegionCost, the reference's CostBinaryRegion; the types of
+gps_core.configs.DERIVATIVE_FREE_TERMS) has g = 0 and C = 0 at every sample, so its expansion is
+zero but for the constant cc = mean_n l per step. An LQR solve on the expansion (the C-step of
+MDGPS and LQR-FLM, PILQR's LQR step, iLQR's backward pass) returns the same controller with or
+without it: LQR-based optimizers do not see it. The sampled costs l do: PI2 weights samples by
+them, and PILQR sees the term through its residual (sampled cost − the expansion's prediction,
+which keeps each sample's deviation from the mean). Rules that compare cost values between
+batches (the classic step rule's estimates, iLQR's line search) see the change of its mean only.
 """
 
 from __future__ import annotations
@@ -199,6 +208,29 @@ class FKCost:
 
 
 @dataclass(frozen=True)
+class BinaryRegionCost:
+    """ℓ = inside_cost where Σ_i |x[start + i] − target_i| ≤ max_distance, else outside_cost (the reference's
+    CostBinaryRegion: outside where the L1 distance is > max_distance, so the boundary counts inside).
+
+    Every derivative is zero (module docstring: LQR-based optimizers do not see this term).
+    """
+
+    start: int
+    target: np.ndarray  # [D]
+    max_distance: float
+    inside_cost: float
+    outside_cost: float
+
+    def evaluate(self, X: np.ndarray, U: np.ndarray, J: np.ndarray | None) -> CostTerms:
+        """X: [N, T, dX], U: [N, T, dU] -> l [N, T] of the two values, every derivative zero."""
+        N, T, dX = X.shape
+        distance = np.sum(np.abs(X[..., self.start : self.start + len(self.target)] - self.target), axis=-1)
+        terms = CostTerms.zeros(N, T, dX, U.shape[-1])
+        l = np.where(distance > self.max_distance, float(self.outside_cost), float(self.inside_cost))
+        return CostTerms(l, terms.lx, terms.lu, terms.lxx, terms.luu, terms.lux)
+
+
+@dataclass(frozen=True)
 class SumCost:
     terms: tuple  # of (weight, cost)
 
@@ -210,21 +242,22 @@ class SumCost:
 
 
 def build_cost(specs: Sequence[dict[str, Any]], task: "Task") -> SumCost:
-    """Cost from the `cost` list of params.yaml: each entry has `type` and `weight`; state and fk
-    terms name a block of the task's state (`block`), checked before (stages.settings.model_check)."""
+    """Cost from the `cost` list of params.yaml: each entry has `type` and `weight`; state, fk and
+    binary_region terms name a block of the task's state (`block`), checked before
+    (stages.settings.model_check)."""
     terms = []
     for spec in specs:
         spec = dict(spec)
         kind = spec.pop("type")
         weight = float(spec.pop("weight", 1.0))
-        if kind == "state":
+        if kind in ("state", "binary_region"):
             spec["start"] = task.x_slices[spec.pop("block")].start
         elif kind == "fk":
             block = spec.pop("block")
             spec["ee_start"], spec["jac_start"] = task.x_slices[block].start, task.jac_rows[block].start
         arrays = {k: np.asarray(v, dtype=float) for k, v in spec.items() if k in ("wu", "target", "wp")}
         rest = {k: v for k, v in spec.items() if k not in arrays}
-        cls = {"action": ActionCost, "state": StateCost, "fk": FKCost}[kind]
+        cls = {"action": ActionCost, "state": StateCost, "fk": FKCost, "binary_region": BinaryRegionCost}[kind]
         terms.append((weight, cls(**arrays, **rest)))
     return SumCost(tuple(terms))
 

@@ -10,8 +10,8 @@ This module checks, once per load (stages.settings.params.load_params, after the
   configuration (qpos then qvel of the actuated joints, for init_lqr and the fk costs), the
   offset body and the conditions;
 - init_lqr.init_gains and every action term's wu: one entry per actuator;
-- a state term's block in the state, an fk term's a point-like block of the state (position or
-  relative, whose Jacobian FKCost reads), and each target as long as its block;
+- a state or binary_region term's block in the state, an fk term's a point-like block of the state
+  (position or relative, whose Jacobian FKCost reads), and each target as long as its block;
 - evaluation.point: a point-like block of the state or a point inside a state position block,
   and evaluation.target as long.
 
@@ -28,6 +28,9 @@ from stages.errors import UserError
 
 if TYPE_CHECKING:
     from gps_core.sim.task import Task
+
+# Cost terms on any block of task.state (gps_core.costs.StateCost, BinaryRegionCost): x[block] against a target.
+STATE_BLOCK_TERMS = ("state", "binary_region")
 
 # (model file, mtime_ns, size, task section as JSON) -> compiled task: a process that loads params more
 # than once (sweep, tests) compiles each task once, and an edited model file is read again.
@@ -140,7 +143,7 @@ def check_cost(source: str, terms: list[dict[str, Any]], task: "Task") -> None:
             _check_length(source, f"{key}.wu", term["wu"], task.nu, f"one per actuator (nu) of {_model_name(task)}")
             continue
         block = term["block"]
-        if term["type"] == "state" and block not in task.state:
+        if term["type"] in STATE_BLOCK_TERMS and block not in task.state:
             _fail(source, f"{key}.block", block, f"a block of task.state ({_state_blocks(task, False)})")
         if term["type"] == "fk" and (block not in task.state or task.block(block).kind not in POINT_KINDS):
             _fail(source, f"{key}.block", block, "a position or relative block of task.state, whose Jacobian the fk "
