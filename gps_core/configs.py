@@ -66,12 +66,16 @@ class PI2Config:
     kl_threshold: the KL of each step's sample weights to uniform (REPS-like dual);
     covariance_damping: > 0 scales the old covariance by (tr(old^-1 Sigma_ML) / dU)^(1/d),
     <= 0 takes the weighted maximum-likelihood covariance itself;
-    min_temperature: the lower bound of each step's temperature.
+    min_temperature: the lower bound of each step's temperature;
+    min_covariance_ratio: a step's new covariance whose smallest eigenvalue relative to the old one
+    is below this counts as failed, and its temperature is raised (ours: 0 is the reference, which
+    checks only for a Cholesky factor; gps_core.traj_opt.pi2, "Positive definiteness").
     """
 
     kl_threshold: float = 1.0
     covariance_damping: float = 2.0
     min_temperature: float = 0.001
+    min_covariance_ratio: float = 1e-6
 
 
 PILQR_STEP_RULES = ("res_percent", "const")  # gps_core.traj_opt.pilqr

@@ -60,7 +60,13 @@ raise only to given temperatures (it raises them in the caller's array); for fit
 re-fits the same η each round and ends in a ValueError, so raising here is a safeguard of ours (the raised η keeps the weights' KL below
 ε). `temperature_raised` records where it acted. A Cholesky factor is the reference's criterion, and
 it does not make the covariance well-conditioned: weights that are one-hot up to 1e-200, or samples
-that differ by round-off only, pass it with a covariance of that size (e.g. Σ_old · 1e-16).
+that differ by round-off only, pass it with a covariance of that size (e.g. Σ_old · 1e-16). So a
+step counts as failed too where the new covariance has collapsed against the old one: its smallest
+generalised eigenvalue λ_min(Σ_old,t⁻¹ Σ_t) is below PI2Config.min_covariance_ratio (default 1e-6;
+0 is the reference's Cholesky criterion alone), and η_t is raised the same way. Measured on Gymnasium's
+Pusher with MDGPS-PILQR and 5 samples: weights one-hot on the residual gave Σ ≈ 1e-17 at some steps,
+then S-step losses of 1e14 and NaN at the next iteration; with the floor those steps spread their
+weights, or (PILQR, `on_fault: recover`) fall back to the LQR step's controller.
 
 Given temperatures (pi2_feedforward_update(..., temperatures=η)): PILQR (Chebotar et al. 2017, the
 reference's TrajOptPILQR) fits η on the samples' full cost and then weights the samples by their
@@ -240,6 +246,18 @@ def pi2_temperatures(costs_to_go: np.ndarray, kl_threshold: float, min_temperatu
 # --------------------------------------------------------------------------- the update
 
 
+def _failed_covariance(covar: np.ndarray, covar_old: np.ndarray, min_ratio: float) -> np.ndarray:
+    """[T] bool: where covar [T, dU, dU] has no Cholesky factor, or its smallest eigenvalue relative to
+    covar_old (λ_min(Σ_old⁻¹ Σ), through Σ_old's Cholesky factor) is below min_ratio."""
+    failed = ~cholesky_per_item(covar)
+    if min_ratio > 0 and not failed.all():
+        ok = np.flatnonzero(~failed)
+        L = np.linalg.cholesky(covar_old[ok])
+        A = np.linalg.solve(L, np.swapaxes(np.linalg.solve(L, covar[ok]), -1, -2))  # L⁻¹ Σ L⁻ᵀ
+        failed[ok] = np.linalg.eigvalsh(0.5 * (A + np.swapaxes(A, -1, -2)))[:, 0] < min_ratio
+    return failed
+
+
 def _weighted_moments(ffw: np.ndarray, weights: np.ndarray, covar_old: np.ndarray, damping: float):
     """Weighted mean [T, dU], ML covariance [T, dU, dU] and the (damped) new covariance [T, dU, dU] of
     feedforward samples ffw [N, T, dU] under weights [T, N]."""
@@ -299,9 +317,9 @@ def pi2_feedforward_update(
     weights = pi2_weights(S, eta)
     k, ml, covar = _weighted_moments(ffw, weights, covar_old, damping)
 
-    # Where the new covariance has no Cholesky factor, spread the weights (module docstring).
+    # Where the new covariance has no Cholesky factor or has collapsed, spread the weights (module docstring).
     raised = np.zeros(T, dtype=bool)
-    bad = ~cholesky_per_item(covar)
+    bad = _failed_covariance(covar, covar_old, cfg.min_covariance_ratio)
     delta = np.full(T, ETA_RAISE_START)
     while np.any(bad):
         t_bad = np.flatnonzero(bad)
@@ -315,7 +333,7 @@ def pi2_feedforward_update(
         w_t = pi2_weights(S[t_bad], eta[t_bad])
         k_t, ml_t, covar_t = _weighted_moments(ffw[:, t_bad], w_t, covar_old[t_bad], damping)
         weights[t_bad], k[t_bad], ml[t_bad], covar[t_bad] = w_t, k_t, ml_t, covar_t
-        bad[t_bad] = ~cholesky_per_item(covar_t)
+        bad[t_bad] = _failed_covariance(covar_t, covar_old[t_bad], cfg.min_covariance_ratio)
 
     return PI2Result(k=k, covar=covar, temperatures=eta, weights=weights, weights_kl=weights_kl(weights),
                      ml_covar=ml, temperature_raised=raised)

@@ -156,6 +156,7 @@ PI2 = {
     "kl_threshold": Field("float", gt=0),
     "covariance_damping": Field("float"),  # <= 0: the weighted maximum-likelihood covariance itself
     "min_temperature": Field("float", gt=0),
+    "min_covariance_ratio": Field("float", lo=0, hi=1),
 }
 
 # PILQR's LQR step and step rule (gps_core.configs.PILQRConfig; the reference's ALG_PILQR, TRAJ_OPT_PILQR);

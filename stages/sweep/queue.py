@@ -36,13 +36,20 @@ import yaml
 from stages.errors import UserError
 from stages.sweep.job import Experiment, write_experiment_files
 
-# The paper's five methods as params overrides (dotted key -> value).
+# The paper's five methods, and the reference's other optimizers (stages.settings.schema.ALGORITHMS), as
+# params overrides (dotted key -> value). The local optimizers alone sample their controllers; the MDGPS
+# forms of PILQR and PI2 sample the policy, as the reference's examples of them do.
 METHODS: dict[str, dict[str, Any]] = {
     "badmm": {"algorithm.name": "badmm", "algorithm.sample_on_policy": False},
     "off_classic": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": False, "algorithm.step_rule": "classic"},
     "off_global": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": False, "algorithm.step_rule": "global"},
     "on_classic": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": True, "algorithm.step_rule": "classic"},
     "on_global": {"algorithm.name": "mdgps", "algorithm.sample_on_policy": True, "algorithm.step_rule": "global"},
+    "traj_opt": {"algorithm.name": "traj_opt", "algorithm.sample_on_policy": False},
+    "pi2": {"algorithm.name": "pi2", "algorithm.sample_on_policy": False},
+    "pilqr": {"algorithm.name": "pilqr", "algorithm.sample_on_policy": False},
+    "mdgps_pilqr": {"algorithm.name": "mdgps_pilqr", "algorithm.sample_on_policy": True},
+    "pigps": {"algorithm.name": "pigps", "algorithm.sample_on_policy": True},
 }
 PAPER_TASKS = ("obstacle", "peg", "peg_blind")
 

@@ -133,7 +133,8 @@ def render_cmd(
 def sweep_cmd(
     tasks: str = typer.Option("peg,peg_blind,obstacle", "--tasks", help="comma-separated tasks of configs/"),
     methods: str = typer.Option("badmm,off_classic,off_global,on_classic,on_global", "--methods",
-                                help="comma-separated: badmm, off_classic, off_global, on_classic, on_global"),
+                                help="comma-separated: badmm, off_classic, off_global, on_classic, on_global (the paper's), "
+                                     "traj_opt, pi2, pilqr, mdgps_pilqr, pigps (the reference's other optimizers)"),
     seeds: str = typer.Option("0-9", "--seeds", help="e.g. 0-9 or 0,2,4"),
     settings: list[str] = typer.Option([], "--set", "-S", help="KEY=VALUE: a setting of every experiment (recorded in "
                                        "its params, as dvc exp run -S); KEY=V1,V2,... makes one experiment per value "

@@ -77,6 +77,9 @@ def method_name(algorithm: str, sample_on_policy: bool, step_rule: str) -> str:
     """The paper's label of a run's method, from its algorithm settings (algorithm.name, .sample_on_policy, .step_rule)."""
     if algorithm == "badmm":
         return "BADMM"
+    if algorithm != "mdgps":  # the reference's other optimizers: their own names (no step_rule of MDGPS's)
+        names = {"traj_opt": "LQR-FLM", "pi2": "PI2", "pilqr": "PILQR", "mdgps_pilqr": "MDGPS-PILQR", "pigps": "PIGPS"}
+        return f"{'On' if sample_on_policy else 'Off'}/{names[algorithm]}" if algorithm in ("mdgps_pilqr", "pigps") else names[algorithm]
     return f"{'On' if sample_on_policy else 'Off'}/{step_rule.capitalize()}"
 
 

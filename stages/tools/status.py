@@ -15,7 +15,7 @@ existing files say and marks the rest as pending. Columns:
     KL/bound   KL achieved by the C-step vs its bound, means over conditions (* = a dual search did not converge)
     eta        geometric mean of the C-step dual variables
     nu         BADMM runs only: mean of the policy-KL weights ν the iteration ended with (duals.h5)
-    step_mult  step multipliers of the C-step, per condition
+    step_mult  step multipliers of the C-step, per condition (PILQR's per-step ones: their mean over t)
     time       wall time from the previous iteration's last file to this one's (file modification times;
                "+" while the iteration is unfinished). Files restored by DVC carry the time of the restore.
 """
@@ -41,33 +41,39 @@ PENDING = "-"  # a cell whose file is not written yet
 KIND_OF_FILE = {name: kind for kind, name in FILES.items()}  # samples.h5 -> samples, ...
 
 
+def _iteration_stages(k: int, algorithm: str) -> dict[str, Any]:
+    """Iteration k's stages as `gps pipeline` lays them out (stages.pipeline.generate), in execution order."""
+    from stages.pipeline.generate import build_pipeline
+
+    doc = build_pipeline(k + 1, algorithm=algorithm)
+    tag = f"_{k:02d}"
+    return {name: st for name, st in doc["stages"].items() if name.endswith(tag) or (k == 0 and name == "catch_up")}
+
+
 def iteration_files(k: int, algorithm: str = "mdgps") -> list[tuple[str, str]]:
-    """(stage, file) of iteration k in pipeline order."""
-    files = [("sample", "samples.h5"), ("fit_dynamics", "dynamics.h5")]
-    if algorithm == "badmm":
-        files.append(("fit_policy", "policy_lin.h5"))
-        if k > 0:
-            files.append(("adjust_step", "step.h5"))
-        files += [("badmm_inner", name) for name in ("controllers.h5", "policy.h5", "duals.h5", "policy_lin_final.h5", "inner.h5")]
-        return files + [("evaluate", "eval.h5"), ("evaluate", "metrics.json")]
-    if k == 0:
-        files.append(("catch_up", "policy_catchup.h5"))
-    files.append(("fit_policy", "policy_lin.h5"))
-    if k > 0:
-        files.append(("adjust_step", "step.h5"))
-    files += [("c_step", "controllers.h5"), ("s_step", "policy.h5"), ("evaluate", "eval.h5"), ("evaluate", "metrics.json")]
+    """(stage, file) of iteration k in pipeline order: every file its stages write, and the metrics."""
+    files = []
+    for name, st in _iteration_stages(k, algorithm).items():
+        step = name if name == "catch_up" else name.rsplit("_", 1)[0]
+        files += [(step, Path(out).name) for out in [*st.get("outs", []), *st.get("metrics", [])]]
     return files
 
 
-INIT_FILES = ("controllers.h5", "policy.h5", "step.h5")
+def step_file(data: Path, k: int, algorithm: str) -> Path:
+    """The step multipliers iteration k's evaluation reads (its C-step's): init/step.h5, step.h5 or res_percent.h5."""
+    cmd = _iteration_stages(k, algorithm)[f"evaluate_{k:02d}"]["cmd"].split()
+    return data / Path(cmd[cmd.index("--step") + 1]).relative_to("data")
 
 
 def init_files(algorithm: str = "mdgps") -> tuple[str, ...]:
-    return INIT_FILES + (("duals.h5",) if algorithm == "badmm" else ())
+    from stages.pipeline.generate import build_pipeline
+
+    return tuple(Path(out).name for out in build_pipeline(1, algorithm=algorithm)["stages"]["init"]["outs"])
 
 
 def run_algorithm(data: Path, settings: "Settings | None") -> str:
-    """mdgps or badmm: from the settings if given, else from the files (BADMM's init writes duals.h5)."""
+    """The run's algorithm.name from the settings if given, else mdgps or badmm from the files (BADMM's init
+    writes duals.h5)."""
     if settings is not None:
         return settings.algorithm.name
     return "badmm" if (data / "init" / "duals.h5").exists() or any(data.glob("itr_*/duals.h5")) else "mdgps"
@@ -214,9 +220,12 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
             hits = "" if tau is None else \
                 f" ({int(success(held, tau, test.get('test/diverged') if test else None).sum())}/{len(held)})"
             cells["held-out"] = _g(float(np.mean(held))) + hits
-    ctrl = read("controllers.h5", ("kl", "kl_step", "eta", "converged"), optional=("safeguard",))
+    ctrl = read("controllers.h5", ("kl", "kl_step", "eta", "converged"), ("safeguard_names",), optional=("safeguard",))
     if ctrl is not None and "safeguard" in ctrl:
-        acted[:0] = [f"c{m}:{'rel' if ctrl['safeguard'][m] == 1 else 'kept'}" for m in np.flatnonzero(ctrl["safeguard"])]
+        names = json.loads(ctrl.get("safeguard_names", '["none", "relative_coordinates", "kl_reference"]'))
+        short = {"relative_coordinates": "rel", "kl_reference": "kept", "lqr_step": "lqr-step"}
+        acted[:0] = [f"c{m}:{short.get(names[ctrl['safeguard'][m]], names[ctrl['safeguard'][m]])}"
+                     for m in np.flatnonzero(ctrl["safeguard"])]
     if failed is not None and np.any(failed):
         acted.append(",".join(f"c{m}" for m in np.flatnonzero(failed)) + " diverged")
     if ctrl is not None:
@@ -227,11 +236,11 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
     duals = read("duals.h5", ("pol_wt",)) if algorithm == "badmm" else None
     if duals is not None:
         cells["nu"] = _g(float(duals["pol_wt"].mean()))
-    step_file = d / "step.h5" if k > 0 else data / "init" / "step.h5"
-    if step_file.exists():
+    steps = step_file(data, k, algorithm)
+    if steps.exists():
         try:
-            mult = _read_h5(step_file, ("step_mult",))["step_mult"]
-            cells["step_mult"] = " ".join(f"{v:.2g}" for v in mult)
+            mult = _read_h5(steps, ("step_mult",))["step_mult"]
+            cells["step_mult"] = " ".join(f"{v:.2g}" for v in mult.reshape(len(mult), -1).mean(axis=1))
         except UserError as exc:
             row.problems.append(str(exc))
     if samples is not None or ctrl is not None or ev is not None:
