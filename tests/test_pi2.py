@@ -196,6 +196,32 @@ def test_temperature_raised_where_the_covariance_collapses():
         pi2_feedforward_update(ffw, costs, covar_old, PI2Config())
 
 
+def relative_eigenvalues(covar, covar_old):
+    """λ(Σ_old⁻¹ Σ) per step, by scipy's generalised symmetric eigensolver."""
+    from scipy.linalg import eigh
+
+    return np.array([eigh(c, o, eigvals_only=True) for c, o in zip(covar, covar_old)])
+
+
+def test_a_covariance_that_passes_cholesky_but_collapsed_is_raised_too():
+    """Weights one-hot up to 1e-30 give a covariance of Σ_old · 1e-15 (damping 2): the reference's Cholesky
+    test passes it; with min_covariance_ratio the temperature is raised until λ_min(Σ_old⁻¹ Σ) >= the ratio."""
+    rng = np.random.default_rng(7)
+    ffw, _, covar_old = random_samples(rng, 5, 1, 2)
+    costs = np.array([[0.0], [69.0], [100.0], [100.0], [100.0]])  # at η = 1 the runner-up weighs e^-69 ≈ 1e-30
+    reference = pi2_feedforward_update(ffw, costs, covar_old, PI2Config(min_covariance_ratio=0.0), temperatures=1.0)
+    assert not reference.temperature_raised[0]
+    assert relative_eigenvalues(reference.covar, covar_old).min() < 1e-12
+    floored = pi2_feedforward_update(ffw, costs, covar_old, PI2Config(min_covariance_ratio=1e-6), temperatures=1.0)
+    assert floored.temperature_raised[0] and floored.temperatures[0] > 1.0
+    assert relative_eigenvalues(floored.covar, covar_old).min() >= 1e-6
+    # healthy weights: the floor changes nothing, bit for bit
+    healthy = 10.0 * rng.random((5, 1))
+    a = pi2_feedforward_update(ffw, healthy, covar_old, PI2Config(min_covariance_ratio=0.0))
+    b = pi2_feedforward_update(ffw, healthy, covar_old, PI2Config())
+    assert np.array_equal(a.covar, b.covar) and np.array_equal(a.k, b.k) and not b.temperature_raised.any()
+
+
 # --------------------------------------------------------------------------- steps and costs-to-go
 
 
