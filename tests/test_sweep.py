@@ -215,3 +215,18 @@ def test_sweep_queues_runs_and_report_reads_them(tmp_path):
     table = result.stdout.split("### Final distance to the target")[1].strip().splitlines()
     assert table[0] == "| task | itr | On/Classic kl_step=1 | On/Classic kl_step=2.5 |"
     assert [row.split(" | ")[:2] for row in table[2:]] == [["| Obstacle", "1"]]
+
+
+def test_the_reference_optimizers_are_sweep_methods():
+    """Each of them renders its own pipeline from its task's settings (validated by experiments())."""
+    methods = ["traj_opt", "pi2", "pilqr", "mdgps_pilqr", "pigps"]
+    exps = experiments(["obstacle", "pusher"], methods, [0], ROOT)
+    assert [e.name for e in exps] == [f"{t}-{m}-s0" for t in ("obstacle", "pusher") for m in methods]
+    by_name = {e.name: e for e in exps}
+    assert "pipelines/itr_00/lqr_step/dvc.yaml" in by_name["obstacle-pilqr-s0"].files
+    assert "pipelines/itr_00/pi2/dvc.yaml" in by_name["obstacle-pigps-s0"].files
+    assert not any("fit_dynamics" in f for f in by_name["obstacle-pigps-s0"].files)
+    # the local optimizers alone have no policy to score in Gymnasium
+    assert "evaluate_gym" not in by_name["pusher-pilqr-s0"].files["dvc.yaml"]
+    assert "evaluate_gym" in by_name["pusher-mdgps_pilqr-s0"].files["dvc.yaml"]
+    assert "algorithm.name=pilqr" in by_name["obstacle-pilqr-s0"].sets
