@@ -273,29 +273,29 @@ def test_a_cost_without_derivatives_is_refused_by_the_lqr_only_algorithms(algori
 
 
 def test_pi2_without_damping_needs_more_samples_than_actions(tmp_path):
-    """Refused with one line, exit 2, nothing written."""
+    """A setting that passes the schema but not the model: one line naming it, exit 2, nothing written."""
+    from stages.main import registered_app
+
     p = algorithm_params("pi2", iterations=1)
     p["pi2"]["covariance_damping"] = 0.0
     p["agent"]["num_samples"] = 2  # the obstacle's point mass has 2 actions
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "params.yaml").write_text(yaml.safe_dump(p))
-    from stages.main import registered_app
-
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     cwd = os.getcwd()
-    os.chdir(ws)
+    os.chdir(tmp_path)
     try:
-        doc = build_pipeline(1, "params.yaml", "pi2")
-        app = registered_app()
-        for name in ("init", "sample_00"):
-            assert CliRunner().invoke(app, shlex.split(doc["stages"][name]["cmd"])[1:]).exit_code == 0
-        result = CliRunner().invoke(app, shlex.split(doc["stages"]["pi2_00"]["cmd"])[1:])
+        result = CliRunner().invoke(registered_app(), shlex.split(build_pipeline(1, "params.yaml", "pi2")["stages"]["init"]["cmd"])[1:])
     finally:
         os.chdir(cwd)
     assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("gps pi2: error: ") and "pi2.covariance_damping" in lines[-1] and "agent.num_samples is 2" in lines[-1]
-    assert not (ws / "data" / "itr_00" / "controllers.h5").exists() and not (ws / "data" / "itr_00" / "pi2.h5").exists()
+    assert result.output.strip().splitlines()[-1] == (
+        "gps init: error: params.yaml: agent.num_samples is 2, expected more than the 2 actions of the model of task "
+        "obstacle: PI2 without covariance damping (pi2.covariance_damping 0.0) needs N > dU")
+    assert not (tmp_path / "data").exists()
+    p["pi2"]["covariance_damping"] = 2.0  # damped: a scalar multiple of the old covariance, any N
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    from stages.settings.params import load_params
+
+    load_params(tmp_path / "params.yaml")
 
 
 # ----------------------------------------------------------------------------------------- through DVC

@@ -13,7 +13,9 @@ This module checks, once per load (stages.settings.params.load_params, after the
 - a state or binary_region term's block in the state, an fk term's a point-like block of the state
   (position or relative, whose Jacobian FKCost reads), and each target as long as its block;
 - evaluation.point: a point-like block of the state or a point inside a state position block,
-  and evaluation.target as long.
+  and evaluation.target as long;
+- PI2 without covariance damping (pi2.covariance_damping <= 0, read by the algorithms that use PI2):
+  more samples per condition than the model has actions, or its covariance is singular.
 
 Errors are one line: file, key, value, what the model or the other setting needs.
 """
@@ -176,4 +178,17 @@ def check_model_consistency(params: dict[str, Any], source: str = "params.yaml")
     check_init_lqr(source, params["init_lqr"], task)
     check_cost(source, params["cost"], task)
     check_evaluation(source, params["evaluation"], task)
+    check_pi2(source, params, task)
     return task
+
+
+def check_pi2(source: str, params: dict[str, Any], task: "Task") -> None:
+    """PI2's maximum-likelihood covariance of N samples has rank N - 1 at most (gps_core.traj_opt.pi2)."""
+    from stages.settings.schema import USES_PI2, algorithm_name
+
+    if algorithm_name(params) not in USES_PI2 or params["pi2"]["covariance_damping"] > 0:
+        return
+    n = params["agent"]["num_samples"]
+    if n <= task.nu:
+        _fail(source, "agent.num_samples", n, f"more than the {task.nu} actions of {_model_name(task)}: PI2 without "
+              f"covariance damping (pi2.covariance_damping {params['pi2']['covariance_damping']}) needs N > dU")

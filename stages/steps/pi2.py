@@ -41,10 +41,6 @@ def pi2(
     sdata, sizes = load_samples(samples)
     known = known_from(sizes, samples)
     sampling = load_controllers(controllers, known)
-    N, dU = sizes["N"], sizes["dU"]
-    if s.pi2.covariance_damping <= 0 and N <= dU:
-        raise UserError(f"{params_path}: pi2.covariance_damping is {s.pi2.covariance_damping} (no damping), which needs "
-                        f"more samples than actions: agent.num_samples is {N}, the model has {dU} actions")
     if (lqr_step is None) != (dynamics is None):
         raise UserError("gps pi2: --lqr-step and --dynamics go together (PILQR), or neither (PI2 alone)")
     if lqr_step is None:
