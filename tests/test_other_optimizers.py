@@ -301,51 +301,71 @@ def test_pi2_without_damping_needs_more_samples_than_actions(tmp_path):
 # ----------------------------------------------------------------------------------------- through DVC
 
 
+# Per algorithm, the command line of its own step of iteration 1 (run as a process of its own): the kill point.
+OWN_STEP = {"traj_opt": "gps c-step -i 1 ", "pi2": "gps pi2 -i 1 ", "pilqr": "gps lqr-step -i 1 ",
+            "mdgps_pilqr": "gps lqr-step -i 1 ", "pigps": "gps pi2 -i 1 "}
+
+
+def kill_repro_when(ws: Path, ready, env: dict, command: list[str]) -> None:
+    """Start `command` (dvc repro) in ws and SIGKILL its whole process group once ready(proc) holds."""
+    import time
+
+    proc = subprocess.Popen(command, cwd=ws, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and not ready(proc):
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before the kill point"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_dvc_repro_runs_each_algorithm_end_to_end(algorithm, tmp_path):
-    from test_dvc_pipeline import BIN, make_workspace, run
+def test_dvc_repro_runs_each_algorithm_and_resumes_after_sigkill_bit_identical(algorithm, tmp_path):
+    """dvc repro end to end; then another workspace killed while the algorithm's own step of iteration 1 runs,
+    resumed with dvc repro: the killed stage left nothing, and every artifact equals the uninterrupted run's
+    (so the run is deterministic across processes too)."""
+    from test_dvc_pipeline import BIN, artifacts, assert_same_datasets, env, make_workspace, run, stage_processes
 
-    ws = make_workspace(tmp_path / "ws", algorithm_params(algorithm, iterations=2))
-    run([str(BIN / "dvc"), "repro"], ws)
-    metrics = json.loads((ws / "data" / "metrics.json").read_text())
+    params = algorithm_params(algorithm, iterations=2)
+    finished = make_workspace(tmp_path / "finished", params)
+    run([str(BIN / "dvc"), "repro"], finished)
+    metrics = json.loads((finished / "data" / "metrics.json").read_text())
     assert metrics["iteration"] == 2 and np.isfinite(metrics["final_distance"])
-    assert "up to date" in run([str(BIN / "dvc"), "status"], ws).stdout
+    assert "up to date" in run([str(BIN / "dvc"), "status"], finished).stdout
+
+    ws = make_workspace(tmp_path / "ws", params)
+    e = dict(env(), GPS_WORKER="0")
+    kill_repro_when(ws, lambda proc: any(line.startswith(OWN_STEP[algorithm]) for _, line in stage_processes(proc)),
+                    e, [str(BIN / "dvc"), "repro"])
+    stage = next(name for name, st in build_pipeline(2, "params.yaml", algorithm)["stages"].items()
+                 if st["cmd"].startswith(OWN_STEP[algorithm]))
+    for out in build_pipeline(2, "params.yaml", algorithm)["stages"][stage]["outs"]:
+        assert not (ws / out).exists(), f"the killed {stage} left {out}"
+    run([str(BIN / "dvc"), "repro"], ws)
+    assert artifacts(ws) == artifacts(finished)
+    for rel in artifacts(ws):
+        assert_same_datasets(ws / rel, finished / rel)
 
 
 @pytest.mark.slow
-def test_mdgps_pilqr_resumes_after_sigkill_bit_identical(tmp_path):
-    """Kill DVC while the LQR step of iteration 1 runs, resume with dvc repro; then kill it between pi2_01 and
-    s_step_01 and resume with gps resume: every artifact equals an uninterrupted run's."""
+def test_mdgps_pilqr_resumes_after_a_kill_between_its_stages(tmp_path):
+    """Killed after pi2_01 wrote its files, while DVC records them: `gps resume` finishes the run as an
+    uninterrupted one."""
     from test_dvc_pipeline import BIN, artifacts, assert_same_datasets, env, make_workspace, run, stage_processes
 
     params = algorithm_params("mdgps_pilqr", iterations=2)
     finished = make_workspace(tmp_path / "finished", params)
     run([str(BIN / "dvc"), "repro"], finished)
     ws = make_workspace(tmp_path / "ws", params)
-    e = dict(env(), PYTHONUNBUFFERED="1", GPS_WORKER="0")
-    stages = build_pipeline(2, "params.yaml", "mdgps_pilqr")["stages"]
-    import time
-
-    def kill_when(ready) -> None:
-        proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=ws, env=e, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 180
-            while time.time() < deadline and proc.poll() is None and not ready(proc):
-                time.sleep(0.01)
-            assert proc.poll() is None, "the run ended before the kill point"
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    kill_when(lambda proc: any(line.startswith("gps lqr-step -i 1 ") for _, line in stage_processes(proc)))
-    assert not (ws / stages["lqr_step_01"]["outs"][0]).exists()
-    for rel in artifacts(ws):
-        assert_same_datasets(ws / rel, finished / rel)
-    pi2_out = [ws / o for o in stages["pi2_01"]["outs"]]
-    kill_when(lambda proc: all(o.exists() for o in pi2_out) and not stage_processes(proc))
+    e = dict(env(), GPS_WORKER="0")
+    pi2_out = [ws / o for o in build_pipeline(2, "params.yaml", "mdgps_pilqr")["stages"]["pi2_01"]["outs"]]
+    kill_repro_when(ws, lambda proc: all(o.exists() for o in pi2_out) and not stage_processes(proc), e,
+                    [str(BIN / "dvc"), "repro"])
     resumed = subprocess.run([str(BIN / "gps"), "resume"], cwd=ws, env=e, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "up to date" in run([str(BIN / "dvc"), "status"], ws).stdout
