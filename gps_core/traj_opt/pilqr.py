@@ -401,6 +401,21 @@ def predicted_costs(pol: LinearGaussianPolicy, dyn: Dynamics, cost: QuadraticCos
     return c[0]
 
 
+def sampling_residual(
+    costs: list[QuadraticCost], sampling: list[LinearGaussianPolicy], dyns: list[Dynamics], sampled: np.ndarray,
+    noise: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """predicted [M, N, T] (predicted_costs_batched of the controllers that drew the samples, through each
+    condition's mean dynamics from its x0mu, with each sample's noise [M, N, T, dU]) and residual [M, N, T] =
+    sampled − predicted, of M conditions: what PILQR's PI2 step and its res_percent rule both use."""
+    chol = np.stack([np.asarray(p.chol, dtype=np.float64) for p in sampling])
+    _, predicted = predicted_costs_batched(
+        _stack(sampling, "K"), _stack(sampling, "k"), chol, _stack(dyns, "Fm"), _stack(dyns, "fv"),
+        _stack(dyns, "x0mu"), np.asarray(noise, dtype=np.float64), _stack(costs, "Cm"), _stack(costs, "cv"),
+        _stack(costs, "cc"))
+    return predicted, residual_costs(sampled, predicted)
+
+
 def residual_costs(sampled: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """What the model misses: sampled [..., N, T] − predicted [..., N, T] (the cost PI2 then optimises)."""
     return np.asarray(sampled, dtype=np.float64) - np.asarray(predicted, dtype=np.float64)
@@ -626,11 +641,7 @@ def pi2_after_lqr(
             raise ConditionError(m, "the sampled costs or the exploration noise contain NaN or Inf")
 
     # 2. The residual, with the sampling controller.
-    chol0 = np.stack([np.asarray(p.chol, dtype=np.float64) for p in sampling])
-    _, predicted = predicted_costs_batched(
-        K0, _stack(sampling, "k"), chol0, _stack(dyns, "Fm"), _stack(dyns, "fv"), _stack(dyns, "x0mu"),
-        noise, _stack(costs, "Cm"), _stack(costs, "cv"), _stack(costs, "cc"))
-    residual = residual_costs(sampled, predicted)
+    predicted, residual = sampling_residual(costs, sampling, dyns, sampled, noise)
     ratio = np.stack([res_percent_ratios(residual[m], sampled[m]) for m in range(M)])
 
     # 3. PI2 on the samples under the LQR step's controller: η from the full cost, weights from the residual.

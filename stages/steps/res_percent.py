@@ -25,7 +25,7 @@ def res_percent(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """New per-step multipliers from the residual's share of the cost to go (pilqr.step_rule)."""
-    from gps_core.traj_opt.pilqr import predicted_costs_batched, res_percent_rule, residual_costs
+    from gps_core.traj_opt.pilqr import res_percent_rule, sampling_residual
     from stages.artifacts.checks import known_from, load_samples, load_step_mult
     from stages.artifacts.controllers import load_controllers
     from stages.artifacts.models import costs_from_datasets, load_dynamics
@@ -38,11 +38,7 @@ def res_percent(
     noise = sampled_noise(str(samples), sdata, {**known, "N": (sizes["N"], f"samples of {samples}")})
     costs, dyns, pols = costs_from_datasets(sdata, str(samples)), load_dynamics(dynamics, known), load_controllers(controllers, known)
     prev = np.broadcast_to(load_step_mult(prev_step, known), (sizes["M"], sizes["T"]))
-    stack = lambda objs, f: np.stack([np.asarray(getattr(o, f)) for o in objs])  # noqa: E731
-    _, predicted = predicted_costs_batched(
-        stack(pols, "K"), stack(pols, "k"), stack(pols, "chol"), stack(dyns, "Fm"), stack(dyns, "fv"),
-        stack(dyns, "x0mu"), noise, stack(costs, "Cm"), stack(costs, "cv"), stack(costs, "cc"))
-    residual = residual_costs(sdata["cost"], predicted)
+    predicted, residual = sampling_residual(costs, pols, dyns, sdata["cost"], noise)
     rules = [res_percent_rule(residual[m], sdata["cost"][m], prev[m], cfg) for m in range(sizes["M"])]
     ratio = np.stack([r.ratio for r in rules])
     if cfg.step_rule == "const":  # the reference's const rule: the multipliers stay
