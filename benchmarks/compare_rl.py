@@ -1,4 +1,5 @@
-"""MDGPS against Stable-Baselines3's SAC and PPO, in Gymnasium's own environment, on the same episodes.
+"""GPS methods (MDGPS, MDGPS-PILQR, PIGPS, ...) against Stable-Baselines3's SAC and PPO, in Gymnasium's own
+environment, on the same episodes.
 
 Every method is scored the same way: its deterministic policy (the mean action for MDGPS, `predict(...,
 deterministic=True)` for SB3, both clipped to the action space) runs the task's gym_evaluation episodes in
@@ -16,10 +17,18 @@ interrupted comparison. An SB3 run saves a checkpoint (model, replay buffer, nor
 the curve so far) every `checkpoint_every` steps and continues from the last one: a resumed run is
 reproducible (the generators are seeded again from the seed and the step) but not the same run as an
 uninterrupted one. Raising `steps` in the settings continues finished runs from their last checkpoint.
-An MDGPS run is short and starts over. `report` prints the markdown table and draws one figure per task.
+A GPS run is short and starts over, unless its folder holds
+a finished run of the same params.yaml (run.json), which is then scored again without training.
+`report` prints the markdown table and draws one figure per task.
 
-Output: OUT/<task>/<method>_s<seed>/curve.json (env_steps, return_mean, return_std, train_seconds per
-evaluation), plus checkpoint/ (SB3) or the MDGPS run folder (params.yaml, data/).
+A task names its GPS methods in `gps_methods` (or one in `gps_method`): each item is a method of `gps sweep`
+(stages/sweep/queue.py METHODS: on_classic, mdgps_pilqr, pigps, ...), run with the task's settings file and
+that method's overrides, or a mapping {method, name, label, set} for a variant: `set` is more settings
+(dotted keys, e.g. agent.num_samples: 20), `name` its runs' folder prefix, `label` its name in the table
+and figure. on_classic's runs are named mdgps (labelled MDGPS), every other method's runs by the method.
+
+Output: OUT/<task>/<name>_s<seed>/curve.json (env_steps, return_mean, return_std, train_seconds per
+evaluation), plus checkpoint/ (SB3) or the GPS run folder (params.yaml, run.log, run.json, data/).
 """
 
 from __future__ import annotations
@@ -64,13 +73,33 @@ class SB3Settings:
     hyperparameters: dict[str, Any]
 
 
+# GPS runs: the default run name and label of a method of `gps sweep` (any other method: its own name)
+GPS_NAMES = {"on_classic": "mdgps"}
+GPS_LABELS = {"on_classic": "MDGPS", "mdgps_pilqr": "MDGPS-PILQR", "pigps": "PIGPS"}
+
+
+@dataclass(frozen=True)
+class GPSSettings:
+    """One GPS method on one task: the sweep method, more settings (dotted keys), its runs' name and label."""
+
+    name: str
+    method: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return ", ".join([self.method, *(f"{k}={v}" for k, v in self.overrides.items())])
+
+
 @dataclass(frozen=True)
 class TaskSettings:
-    """A task: the MDGPS settings file it runs, and the Gymnasium episodes every method is scored on."""
+    """A task: the GPS settings file it runs with each GPS method, and the Gymnasium episodes every method is
+    scored on."""
 
     name: str
     gps_config: Path
-    gps_method: str
+    gps: dict[str, GPSSettings]
     env_id: str
     episodes: int
     first_seed: int
@@ -132,11 +161,38 @@ def _constructor_arguments(name: str) -> set[str]:
     return set(inspect.signature(algorithm.__init__).parameters) - _OWNED
 
 
+def _gps_settings(item: Any, where: str) -> GPSSettings:
+    from stages.sweep.queue import METHODS
+
+    allowed = ", ".join(m for m in METHODS if m != "badmm")
+    doc = item if isinstance(item, dict) else {"method": item}
+    known = {"method", "name", "label", "set"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise SettingsError(f"{where}.{unknown[0]}: not a setting (expected {', '.join(sorted(known))})")
+    method = doc.get("method")
+    if method not in METHODS or method == "badmm":
+        raise SettingsError(f"{where}: expected one of {allowed}, got {method!r}")
+    overrides = doc.get("set") or {}
+    if not isinstance(overrides, dict) or any(not isinstance(k, str) for k in overrides):
+        raise SettingsError(f"{where}.set: expected a mapping of dotted settings to values")
+    for key in overrides:
+        if key in METHODS[method]:
+            raise SettingsError(f"{where}.set.{key}: set by the method {method}")
+    name = doc.get("name", GPS_NAMES.get(method, method))
+    if not isinstance(name, str) or not name.replace("_", "").isalnum():
+        raise SettingsError(f"{where}.name: expected a name of letters, digits and _, got {name!r}")
+    if name in SB3_ALGORITHMS:
+        raise SettingsError(f"{where}.name: {name!r} names an SB3 algorithm's runs")
+    label = doc.get("label", GPS_LABELS.get(method, method))
+    if not isinstance(label, str):
+        raise SettingsError(f"{where}.label: expected a string")
+    return GPSSettings(name, method, label, dict(overrides))
+
+
 def load_comparison(path: Path) -> Comparison:
     """The settings file as typed settings; SettingsError names the file and the field at fault."""
     import yaml
-
-    from stages.sweep.queue import METHODS
 
     try:
         doc = yaml.safe_load(path.read_text())
@@ -162,15 +218,25 @@ def load_comparison(path: Path) -> Comparison:
         gym = (yaml.safe_load(cfg.read_text()) or {}).get("gym_evaluation")
         if not isinstance(gym, dict):
             raise SettingsError(f"{where}.gps_config: {cfg} has no gym_evaluation section naming the environment")
-        method = t.get("gps_method")
-        if method not in METHODS or method == "badmm":
-            raise SettingsError(f"{where}.gps_method: expected one of "
-                                f"{', '.join(m for m in METHODS if m != 'badmm')}, got {method!r}")
+        if ("gps_method" in t) == ("gps_methods" in t):
+            raise SettingsError(f"{where}: expected gps_methods (a list of GPS methods) or gps_method (one)")
+        if "gps_method" in t:
+            items = [(t["gps_method"], f"{where}.gps_method")]
+        else:
+            if not isinstance(t["gps_methods"], list) or not t["gps_methods"]:
+                raise SettingsError(f"{where}.gps_methods: expected a list of GPS methods")
+            items = [(item, f"{where}.gps_methods[{i}]") for i, item in enumerate(t["gps_methods"])]
+        gps = {}
+        for item, at in items:
+            g = _gps_settings(item, at)
+            if g.name in gps:
+                raise SettingsError(f"{at}: a second GPS method named {g.name!r} (give it a name)")
+            gps[g.name] = g
         sb3 = t.get("sb3") or {}
         if not isinstance(sb3, dict):
             raise SettingsError(f"{where}.sb3: expected a mapping of sac and ppo settings")
         algos = {a: _sb3_settings(a, d, f"{where}.sb3.{a}") for a, d in sb3.items()}
-        out[name] = TaskSettings(name, cfg.resolve(), method, str(gym["env"]), int(gym["episodes"]),
+        out[name] = TaskSettings(name, cfg.resolve(), gps, str(gym["env"]), int(gym["episodes"]),
                                  int(gym.get("seed", 0)), algos)
     return Comparison(list(seeds), out)
 
@@ -355,16 +421,21 @@ def restore_checkpoint(ckpt: Path) -> dict | None:
     return json.loads(state.read_text()) if state.exists() else None
 
 
-# -------------------------------------------------------------------------------------------- MDGPS runs
-def mdgps_params(task: TaskSettings, seed: int) -> dict:
-    """The task's settings file with the method's settings and the seed."""
+# --------------------------------------------------------------------------------------------- GPS runs
+def gps_params(task: TaskSettings, gps: GPSSettings, seed: int) -> dict:
+    """The task's settings file with the method's settings, the variant's and the seed."""
     from benchmarks.paper_comparison import make_params
+    from stages.sweep.queue import set_dotted
 
-    return make_params(task.name, task.gps_method, seed, [], config=task.gps_config)  # task.model made absolute there
+    params = make_params(task.name, gps.method, seed, [], config=task.gps_config)  # task.model made absolute there
+    for dotted, value in gps.overrides.items():
+        set_dotted(params, dotted, value)
+    return params
 
 
-def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
-    """Run MDGPS's stages in this process (benchmarks/paper_comparison.py's run_one), then score every iteration."""
+def train_gps(task: TaskSettings, gps: GPSSettings, seed: int, run_dir: Path) -> None:
+    """Run the GPS method's stages in this process (benchmarks/paper_comparison.py's run_one), then score every
+    iteration. A folder holding a finished run of the same params.yaml is scored without training again."""
     import h5py
     import yaml
 
@@ -373,13 +444,22 @@ def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
     from stages.steps.evaluate_gym import score_in_gym
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(mdgps_params(task, seed), sort_keys=False))
-    result = run_one(run_dir)  # runs in run_dir
+    params = yaml.safe_dump(gps_params(task, gps, seed), sort_keys=False)
+    done = run_dir / "run.json"
+    if ((run_dir / "params.yaml").exists() and (run_dir / "params.yaml").read_text() == params and done.exists()
+            and json.loads(done.read_text())["status"] == "finished"):
+        result = json.loads(done.read_text())
+        os.chdir(run_dir)
+        print(f"{task.name} {gps.name} s{seed}: a finished run of these settings, scored again", flush=True)
+    else:
+        done.unlink(missing_ok=True)
+        (run_dir / "params.yaml").write_text(params)
+        result = run_one(run_dir)  # runs in run_dir
     if result["status"] != "finished":
-        raise RuntimeError(f"MDGPS stage {result['stage']} failed: {result['error']}")
+        raise RuntimeError(f"{gps.label} stage {result['stage']} failed: {result['error']}")
     s = load_settings(Path("params.yaml"))
-    header = {"method": "mdgps", "task": task.name, "env": task.env_id, "seed": seed, "episodes": task.episodes,
-              "first_seed": task.first_seed, "steps_target": None, "source": f"{task.gps_config.name}, {task.gps_method}",
+    header = {"method": gps.name, "task": task.name, "env": task.env_id, "seed": seed, "episodes": task.episodes,
+              "first_seed": task.first_seed, "steps_target": None, "source": f"{task.gps_config.name}, {gps.source}",
               "normalize": False, "hyperparameters": {}, "versions": versions()}
     curve = Curve(Path("curve.json"), header)
     rollouts_per_iteration = (len(s.task.train) + len(s.task.test)) * s.task.T  # gps evaluate: one per condition
@@ -392,7 +472,8 @@ def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
         if score.seeds != task.eval_seeds:
             raise RuntimeError(f"{task.gps_config}: gym_evaluation scored seeds {score.seeds[:3]}..., not the comparison's")
         curve.add(total, score.returns, result["stage_ended"][f"evaluate_{k:02d}"])  # its last stage
-        print(f"{task.name} mdgps s{seed}: iteration {k + 1}, {total} steps, return {score.returns.mean():.3f}", flush=True)
+        print(f"{task.name} {gps.name} s{seed}: iteration {k + 1}, {total} steps, return {score.returns.mean():.3f}",
+              flush=True)
     curve.doc["steps_target"] = total
     curve.write(finished=True)
 
@@ -401,7 +482,7 @@ def train_mdgps(task: TaskSettings, seed: int, run_dir: Path) -> None:
 @dataclass(frozen=True)
 class Job:
     task: str
-    method: str  # mdgps, sac or ppo
+    method: str  # a GPS method's name (mdgps, mdgps_pilqr, ...), sac or ppo
     seed: int
 
     def folder(self, out: Path) -> Path:
@@ -409,11 +490,13 @@ class Job:
 
 
 def jobs(cmp: Comparison) -> list[Job]:
-    """Every run of the comparison, task by task in the file's order; within a task MDGPS first (short, and
-    the level the table measures the others against), then SAC and PPO."""
-    order = {"mdgps": 0, "sac": 1, "ppo": 2}
-    out = [Job(t.name, m, s) for t in cmp.tasks.values() for m in [*t.sb3, "mdgps"] for s in cmp.seeds]
-    return sorted(out, key=lambda j: (list(cmp.tasks).index(j.task), order[j.method], j.seed))
+    """Every run of the comparison, task by task in the file's order; within a task the GPS methods first
+    (short; MDGPS is the level the table measures the others against) in the file's order, then SAC and PPO."""
+    out = []
+    for t in cmp.tasks.values():
+        order = [*t.gps, *(a for a in SB3_ALGORITHMS if a in t.sb3)]
+        out += sorted((Job(t.name, m, s) for m in order for s in cmp.seeds), key=lambda j: (order.index(j.method), j.seed))
+    return out
 
 
 def finished(job: Job, cmp: Comparison, out: Path) -> bool:
@@ -421,17 +504,20 @@ def finished(job: Job, cmp: Comparison, out: Path) -> bool:
     if not path.exists():
         return False
     doc = json.loads(path.read_text())
-    if job.method == "mdgps":
+    if job.method in cmp.tasks[job.task].gps:
         return doc["finished"]
     return doc["finished"] and doc["env_steps"] and doc["env_steps"][-1] >= cmp.tasks[job.task].sb3[job.method].steps
 
 
 def run_job(cmp: Comparison, job: Job, out: Path) -> None:
     task = cmp.tasks[job.task]
-    if job.method == "mdgps":
-        train_mdgps(task, job.seed, job.folder(out))
-    else:
+    if job.method in task.gps:
+        train_gps(task, task.gps[job.method], job.seed, job.folder(out))
+    elif job.method in task.sb3:
         train_sb3(task, task.sb3[job.method], job.seed, job.folder(out))
+    else:
+        raise SettingsError(f"task {job.task} has no method {job.method!r} "
+                            f"(expected one of {', '.join([*task.gps, *task.sb3])})")
 
 
 def cmd_run(args) -> None:
@@ -493,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--settings", required=True)
     one.add_argument("--out", required=True)
     one.add_argument("--task", required=True)
-    one.add_argument("--method", required=True, choices=("mdgps", *SB3_ALGORITHMS))
+    one.add_argument("--method", required=True, help="a GPS method's run name (mdgps, mdgps_pilqr, ...), sac or ppo")
     one.add_argument("--seed", type=int, required=True)
     rep = sub.add_parser("report", help="the table (markdown, printed) and one figure per task")
     rep.add_argument("--settings", required=True)
@@ -511,6 +597,7 @@ def main(argv: list[str] | None = None) -> None:
 # ------------------------------------------------------------------------------------------------ report
 METHOD_LABELS = {"mdgps": "MDGPS", "sac": "SAC", "ppo": "PPO"}
 METHOD_COLOURS = {"mdgps": "tab:blue", "sac": "tab:orange", "ppo": "tab:green"}
+OTHER_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
 @dataclass
@@ -524,6 +611,12 @@ class MethodCurve:
     train_seconds: np.ndarray
     finished: bool
     source: str
+    label: str = ""  # the method's name in tables and figures (default METHOD_LABELS)
+    gps: bool = False  # a GPS method: a point per iteration
+
+    @property
+    def name(self) -> str:
+        return self.label or METHOD_LABELS.get(self.method, self.method)
 
     @property
     def mean(self) -> np.ndarray:
@@ -545,7 +638,7 @@ class MethodCurve:
 def load_curves(task: TaskSettings, cmp: Comparison, out: Path) -> dict[str, MethodCurve]:
     """Each method's curves over the seeds that have any; MDGPS's steps (which vary a little with redraws) averaged."""
     curves = {}
-    for method in ["mdgps", *task.sb3]:
+    for method in [*task.gps, *task.sb3]:
         docs = [json.loads(p.read_text()) for s in cmp.seeds
                 if (p := Job(task.name, method, s).folder(out) / "curve.json").exists()]
         docs = [d for d in docs if d["env_steps"]]
@@ -555,7 +648,8 @@ def load_curves(task: TaskSettings, cmp: Comparison, out: Path) -> dict[str, Met
         curves[method] = MethodCurve(
             method, [d["seed"] for d in docs], np.mean([d["env_steps"][:k] for d in docs], axis=0),
             np.array([d["return_mean"][:k] for d in docs]), np.array([d["train_seconds"][:k] for d in docs]),
-            all(d["finished"] for d in docs), docs[0]["source"])
+            all(d["finished"] for d in docs), docs[0]["source"],
+            task.gps[method].label if method in task.gps else "", method in task.gps)
     return curves
 
 
@@ -583,7 +677,7 @@ def task_table(task: TaskSettings, curves: dict[str, MethodCurve], threshold: fl
     head += ["best return (at steps)", "final return", "training wall-clock"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, c in curves.items():
-        row = [f"{METHOD_LABELS[method]} ({c.source})", str(len(c.seeds)),
+        row = [f"{c.name} ({c.source})", str(len(c.seeds)),
                _steps(c.env_steps[-1]) + ("" if c.finished else " (unfinished)")]
         if threshold is not None:
             row += reaching(c, threshold)
@@ -600,8 +694,8 @@ def levels_table(curves: dict[str, MethodCurve], levels: list[float]) -> list[st
     """Markdown lines: environment steps at which each method's mean over seeds first reaches each return level,
     and each model-free method's steps over MDGPS's (above 1: MDGPS needed fewer)."""
     others = [m for m in curves if m != "mdgps"]
-    head = ["return level", *(METHOD_LABELS[m] for m in curves),
-            *(f"{METHOD_LABELS[m]} / MDGPS" for m in others if "mdgps" in curves)]
+    head = ["return level", *(c.name for c in curves.values()),
+            *(f"{curves[m].name} / MDGPS" for m in others if "mdgps" in curves)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for level in levels:
         at = {m: (None if (i := c.first_reaching(level)) is None else c.env_steps[i]) for m, c in curves.items()}
@@ -629,12 +723,14 @@ def draw(task: TaskSettings, curves: dict[str, MethodCurve], threshold: float | 
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
+    others = iter(OTHER_COLOURS)
+    colours = {m: METHOD_COLOURS.get(m) or next(others, "black") for m in curves}
     for ax, xlabel in zip(axes, ("environment steps", "training wall-clock on this machine (s)")):
         for method, c in curves.items():
             x = c.env_steps if ax is axes[0] else c.train_seconds.mean(axis=0)
-            colour = METHOD_COLOURS[method]
-            ax.plot(x, c.mean, color=colour, marker="o" if method == "mdgps" else None, markersize=3,
-                    label=f"{METHOD_LABELS[method]} ({len(c.seeds)} seeds)")
+            colour = colours[method]
+            ax.plot(x, c.mean, color=colour, marker="o" if c.gps or method == "mdgps" else None, markersize=3,
+                    label=f"{c.name} ({len(c.seeds)} seeds)")
             ax.fill_between(x, c.mean - c.std, c.mean + c.std, color=colour, alpha=0.2, linewidth=0)
         if threshold is not None:
             ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"reward_threshold {threshold:g}")

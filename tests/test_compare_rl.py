@@ -221,3 +221,113 @@ def test_levels_table_gives_each_methods_steps_and_their_ratio_to_mdgps():
     assert lines[0] == "| return level | MDGPS | SAC | SAC / MDGPS |"
     assert lines[2] == "| -6 | 200 | 100 | 0.50 |"  # SAC needs half of MDGPS's steps
     assert lines[3] == "| -4 | 300 | > 150 | > 0.5 |"  # not reached by SAC's 150 steps: a bound
+
+
+# ------------------------------------------------------------------------- several GPS methods per task
+def gps_settings(tmp: Path, gps_methods, seeds=(0,)) -> Path:
+    doc = {"seeds": list(seeds), "tasks": {"reacher": {"gps_config": str(toy_gps_config(tmp)), "gps_methods": gps_methods}}}
+    path = tmp / "compare.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_a_task_names_several_gps_methods_each_with_its_runs_name_and_label(tmp_path):
+    variant = {"method": "pigps", "name": "pigps_n3", "label": "PIGPS, 3 samples", "set": {"agent.num_samples": 3}}
+    cmp = compare_rl.load_comparison(gps_settings(tmp_path, ["on_classic", "mdgps_pilqr", "pigps", variant], seeds=(0, 1)))
+    gps = cmp.tasks["reacher"].gps
+    assert list(gps) == ["mdgps", "mdgps_pilqr", "pigps", "pigps_n3"]  # on_classic's runs keep their name
+    assert [g.label for g in gps.values()] == ["MDGPS", "MDGPS-PILQR", "PIGPS", "PIGPS, 3 samples"]
+    assert gps["pigps_n3"].source == "pigps, agent.num_samples=3"
+    # the file's order, seeds within each method
+    assert [(j.method, j.seed) for j in compare_rl.jobs(cmp)] == [
+        (m, s) for m in ("mdgps", "mdgps_pilqr", "pigps", "pigps_n3") for s in (0, 1)]
+    params = compare_rl.gps_params(cmp.tasks["reacher"], gps["pigps_n3"], 1)
+    assert params["algorithm"]["name"] == "pigps" and params["algorithm"]["sample_on_policy"] is True
+    assert params["agent"]["num_samples"] == 3 and params["seed"] == 1
+    base = compare_rl.gps_params(cmp.tasks["reacher"], gps["mdgps"], 1)
+    assert base["algorithm"]["name"] == "mdgps" and base["agent"]["num_samples"] == 5
+    # one gps_method, as the settings of issue 18 have it, is a list of one
+    single = yaml.safe_load((tmp_path / "compare.yaml").read_text())
+    single["tasks"]["reacher"] = {"gps_config": single["tasks"]["reacher"]["gps_config"], "gps_method": "on_classic"}
+    (tmp_path / "single.yaml").write_text(yaml.safe_dump(single))
+    assert list(compare_rl.load_comparison(tmp_path / "single.yaml").tasks["reacher"].gps) == ["mdgps"]
+
+
+BAD_GPS = [
+    (["on_classic", "on_classic"], "tasks.reacher.gps_methods[1]: a second GPS method named 'mdgps' (give it a name)"),
+    (["on_classic", "badmm"], "tasks.reacher.gps_methods[1]: expected one of"),
+    ([{"method": "pigps", "set": {"algorithm.name": "pi2"}}], "tasks.reacher.gps_methods[0].set.algorithm.name: set by the method pigps"),
+    ([{"method": "pigps", "name": "sac"}], "tasks.reacher.gps_methods[0].name: 'sac' names an SB3 algorithm's runs"),
+    ([{"method": "pigps", "samples": 3}], "tasks.reacher.gps_methods[0].samples: not a setting"),
+    ([], "tasks.reacher.gps_methods: expected a list of GPS methods"),
+]
+
+
+@pytest.mark.parametrize("methods, message", BAD_GPS, ids=[m.split(":")[1].strip() for _, m in BAD_GPS])
+def test_bad_gps_methods_one_line_naming_the_item(tmp_path, methods, message):
+    settings = gps_settings(tmp_path, methods)
+    with pytest.raises(compare_rl.SettingsError) as exc:
+        compare_rl.load_comparison(settings)
+    assert str(exc.value).startswith(f"{settings}: {message}")
+    doc = yaml.safe_load(settings.read_text())
+    doc["tasks"]["reacher"]["gps_method"] = "on_classic"  # both: which one?
+    settings.write_text(yaml.safe_dump(doc))
+    with pytest.raises(compare_rl.SettingsError, match="expected gps_methods .* or gps_method"):
+        compare_rl.load_comparison(settings)
+
+
+def fake_curve(out: Path, name: str, seed: int, steps: list[int], returns: list[float], source: str) -> None:
+    folder = out / "reacher" / f"{name}_s{seed}"
+    folder.mkdir(parents=True)
+    doc = {"method": name, "seed": seed, "source": source, "env_steps": steps, "return_mean": returns,
+           "return_std": [0.0] * len(steps), "train_seconds": [float(s) / 100 for s in steps], "finished": True}
+    (folder / "curve.json").write_text(json.dumps(doc))
+
+
+def test_the_report_shows_each_gps_method_as_its_own_row_and_line(tmp_path, capsys):
+    variant = {"method": "mdgps_pilqr", "name": "mdgps_pilqr_n20", "label": "MDGPS-PILQR, 20 samples (variant)",
+               "set": {"agent.num_samples": 20}}
+    settings, out = gps_settings(tmp_path, ["on_classic", "mdgps_pilqr", "pigps", variant], seeds=(0, 1)), tmp_path / "out"
+    for s in (0, 1):
+        fake_curve(out, "mdgps", s, [100, 200, 300], [-9, -6, -5], "reacher_toy.yaml, on_classic")
+        fake_curve(out, "mdgps_pilqr", s, [100, 200, 300], [-9, -7, -4], "reacher_toy.yaml, mdgps_pilqr")
+        fake_curve(out, "mdgps_pilqr_n20", s, [400, 800], [-8, -5], "reacher_toy.yaml, mdgps_pilqr, agent.num_samples=20")
+    # no pigps runs yet: left out of the table
+    compare_rl.main(["report", "--settings", str(settings), "--out", str(out), "--figures", str(tmp_path / "fig"),
+                     "--levels=-6,-4.5"])
+    text = capsys.readouterr().out
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith(("| method", "| return level", "| -"))]
+    assert [row.split(" (")[0] for row in rows] == ["| MDGPS", "| MDGPS-PILQR", "| MDGPS-PILQR, 20 samples"]
+    assert "| MDGPS-PILQR, 20 samples (variant) (reacher_toy.yaml, mdgps_pilqr, agent.num_samples=20) | 2 | 800 |" in text
+    assert "| return level | MDGPS | MDGPS-PILQR | MDGPS-PILQR, 20 samples (variant) | MDGPS-PILQR / MDGPS |" in text
+    assert "| -4.5 | > 300 | 300 | > 800 | — | — |" in text  # MDGPS never reaches -4.5: no ratio
+    assert "| -6 | 200 | 300 | 800 | 1.50 | 4.00 |" in text
+    png = tmp_path / "fig" / "compare_rl_reacher.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gps_methods_run_and_count_their_steps_at_toy_scale(tmp_path):
+    """PIGPS and a variant with fewer samples, trained for real: the same step count as MDGPS's (every draw plus
+    the evaluation rollouts), the variant's with its own samples; a finished run of the same settings is scored
+    again without training."""
+    variant = {"method": "pigps", "name": "pigps_n3", "label": "PIGPS, 3 samples", "set": {"agent.num_samples": 3}}
+    settings, out = gps_settings(tmp_path, ["pigps", variant]), tmp_path / "out"
+    r = script("run", "--settings", settings, "--out", out, "-j", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("2 runs to do") and r.stdout.count("finished in") == 2
+    pigps, n3 = curve(out, "pigps", 0), curve(out, "pigps_n3", 0)
+    # 2 iterations x (4 conditions x 5 or 3 samples + 6 evaluation rollouts) x T = 50, no redraws here
+    assert pigps["env_steps"] == [1300, 2600] and n3["env_steps"] == [900, 1800]
+    assert pigps["method"] == "pigps" and pigps["source"] == "reacher_toy.yaml, pigps" and pigps["finished"]
+    assert n3["source"] == "reacher_toy.yaml, pigps, agent.num_samples=3"
+    run = out / "reacher" / "pigps_s0"
+    assert yaml.safe_load((run / "params.yaml").read_text())["algorithm"]["name"] == "pigps"
+    assert "gps pi2: done in" in (run / "run.log").read_text()
+    (run / "curve.json").unlink()
+    log_before = (run / "run.log").read_text()
+    r = script("run", "--settings", settings, "--out", out, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("1 runs to do")
+    assert "a finished run of these settings, scored again" in (run / "train.log").read_text()
+    assert (run / "run.log").read_text() == log_before  # not trained again
+    assert curve(out, "pigps", 0)["return_mean"] == pigps["return_mean"]
