@@ -215,6 +215,28 @@ def test_local_optimizers_evaluate_the_mean_of_their_controllers(runs, algorithm
     assert not any(name.startswith("test/") for name in ev)
 
 
+def test_report_names_each_method(runs, tmp_path):
+    """The summary stage runs on each algorithm's files; `gps report` labels them by their literature names."""
+    from stages.main import registered_app
+    from stages.pipeline.generate import write_pipeline
+
+    app, cwd = registered_app(), os.getcwd()
+    for algorithm in ALGORITHMS:
+        ws = runs[algorithm]
+        params = yaml.safe_load((ws / "params.yaml").read_text())
+        write_pipeline(params, ws / "params.yaml", ws)
+        os.chdir(ws)
+        try:
+            result = CliRunner().invoke(app, shlex.split(build_pipeline(3, "params.yaml", algorithm)["stages"]["summary"]["cmd"])[1:])
+        finally:
+            os.chdir(cwd)
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["report", *(str(runs[a]) for a in ALGORITHMS), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if line.startswith("| task | itr |"))
+    assert header == "| task | itr | On/MDGPS-PILQR | On/PIGPS | LQR-FLM | PI2 | PILQR |"
+
+
 def test_pigps_fits_no_dynamics_and_trains_the_policy_on_pi2s_controllers(runs):
     ws = runs["pigps"]
     assert not list((ws / "data").rglob("dynamics.h5")) and not list((ws / "data").rglob("policy_lin.h5"))

@@ -26,7 +26,12 @@ from stages.settings.schema import algorithm_name
 from stages.sweep.queue import comparable_value, name_keys, yaml_text
 
 TASK_TITLES = {"obstacle": "Obstacle", "peg": "Peg", "peg_blind": "Blind Peg", "reacher": "Reacher", "pusher": "Pusher"}
-METHOD_ORDER = ["BADMM", "Off/Classic", "Off/Global", "On/Classic", "On/Global"]
+# The reference's other optimizers by their names in the literature (algorithm.name -> label).
+OTHER_METHODS = {"traj_opt": "LQR-FLM", "pi2": "PI2", "pilqr": "PILQR", "mdgps_pilqr": "MDGPS-PILQR", "pigps": "PIGPS"}
+WITH_POLICY = ("mdgps_pilqr", "pigps")  # their label says how they sample, as MDGPS's does
+METHOD_ORDER = ["BADMM", "Off/Classic", "Off/Global", "On/Classic", "On/Global",
+                *(f"{way}/{OTHER_METHODS[a]}" for a in WITH_POLICY for way in ("Off", "On")),
+                *(label for a, label in OTHER_METHODS.items() if a not in WITH_POLICY)]
 
 # Table 1 of the paper: success rate (%), mean and std over 10 seeds, by task, method and iteration.
 PAPER_TABLE1: dict[str, dict[str, dict[int, tuple[float, float]]]] = {
@@ -77,9 +82,10 @@ def method_name(algorithm: str, sample_on_policy: bool, step_rule: str) -> str:
     """The paper's label of a run's method, from its algorithm settings (algorithm.name, .sample_on_policy, .step_rule)."""
     if algorithm == "badmm":
         return "BADMM"
-    if algorithm != "mdgps":  # the reference's other optimizers: their own names (no step_rule of MDGPS's)
-        names = {"traj_opt": "LQR-FLM", "pi2": "PI2", "pilqr": "PILQR", "mdgps_pilqr": "MDGPS-PILQR", "pigps": "PIGPS"}
-        return f"{'On' if sample_on_policy else 'Off'}/{names[algorithm]}" if algorithm in ("mdgps_pilqr", "pigps") else names[algorithm]
+    if algorithm in WITH_POLICY:  # the reference's other optimizers: their own names, no MDGPS step rule
+        return f"{'On' if sample_on_policy else 'Off'}/{OTHER_METHODS[algorithm]}"
+    if algorithm in OTHER_METHODS:
+        return OTHER_METHODS[algorithm]
     return f"{'On' if sample_on_policy else 'Off'}/{step_rule.capitalize()}"
 
 
