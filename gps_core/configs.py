@@ -133,17 +133,45 @@ class PriorConfig:
     strength: float = 1.0
 
 
-# --------------------------------------------------------------------------- initial controllers (gps_core.traj_opt.init_lqr)
+# --------------------------------------------------------------------------- initial controllers (gps_core.traj_opt.init_lqr, gps_core.traj_opt.ilqr)
+
+
+INIT_SOURCES = ("guess", "model")  # gps_core.traj_opt.init_lqr (guessed double integrator) | ilqr (iLQR on the model)
 
 
 @dataclass(frozen=True)
 class InitLQRConfig:
+    """The initial controllers: `source` "guess", LQR holding the initial configuration on a guessed double
+    integrator of the actuated joints (the other fields; gps_core.traj_opt.init_lqr); "model", iLQR with the
+    task's cost on the simulator's linearisation (gps_core.traj_opt.ilqr, ILQRConfig), whose controllers
+    explore with covariance init_var · I."""
+
+    source: str = "guess"
     init_var: float = 1.0
     stiffness: float = 1.0
     stiffness_vel: float = 0.5
     final_weight: float = 1.0
     init_gains: tuple[float, ...] | None = None  # default ones
     dt: float = 0.05
+
+
+@dataclass(frozen=True)
+class ILQRConfig:
+    """iLQR on the model (gps_core.traj_opt.ilqr, its module docstring), for init_lqr.source "model".
+
+    iterations: backward passes per condition at most. tolerance: relative decrease of the true
+    cost below which it has converged. line_search: step sizes tried, α = 1, ½, … (this many).
+    mu_min, mu_max, mu_factor: Levenberg–Marquardt μ on Q_uu (0, mu_min, …; give up past mu_max;
+    Δ0 = mu_factor). eps: the linearisation's difference step (linearise_trajectory).
+    """
+
+    iterations: int = 50
+    tolerance: float = 1e-4
+    line_search: int = 10
+    mu_min: float = 1e-6
+    mu_max: float = 1e10
+    mu_factor: float = 2.0
+    eps: float = 1e-6
 
 
 # --------------------------------------------------------------------------- the S-step (gps_core.policy.s_step)

@@ -50,34 +50,16 @@ hold the simulation's state raises the linearisation's LinearisationError, uncha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from gps_core.configs import ILQRConfig
 from gps_core.costs import expand_cost
 from gps_core.sim.env import Simulator
 from gps_core.sim.linearise import linearise_trajectory
 from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 from gps_core.traj_opt.lqr import backward_pass_batched, forward_pass_batched, predicted_cost
-
-
-@dataclass(frozen=True)
-class ILQRConfig:
-    """iLQR's settings (module docstring).
-
-    iterations: backward passes per condition at most. tolerance: relative decrease of the true
-    cost below which it has converged. line_search: step sizes tried, α = 1, ½, … (this many).
-    mu_min, mu_max, mu_factor: Levenberg–Marquardt μ on Q_uu (0, mu_min, …; give up past mu_max;
-    Δ0 = mu_factor). eps: the linearisation's difference step (linearise_trajectory).
-    """
-
-    iterations: int = 50
-    tolerance: float = 1e-4
-    line_search: int = 10
-    mu_min: float = 1e-6
-    mu_max: float = 1e10
-    mu_factor: float = 2.0
-    eps: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -208,6 +190,7 @@ def _increase(mu: float, delta: float, cfg: ILQRConfig) -> tuple[float, float]:
 def model_initial_controllers(
     sim: Simulator, cost: Any, T: int, init_var: float, cfg: ILQRConfig = ILQRConfig(),
     initial: Sequence[LinearGaussianPolicy] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[LinearGaussianPolicy], list[np.ndarray]]:
     """Initial controllers of every condition of `sim` by iLQR on the model (module docstring).
 
@@ -215,7 +198,8 @@ def model_initial_controllers(
     exploration variance (covariance init_var · I [T, dU, dU], as init_lqr.init_var); initial: controllers
     to start from, one per condition (None: u = 0). Returns the controllers (K [T, dU, dX], k [T, dU]) and,
     per condition, the true cost of the initial rollout and of each accepted iteration ([n+1], strictly
-    decreasing; the last is the returned controller's noise-free cost).
+    decreasing; the last is the returned controller's noise-free cost). progress(done, M), if given, after
+    each condition.
     Raises gps_core.sim.linearise.LinearisationError where the task's state does not hold the simulation's.
     """
     if not init_var > 0:
@@ -226,4 +210,6 @@ def model_initial_controllers(
         res = ilqr(sim, m, cost, T, cfg, None if initial is None else initial[m])
         pols.append(LinearGaussianPolicy(K=res.K, k=res.k, covar=covar.copy()))
         costs.append(res.costs)
+        if progress is not None:
+            progress(m + 1, sim.M)
     return pols, costs

@@ -95,10 +95,11 @@ def _stage(cmd: list[str], deps: list[str], step: str, outs: list[str], params_f
 
 
 def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm: str = "mdgps",
-                   gym: bool = False) -> dict[str, Any]:
+                   gym: bool = False, init_model: bool = False) -> dict[str, Any]:
     """Every stage of `iterations` MDGPS (or BADMM) iterations, in execution order, as one flat dvc.yaml document.
 
     gym: also score the last policy in Gymnasium (the evaluate_gym stage; params has gym_evaluation).
+    init_model: the initial controllers come from iLQR on the model (init_lqr.source: model): init reads the cost.
     `split_pipeline` cuts it into the files `gps pipeline` writes. The arguments are schema-checked settings
     (stages.settings.schema: iterations >= 1, algorithm one of ALGORITHMS).
     """
@@ -110,7 +111,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             "init": _stage(
                 ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s,
                  "--duals-out", init_d],
-                [], "init_badmm", [init_c, init_p, init_s, init_d], params_file,
+                [], "init_badmm_model" if init_model else "init_badmm", [init_c, init_p, init_s, init_d], params_file,
             )
         }
         metrics_files = [_badmm_iteration(stages, k, p, params_file) for k in range(iterations)]
@@ -118,7 +119,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
     stages = {
         "init": _stage(
             ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s],
-            [], "init", [init_c, init_p, init_s], params_file,
+            [], "init_model" if init_model else "init", [init_c, init_p, init_s], params_file,
         )
     }
     if algorithm in LOCAL_ONLY:
@@ -421,7 +422,8 @@ def project_model_file(params: dict[str, Any], root: Path | None = None, params_
 def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml", root: Path | None = None) -> dict[str, str]:
     """{path relative to the project root: text} of every dvc.yaml of the run, for params that passed the schema
     (stages.settings.params.load_params)."""
-    doc = build_pipeline(params["iterations"], params_file, algorithm_name(params), gym="gym_evaluation" in params)
+    doc = build_pipeline(params["iterations"], params_file, algorithm_name(params), gym="gym_evaluation" in params,
+                         init_model=params["init_lqr"].get("source", "guess") == "model")
     model = project_model_file(params, root, params_file)
     if model is not None:  # the stages that simulate depend on the model file too
         for stage in doc["stages"].values():

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # same keys, so changing a param re-runs only the stages that read it.
 STAGE_PARAMS: dict[str, list[str]] = {
     "init": ["task", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed"],
+    # init_lqr.source: model: iLQR on the model with the task's cost (init_stage)
+    "init_model": ["task", "init_lqr", "cost", "policy.hidden", "policy.init_var", "policy.init_seed"],
     "sample": ["seed", "task", "agent", "algorithm.sample_on_policy", "cost"],
     "fit_dynamics": ["seed", "dynamics", "algorithm.initial_state_var"],
     "fit_policy": ["seed", "policy_prior"],
@@ -35,6 +37,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "evaluate_gym": ["task", "agent.num_samples", "iterations", "policy.hidden", "gym_evaluation"],
     # BADMM (algorithm.name: badmm): init also writes the duals; its own step rule; the whole inner loop
     "init_badmm": ["task", "init_lqr", "policy.hidden", "policy.init_var", "policy.init_seed", "badmm.init_pol_wt"],
+    "init_badmm_model": ["task", "init_lqr", "cost", "policy.hidden", "policy.init_var", "policy.init_seed",
+                         "badmm.init_pol_wt"],
     "badmm_adjust_step": ["algorithm.min_step_mult", "algorithm.max_step_mult"],
     # The reference's other local optimizers (LOCAL_ONLY, USES_PI2, USES_PILQR of stages.settings.schema).
     "res_percent": ["pilqr.step_rule", "pilqr.step_rule_res_ratio_dec", "pilqr.step_rule_res_ratio_inc",
@@ -49,6 +53,15 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "policy.iterations", "policy.batch_size", "policy.lr", "policy.weight_decay", "badmm",
     ],
 }
+
+
+def init_stage(params: dict[str, Any]) -> str:
+    """The init stage's key of STAGE_PARAMS for checked params: BADMM's writes the duals too, and initial
+    controllers from the model (init_lqr.source: model) read the cost."""
+    from stages.settings.schema import algorithm_name
+
+    model = params["init_lqr"].get("source", "guess") == "model"
+    return ("init_badmm" if algorithm_name(params) == "badmm" else "init") + ("_model" if model else "")
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gps_core.configs import (
-    DERIVATIVE_FREE_TERMS, ON_FAULT, PENALTIES, PILQR_STEP_RULES, RAMPS, REGULARIZATION_SHAPES, STEP_RULES,
+    DERIVATIVE_FREE_TERMS, INIT_SOURCES, ON_FAULT, PENALTIES, PILQR_STEP_RULES, RAMPS, REGULARIZATION_SHAPES, STEP_RULES,
     TARGET_SHIFTS, WEIGHT_RULES,
 )
 from gps_core.sim.task import STEPPING
@@ -238,6 +238,7 @@ SCHEMA: dict[str, Any] = {
         "max_draws": Field("int", lo=1),
     },
     "init_lqr": {
+        "source": Field("choice", choices=INIT_SOURCES, optional=True),  # absent: guess
         "init_var": Field("float", gt=0),
         "stiffness": Field("float", gt=0),
         "stiffness_vel": Field("float", gt=0),

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from stages.app import ParamsOpt, stage_command
+from stages.progress import progress_bar
 from stages.artifacts.io import write_artifact
 from stages.settings.load import load_settings
 
@@ -21,19 +22,25 @@ def init(
     step_out: Path = typer.Option(..., "--step-out"),
     duals_out: Optional[Path] = typer.Option(None, "--duals-out", help="BADMM: also write the dual variables (λ = 0, ν = badmm.init_pol_wt)"),
 ) -> None:
-    """Initial local controllers (init_lqr), untrained network, step multipliers of 1 (and BADMM's duals)."""
-    from gps_core.traj_opt.init_lqr import init_lqr
+    """Initial local controllers (init_lqr: guessed, or iLQR on the model), untrained network, step multipliers
+    of 1 (and BADMM's duals)."""
     from gps_core.sim.env import Simulator
     from gps_core.policy.policy_net import init_policy
     from stages.artifacts.controllers import controllers_to_datasets
     from stages.artifacts.policy import policy_to_datasets
+    from stages.settings.params import init_stage
 
     s = load_settings(params_path)
-    sp = s.recorded("init" if duals_out is None else "init_badmm")
+    sp = s.recorded(init_stage(s.params))
     sim = Simulator(s.task)
     T = s.task.T
     x0 = sim.initial_states()
-    pols = [init_lqr(x0[m], sim.dU, T, s.init_lqr) for m in range(sim.M)]
+    if s.init_lqr.source == "model":
+        pols = _model_controllers(s, sim)
+    else:
+        from gps_core.traj_opt.init_lqr import init_lqr
+
+        pols = [init_lqr(x0[m], sim.dU, T, s.init_lqr) for m in range(sim.M)]
     data = controllers_to_datasets(pols)
     data["eta"] = np.ones(sim.M)
     data["x0"] = x0
@@ -48,3 +55,22 @@ def init(
 
         duals = init_duals(sim.M, T, sim.dU, sim.dX, s.badmm.init_pol_wt)
         write_artifact(duals_out, "init", 0, sp, duals_to_datasets(duals))
+
+
+def _model_controllers(s, sim) -> list:
+    """iLQR on the model from each condition's initial state, with the task's cost (gps_core.traj_opt.ilqr)."""
+    from gps_core.costs import build_cost
+    from gps_core.sim.linearise import LinearisationError
+    from gps_core.traj_opt.ilqr import model_initial_controllers
+    from stages.app import log
+    from stages.errors import UserError
+
+    with progress_bar("init: iLQR on the model, conditions", sim.M) as progress:
+        try:
+            pols, costs = model_initial_controllers(sim, build_cost(s.cost_terms, s.task), s.task.T, s.init_lqr.init_var,
+                                                    progress=progress)
+        except LinearisationError as err:
+            raise UserError(f"init_lqr.source is model, but {err}") from None
+    log("init: iLQR noise-free cost per condition, first rollout (u = 0) -> controller: "
+        + ", ".join(f"{c[0]:.4g} -> {c[-1]:.4g}" for c in costs))
+    return pols
