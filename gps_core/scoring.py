@@ -1,4 +1,6 @@
-"""Scoring of the paper: final distance of one point to its target, success below thresholds.
+"""Scoring of the paper: final distance of one point to its target, success below thresholds; and the
+scores a task may add (evaluation.survival, evaluation.cost): how long a block stays within bounds, the
+summed cost of a rollout.
 
 For the peg tasks the point is the peg bottom (leg_bottom) at the last step and
 the target the hole's floor; a policy succeeds when the distance is below τ
@@ -33,3 +35,12 @@ def success_table(rates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """rates: [runs, ...] success rate of each run -> (mean, population std) over runs, in percent."""
     rates = 100.0 * np.asarray(rates, dtype=float)
     return rates.mean(axis=0), rates.std(axis=0)
+
+
+def survival_steps(X: np.ndarray, start: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """X [M, T, dX] -> [M] int: steps from t = 0 during which x[t, start:start+len(low)] lies within [low, high]
+    (every entry, bounds included), up to the first step outside; T where it never leaves (survived)."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    block = X[:, :, start:start + len(low)]
+    inside = np.all((block >= low) & (block <= high), axis=-1)  # [M, T]; NaN compares False: outside
+    return np.where(inside.all(axis=1), X.shape[1], np.argmin(inside, axis=1))

@@ -167,12 +167,18 @@ LAYOUTS: dict[str, dict[str, Dataset]] = {
                            "threshold", "bool"),
         "diverged_at": D("M", "the first step whose action or state was bad (−1: none); from there on `X` holds the "
                               "last good state and `U` is 0, so `final_distance` is that state's", "int64"),
+        "survival_steps": D("M", "`evaluation.survival` only: steps from t = 0 with its block within [low, high], up to "
+                                 "the first step outside (T: survived; a diverged rollout at most up to its first bad "
+                                 "step)", "int64"),
+        "cost": D("M", "`evaluation.cost` only: the task's cost of the rollout, summed over t"),
         "test/X": D("Mt,T,dX", "the same for the task's held-out conditions (`task.test_conditions`, Mt of them), "
                                "rolled out in a batch of their own; only when the task has any"),
         "test/U": D("Mt,T,dU", "held-out actions"),
         "test/final_distance": D("Mt", "held-out final distances"),
         "test/diverged": D("Mt", "held-out divergence", "bool"),
         "test/diverged_at": D("Mt", "held-out first bad steps", "int64"),
+        "test/survival_steps": D("Mt", "held-out survival steps", "int64"),
+        "test/cost": D("Mt", "held-out summed costs"),
     },
     "duals": {
         "lam_k": D("M,T,dU", "λ_k,t of the dual λ_t(x) = λ_K,t x + λ_k,t (0 at init)"),

@@ -79,6 +79,16 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class SurvivalSettings:
+    """A block of the state that must stay within [low, high] (gps_core.scoring.survival_steps): x[:, start:start+len(low)]."""
+
+    block: str
+    start: int
+    low: np.ndarray
+    high: np.ndarray
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     """The scored point (a point or point-like block of the state, x[T-1, point_start:point_start+len(target)]),
     its target and the success thresholds."""
@@ -87,6 +97,8 @@ class EvaluationSettings:
     point_start: int
     target: np.ndarray
     success_thresholds: tuple[float, ...]
+    survival: SurvivalSettings | None = None  # evaluation.survival, if the task scores it
+    cost: bool = False  # evaluation.cost: also the summed cost of the evaluation rollouts
 
 
 @dataclass(frozen=True)
@@ -190,6 +202,10 @@ class Settings:
             evaluation=EvaluationSettings(
                 point=ev["point"], point_start=task.point_slice(ev["point"])[0].start,
                 target=np.asarray(ev["target"], dtype=float), success_thresholds=evaluation["success_thresholds"],
+                survival=None if "survival" not in ev else SurvivalSettings(
+                    block=ev["survival"]["block"], start=task.x_slices[ev["survival"]["block"]].start,
+                    low=np.asarray(ev["survival"]["low"], dtype=float), high=np.asarray(ev["survival"]["high"], dtype=float)),
+                cost=bool(ev.get("cost", False)),
             ),
             cost_terms=params["cost"],
             traj_opt=TrajOptConfig(**section("traj_opt")),

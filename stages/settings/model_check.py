@@ -13,7 +13,7 @@ This module checks, once per load (stages.settings.params.load_params, after the
 - a state or binary_region term's block in the state, an fk term's a point-like block of the state
   (position or relative, whose Jacobian FKCost reads), and each target as long as its block;
 - evaluation.point: a point-like block of the state or a point inside a state position block,
-  and evaluation.target as long;
+  and evaluation.target as long; evaluation.survival's block in the state, low and high as long, low <= high;
 - PI2 without covariance damping (pi2.covariance_damping <= 0, read by the algorithms that use PI2):
   more samples per condition than the model has actions, or its covariance is singular.
 
@@ -166,6 +166,17 @@ def check_evaluation(source: str, section: dict[str, Any], task: "Task") -> slic
     if len(target) > n:  # fewer: the first entries (x, y of a point in a plane)
         raise UserError(f"{source}: evaluation.target is {target!r} ({_entries(target)}), expected at most {n} entries, "
                         f"the first entries of {what}")
+    survival = section.get("survival")
+    if survival is not None:
+        if survival["block"] not in task.state:
+            _fail(source, "evaluation.survival.block", survival["block"], f"a block of task.state ({_state_blocks(task, False)})")
+        size = task.x_slices[survival["block"]].stop - task.x_slices[survival["block"]].start
+        for key in ("low", "high"):
+            _check_length(source, f"evaluation.survival.{key}", survival[key], size,
+                          f"one per entry of block {survival['block']!r}")
+        for i, (lo, hi) in enumerate(zip(survival["low"], survival["high"])):
+            if lo > hi:
+                raise UserError(f"{source}: evaluation.survival.low[{i}] ({lo}) is above evaluation.survival.high[{i}] ({hi})")
     return where
 
 

@@ -200,7 +200,7 @@ RENDER = {
 }
 
 # Sections that may be left out (params files written before they existed); see validate_params.
-OPTIONAL_SECTIONS = ("badmm", "pi2", "pilqr", "gym_evaluation", "render", "render.camera", "render.markers")
+OPTIONAL_SECTIONS = ("evaluation.survival", "badmm", "pi2", "pilqr", "gym_evaluation", "render", "render.camera", "render.markers")
 
 SCHEMA: dict[str, Any] = {
     "seed": Field("int", lo=0),
@@ -274,6 +274,10 @@ SCHEMA: dict[str, Any] = {
         "point": Field("str"),
         "target": Field("floats"),
         "success_thresholds": Field("floats", gt=0),
+        # Optional scores (gps_core.scoring): a block of the state that must stay within [low, high] at every
+        # step (balancing tasks), and the task's summed cost of the evaluation rollouts.
+        "survival": {"block": Field("str"), "low": Field("floats"), "high": Field("floats")},
+        "cost": Field("bool", optional=True),
     },
     "badmm": BADMM,
     "pi2": PI2,

@@ -35,7 +35,7 @@ def evaluate(
     """One noise-free rollout of the global policy (or of each local controller) per condition; distance to the target."""
     from gps_core.sim.env import Simulator
     from gps_core.sim.sampling import rollout_controllers, rollout_policy
-    from gps_core.scoring import final_distance, success
+    from gps_core.scoring import final_distance, success, survival_steps
     from stages.artifacts.checks import check_controller_stats, load_samples, load_step_mult
     from stages.artifacts.controllers import load_controllers
 
@@ -58,13 +58,25 @@ def evaluate(
                           hidden=s.policy.hidden)
     stop = agent.on_divergence == "stop"
 
+    cost = None
+    if ev.cost:
+        from gps_core.costs import build_cost
+
+        cost = build_cost(s.cost_terms, s.task)
+
     def run(sim) -> dict[str, np.ndarray]:
         noise = np.zeros((sim.M, 1, T, sim.dU))
         r = rollout_policy(sim, net, noise, stop=stop) if policy is not None else rollout_controllers(sim, local, noise, stop=stop)
         X, diverged_at = r.X[:, 0], r.diverged_at[:, 0]
         # A diverged rollout holds its last good state, so its distance is that state's; it fails regardless.
-        return {"X": X, "U": r.U[:, 0], "final_distance": final_distance(X, ev.point_start, ev.target),
-                "diverged": diverged_at >= 0, "diverged_at": diverged_at}
+        out = {"X": X, "U": r.U[:, 0], "final_distance": final_distance(X, ev.point_start, ev.target),
+               "diverged": diverged_at >= 0, "diverged_at": diverged_at}
+        if ev.survival is not None:  # a diverged rollout survives up to its first bad step at most
+            steps = survival_steps(X, ev.survival.start, ev.survival.low, ev.survival.high)
+            out["survival_steps"] = np.where(diverged_at >= 0, np.minimum(steps, diverged_at), steps).astype(np.int64)
+        if cost is not None:
+            out["cost"] = cost.evaluate(X, r.U[:, 0], r.ee_jac[:, 0]).l.sum(-1)
+        return out
 
     train = run(sim)
     test = run(Simulator(s.task, s.task.test)) if len(s.task.test) and policy is not None else None
@@ -96,6 +108,15 @@ def evaluate(
         hits = success(dist, float(tau), failed=diverged)
         result[f"success_{tau:g}"] = float(hits.mean())
         result["per_condition"][f"success_{tau:g}"] = per_cond(hits)
+    for prefix, scored in (("", train), ("test_", test)):
+        if scored is not None and "survival_steps" in scored:
+            survived = scored["survival_steps"] == T
+            result[f"{prefix}survival"] = float(survived.mean())
+            result[f"{prefix}survival_steps"] = float(scored["survival_steps"].mean() / T)
+            result["per_condition"][f"{prefix}survival_steps"] = per_cond(scored["survival_steps"] / T)
+        if scored is not None and "cost" in scored:
+            result[f"{prefix}eval_cost"] = float(scored["cost"].mean())
+            result["per_condition"][f"{prefix}eval_cost"] = per_cond(scored["cost"])
     if test is not None:
         result["test_final_distance"] = float(test["final_distance"].mean())
         result["per_condition"]["test_final_distance"] = per_cond(test["final_distance"])
@@ -108,6 +129,11 @@ def evaluate(
         log(f"iteration {iteration}: the {'policy' if policy is not None else 'controller'}'s rollout diverged (counted as failed) in "
              + ", ".join(f"condition {m} at t={diverged_at[m]}" for m in np.flatnonzero(diverged)))
     log(f"iteration {iteration}: final distance {np.array2string(dist, precision=3)} (mean {dist.mean():.3f})")
+    if "survival_steps" in train:
+        log(f"iteration {iteration}: survived {int((train['survival_steps'] == T).sum())}/{len(dist)} conditions; "
+            f"steps within bounds {train['survival_steps'].tolist()} of {T}")
+    if "cost" in train:
+        log(f"iteration {iteration}: summed cost of the evaluation rollouts {np.array2string(train['cost'], precision=4)}")
     if test is not None:
         held = test["final_distance"]
         log(f"iteration {iteration}: held-out conditions: final distance {np.array2string(held, precision=3)} "

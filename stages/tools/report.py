@@ -179,13 +179,21 @@ def parse_iterations(text: str) -> list[int]:
     return iterations
 
 
+# The scores a task may add (evaluation.survival, evaluation.cost): learning-curve column -> table title.
+SCORES = {"survival": "Survival (%): conditions whose block stayed within bounds at every step",
+          "eval_cost": "Summed cost of the evaluation rollouts"}
+
+
 def report_markdown(groups: Groups, iterations: list[int]) -> str:
     """One table per success threshold (largest first; the paper's values beside τ = 0.1), then the distances."""
     columns = sorted({c for m in groups.values() for rs in m.values() for r in rs for c in r.curve if c.startswith("success_")},
                      key=lambda c: -float(c.split("_")[1]))
     parts = []
-    for column in [*columns, "final_distance"]:
-        if column == "final_distance":
+    scores = [c for c in SCORES if any(c in r.curve for m in groups.values() for rs in m.values() for r in rs)]
+    for column in [*columns, "final_distance", *scores]:
+        if column in SCORES:
+            title = SCORES[column]
+        elif column == "final_distance":
             title = "Final distance to the target"
         else:
             title = f"Success rate (%) with threshold {column.split('_')[1]}"
@@ -267,7 +275,7 @@ def markdown_table(groups: Groups, column: str, iterations: list[int]) -> str:
     brackets where it has one (plain method labels only); other columns as they are.
     A cell is 'mean ± population std (runs)' over the runs that reached that iteration.
     """
-    percent = column.startswith("success_")
+    percent = column.startswith("success_") or column == "survival"
     tasks = [t for t in groups if any(column in r.curve for runs in groups[t].values() for r in runs)]
     labels = [c for c in groups.columns if any(c in groups[t] for t in tasks)]
     lines = ["| task | itr | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]

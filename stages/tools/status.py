@@ -10,6 +10,9 @@ existing files say and marks the rest as pending. Columns:
     cost       mean total cost of the iteration's samples
     dist       final distance of the global policy's noise-free rollout, mean over conditions
     succ<τ>    conditions whose final distance is below τ
+    survived   tasks with evaluation.survival only: conditions whose block stayed within bounds at every step,
+               and the mean share of steps before the first exit
+    eval cost  tasks with evaluation.cost only: the mean summed cost of the noise-free rollouts
     held-out   tasks with held-out conditions only: the policy's final distance there, mean, and how many
                are below the largest τ (eval.h5's group test, else metrics.json)
     KL/bound   KL achieved by the C-step vs its bound, means over conditions (* = a dual search did not converge)
@@ -153,21 +156,38 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
     thresholds = _thresholds(settings, metrics_all)
     algorithm = run_algorithm(data, settings)
     held_out = any("test_final_distance" in m for m in metrics_all if m) or bool(settings is not None and len(settings.task.test))
-    columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds),
+    ev = settings.evaluation if settings is not None else None
+    selected = {"survived": ev is not None and ev.survival is not None, "eval cost": ev is not None and ev.cost}
+    scores = [c for c, key in SCORE_COLUMNS.items() if selected[c] or any(key in m for m in metrics_all if m)]
+    columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds), *scores,
                *(["held-out"] if held_out else []), "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "safeguards", "time"]
     first = init_files(algorithm)
     init_times = [(data / "init" / f).stat().st_mtime for f in first if (data / "init" / f).exists()]
     prev_end = max(init_times) if len(init_times) == len(first) else None
     rows = []
     for k in range(n_itr):
-        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out)
+        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out, scores)
         rows.append(row)
         prev_end = end if row.state == "done" else None
     return rows, columns, settings
 
 
+# The scores a task may add (evaluation.survival, evaluation.cost): column -> their key in metrics.json.
+SCORE_COLUMNS = {"survived": "survival", "eval cost": "eval_cost"}
+
+
+def _score_cell(column: str, metrics: dict[str, Any]) -> str:
+    """survived: conditions whose block stayed within bounds at every step / all (mean share of steps);
+    eval cost: the mean summed cost of the evaluation rollouts."""
+    if column == "survived":
+        shares = list(metrics["per_condition"]["survival_steps"].values())
+        return f"{sum(v == 1.0 for v in shares)}/{len(shares)} ({np.mean(shares):.2f})"
+    return _g(float(metrics["eval_cost"]))
+
+
 def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | None,
-         prev_end: float | None, algorithm: str = "mdgps", held_out: bool = False) -> tuple[Row, float | None]:
+         prev_end: float | None, algorithm: str = "mdgps", held_out: bool = False,
+         scores: tuple[str, ...] | list[str] = ()) -> tuple[Row, float | None]:
     d = data / f"itr_{k:02d}"
     files = iteration_files(k, algorithm)
     present = {name: (d / name).exists() for _, name in files}
@@ -176,6 +196,8 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
     cells = {c: PENDING for c in ("drawn by", "cost", "dist", "KL/bound", "eta", "step_mult", "safeguards", "time")}
     acted: list[str] = []  # what the numerical safeguards did in this iteration (README item 13)
     cells.update({f"succ<{t:g}": PENDING for t in thresholds})
+    for column in scores:
+        cells[column] = _score_cell(column, metrics) if metrics is not None and SCORE_COLUMNS[column] in metrics else PENDING
     if algorithm == "badmm":
         cells["nu"] = PENDING
     if held_out:
