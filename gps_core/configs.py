@@ -120,6 +120,7 @@ class PILQRConfig:
 
 # --------------------------------------------------------------------------- priors of the fits (gps_core.fit.dynamics, gps_core.fit.policy_lin)
 
+DYNAMICS_SOURCES = ("fit", "model")  # gps_core.fit.dynamics (regression with the GMM prior) | gps_core.sim.linearise.model_dynamics
 REGULARIZATION_SHAPES = ("all_entries", "identity")  # of the dynamics fit's regulariser (gps_core.fit.regression)
 
 

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import small_params, task_params
-from stages.pipeline.generate import build_pipeline, render_pipeline
+from stages.pipeline.generate import pipeline_of, render_pipeline
 
 
 def run_init(ws: Path, params: dict):
@@ -22,8 +22,7 @@ def run_init(ws: Path, params: dict):
 
     ws.mkdir(parents=True, exist_ok=True)
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    doc = build_pipeline(1, "params.yaml", params["algorithm"].get("name", "mdgps"),
-                         init_model=params["init_lqr"].get("source") == "model")
+    doc = pipeline_of(params)
     cwd = os.getcwd()
     os.chdir(ws)
     try:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from conftest import small_params
 from stages.errors import UserError
-from stages.pipeline.generate import build_pipeline
+from stages.pipeline.generate import build_pipeline, pipeline_of
 from stages.settings.schema import validate_params
 
 ALGORITHMS = ("traj_opt", "pi2", "pilqr", "mdgps_pilqr", "pigps")
@@ -41,7 +41,7 @@ def run_in_process(ws: Path, params: dict) -> None:
 
     ws.mkdir(parents=True, exist_ok=True)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    doc = build_pipeline(params["iterations"], "params.yaml", params["algorithm"]["name"])
+    doc = pipeline_of(params)
     app, cwd = registered_app(), os.getcwd()
     os.chdir(ws)
     try:

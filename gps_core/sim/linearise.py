@@ -345,3 +345,34 @@ def linearise_trajectory(sim, m: int, X: np.ndarray, U: np.ndarray, eps: float =
         lin = linearise_step(model, task, qpos, qvel, U[t], x=X[t], eps=eps, smap=smap)
         Fm[t, :, :dX], Fm[t, :, dX:], fv[t] = lin.F, lin.G, lin.f
     return Fm, fv
+
+
+def model_dynamics(sim, X: np.ndarray, U: np.ndarray, initial_state_var: float,
+                   progress=None) -> dict[str, np.ndarray]:
+    """The model as the C-step's dynamics (dynamics.source: model), in the layout of the fitted ones.
+
+    X [M, N, T, dX], U [M, N, T, dU]: each condition's samples. Per condition m, the model is linearised
+    along the samples' mean trajectory (x̄_t, ū_t) = mean_n (x_nt, u_nt) (linearise_trajectory): Fm, fv.
+    dyn_covar_t is the samples' residual covariance about that linear model, mean_n e eᵀ with
+    e = x_n,t+1 − Fm_t [x_nt; u_nt] − fv_t: what the linearisation does not explain of the sampled
+    transitions (its error away from the mean trajectory, contact, commands clamped to the actuators'
+    range), in the place of the regression's
+    residual covariance; x0mu, x0sigma as the fit's without a prior (fit_initial_state).
+    progress(done, M), if given, after each condition. Raises LinearisationError as linearise_trajectory.
+    -> {"Fm" [M, T, dX, D], "fv" [M, T, dX], "dyn_covar" [M, T, dX, dX], "x0mu" [M, dX], "x0sigma" [M, dX, dX]}
+    """
+    from gps_core.fit.dynamics import fit_initial_state
+
+    X, U = np.asarray(X, dtype=np.float64), np.asarray(U, dtype=np.float64)
+    M, N, T, dX = X.shape
+    Fm, fv = np.zeros((M, T, dX, dX + U.shape[-1])), np.zeros((M, T, dX))
+    covar, x0mu, x0sigma = np.zeros((M, T, dX, dX)), np.zeros((M, dX)), np.zeros((M, dX, dX))
+    for m in range(M):
+        Fm[m], fv[m] = linearise_trajectory(sim, m, X[m].mean(axis=0), U[m].mean(axis=0))
+        z = np.concatenate([X[m, :, :-1], U[m, :, :-1]], axis=-1)  # [N, T-1, D]
+        e = X[m, :, 1:] - np.einsum("txd,ntd->ntx", Fm[m, :-1], z) - fv[m, :-1]
+        covar[m, :-1] = np.einsum("ntx,nty->txy", e, e) / N
+        x0mu[m], x0sigma[m] = fit_initial_state(X[m], None, initial_state_var, 1.0)
+        if progress is not None:
+            progress(m + 1, M)
+    return {"Fm": Fm, "fv": fv, "dyn_covar": covar, "x0mu": x0mu, "x0sigma": x0sigma}

@@ -95,11 +95,13 @@ def _stage(cmd: list[str], deps: list[str], step: str, outs: list[str], params_f
 
 
 def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm: str = "mdgps",
-                   gym: bool = False, init_model: bool = False) -> dict[str, Any]:
+                   gym: bool = False, init_model: bool = False, dynamics_model: bool = False) -> dict[str, Any]:
     """Every stage of `iterations` MDGPS (or BADMM) iterations, in execution order, as one flat dvc.yaml document.
 
     gym: also score the last policy in Gymnasium (the evaluate_gym stage; params has gym_evaluation).
     init_model: the initial controllers come from iLQR on the model (init_lqr.source: model): init reads the cost.
+    dynamics_model: the C-step's dynamics are the model's (dynamics.source: model): fit_dynamics reads the task
+    and no previous dynamics.
     `split_pipeline` cuts it into the files `gps pipeline` writes. The arguments are schema-checked settings
     (stages.settings.schema: iterations >= 1, algorithm one of ALGORITHMS).
     """
@@ -115,7 +117,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             )
         }
         metrics_files = [_badmm_iteration(stages, k, p, params_file) for k in range(iterations)]
-        return _finish(stages, metrics_files, iterations, p, params_file, gym)
+        return _model_dynamics(_finish(stages, metrics_files, iterations, p, params_file, gym), params_file, dynamics_model)
     stages = {
         "init": _stage(
             ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s],
@@ -124,7 +126,8 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
     }
     if algorithm in LOCAL_ONLY:
         metrics_files = [_local_iteration(stages, k, algorithm, p, params_file) for k in range(iterations)]
-        return _finish(stages, metrics_files, iterations, p, params_file, gym=False)
+        return _model_dynamics(_finish(stages, metrics_files, iterations, p, params_file, gym=False), params_file,
+                               dynamics_model)
     metrics_files = []
     for k in range(iterations):
         d, prev = _itr(k), _itr(k - 1)
@@ -183,7 +186,25 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             [samples, controllers, policy_in], "s_step", [policy], params_file,
         )
         metrics_files.append(_evaluate(stages, k, p, params_file, step, policy))
-    return _finish(stages, metrics_files, iterations, p, params_file, gym)
+    return _model_dynamics(_finish(stages, metrics_files, iterations, p, params_file, gym), params_file, dynamics_model)
+
+
+def _model_dynamics(doc: dict[str, Any], params_file: str, dynamics_model: bool) -> dict[str, Any]:
+    """With dynamics.source: model, every fit_dynamics stage reads the task and not the previous dynamics (the
+    model has no prior to carry): the same stages otherwise."""
+    if not dynamics_model:
+        return doc
+    for name, stage in doc["stages"].items():
+        if name.startswith("fit_dynamics_"):
+            cmd = stage["cmd"].split(" ")
+            if "--prev" in cmd:
+                prev = cmd[cmd.index("--prev") + 1]
+                del cmd[cmd.index("--prev"):cmd.index("--prev") + 2]
+                stage["deps"] = [d for d in stage["deps"] if d != prev]
+            stage["cmd"] = " ".join(cmd)
+            keys = list(STAGE_PARAMS["fit_dynamics_model"])
+            stage["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
+    return doc
 
 
 def _evaluate(stages: dict[str, Any], k: int, p: list[str], params_file: str, step: str, policy: str | None) -> str:
@@ -419,11 +440,17 @@ def project_model_file(params: dict[str, Any], root: Path | None = None, params_
         return None
 
 
+def pipeline_of(params: dict[str, Any], params_file: str = "params.yaml") -> dict[str, Any]:
+    """build_pipeline of params that passed the schema: the flat document of every stage their settings ask for."""
+    return build_pipeline(params["iterations"], params_file, algorithm_name(params), gym="gym_evaluation" in params,
+                          init_model=params["init_lqr"].get("source", "guess") == "model",
+                          dynamics_model=params["dynamics"].get("source", "fit") == "model")
+
+
 def render_pipeline(params: dict[str, Any], params_file: str = "params.yaml", root: Path | None = None) -> dict[str, str]:
     """{path relative to the project root: text} of every dvc.yaml of the run, for params that passed the schema
     (stages.settings.params.load_params)."""
-    doc = build_pipeline(params["iterations"], params_file, algorithm_name(params), gym="gym_evaluation" in params,
-                         init_model=params["init_lqr"].get("source", "guess") == "model")
+    doc = pipeline_of(params, params_file)
     model = project_model_file(params, root, params_file)
     if model is not None:  # the stages that simulate depend on the model file too
         for stage in doc["stages"].values():

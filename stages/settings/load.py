@@ -64,9 +64,13 @@ class AgentSettings:
 
 @dataclass(frozen=True)
 class DynamicsSettings:
+    """The C-step's dynamics: fitted to the samples (source "fit": the regression with its GMM prior, the other
+    fields), or the model linearised along them (source "model": gps_core.sim.linearise.model_dynamics)."""
+
     regularization: float
     regularization_shape: str  # gps_core.configs.REGULARIZATION_SHAPES
     prior: PriorConfig
+    source: str = "fit"  # gps_core.configs.DYNAMICS_SOURCES
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "init_model": ["task", "init_lqr", "cost", "policy.hidden", "policy.init_var", "policy.init_seed"],
     "sample": ["seed", "task", "agent", "algorithm.sample_on_policy", "cost"],
     "fit_dynamics": ["seed", "dynamics", "algorithm.initial_state_var"],
+    # dynamics.source: model: the model linearised along the samples (no regression, no prior)
+    "fit_dynamics_model": ["task", "dynamics.source", "algorithm.initial_state_var"],
     "fit_policy": ["seed", "policy_prior"],
     "adjust_step": ["algorithm.step_rule", "algorithm.min_step_mult", "algorithm.max_step_mult"],
     "c_step": ["algorithm.kl_step", "traj_opt"],

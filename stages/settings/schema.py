@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gps_core.configs import (
-    DERIVATIVE_FREE_TERMS, INIT_SOURCES, ON_FAULT, PENALTIES, PILQR_STEP_RULES, RAMPS, REGULARIZATION_SHAPES, STEP_RULES,
+    DERIVATIVE_FREE_TERMS, DYNAMICS_SOURCES, INIT_SOURCES, ON_FAULT, PENALTIES, PILQR_STEP_RULES, RAMPS, REGULARIZATION_SHAPES, STEP_RULES,
     TARGET_SHIFTS, WEIGHT_RULES,
 )
 from gps_core.sim.task import STEPPING
@@ -247,6 +247,7 @@ SCHEMA: dict[str, Any] = {
     },
     "cost": "cost",  # a list of terms, checked by _check_cost
     "dynamics": {
+        "source": Field("choice", choices=DYNAMICS_SOURCES, optional=True),  # absent: fit
         "regularization": Field("float", lo=0),
         "regularization_shape": Field("choice", choices=REGULARIZATION_SHAPES),
         "prior": PRIOR,
