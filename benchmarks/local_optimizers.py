@@ -292,7 +292,8 @@ def write_curves(runs: list[dict], path: Path) -> None:
             for it in r["iterations"]:
                 w.writerow([r["task"], r["optimizer"], r["seed"], it["iteration"], f"{np.mean(it['cost']):.6g}",
                             f"{np.mean(it['final_distance']):.6g}"]
-                           + [f"{np.mean(it['steps_inside']):.6g}"] * inside + [f"{it['times'][p]:.4f}" for p in PARTS])
+                           + ([f"{np.mean(it['steps_inside']):.6g}"] if inside else [])
+                           + [f"{it['times'][p]:.4f}" for p in PARTS])
 
 
 def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path, cost: str = "task") -> None:
