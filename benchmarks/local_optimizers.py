@@ -44,8 +44,9 @@ joints, the block and target of the task's own state term), 0 elsewhere. The ini
 start 3.0 to 3.4 from the target (L1: 3.0 to 4.5), far outside. Its expansion is zero but for a
 constant (gps_core.costs): LQR-only's C-step does not see the region (its classic step rule sees the
 change of the term's mean between batches), PI2 and PILQR see it through the sampled costs.
-Recorded in addition: the steps inside the region per sample (steps_inside, a third row of the
-figure, a second table and a column of curves.csv).
+On a task with a BINARY_TERMS entry, every run (--cost task too, the control) records the steps
+inside that region per sample (steps_inside: a third row of the figure, a second table and a
+column of curves.csv).
 
 Writes DIR/results.json (after every run, so an interrupted benchmark keeps what it finished),
 DIR/curves.csv and DIR/cost.png (cost and final distance against iteration, mean and band (min..max)
@@ -134,7 +135,7 @@ def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: 
     N = num_samples or s.agent.num_samples
     noise_settings = vars(s.agent.noise)
     cost_fn = build_cost(s.cost_terms + ([BINARY_TERMS[task]] if cost == "binary" else []), s.task)
-    region = build_cost([BINARY_TERMS[task]], s.task).terms[0][1] if cost == "binary" else None
+    region = build_cost([BINARY_TERMS[task]], s.task).terms[0][1] if task in BINARY_TERMS else None  # measured
     alg, ev = s.algorithm, s.evaluation
     pi2_cfg, pilqr_cfg = PI2Config(), PILQRConfig()
 
@@ -270,11 +271,11 @@ def run_one(task: str, optimizer: str, seed: int, iterations: int, num_samples: 
 
 
 def metric_matrix(runs: list[dict], task: str, opt: str, K: int, key: str) -> np.ndarray:
-    """[seeds, K+1] of an iteration record's `key` (cost or final_distance), mean over conditions; NaN where a
-    run stopped."""
+    """[seeds, K+1] of an iteration record's `key` (cost, final_distance or steps_inside), mean over conditions;
+    NaN where a run stopped. Runs that did not record `key` (steps_inside of a task not in BINARY_TERMS) are left out."""
     rows = []
     for r in runs:
-        if r["task"] == task and r["optimizer"] == opt:
+        if r["task"] == task and r["optimizer"] == opt and all(key in it for it in r["iterations"]):
             row = np.full(K + 1, np.nan)
             for it in r["iterations"]:
                 row[it["iteration"]] = float(np.mean(it[key]))
@@ -283,7 +284,7 @@ def metric_matrix(runs: list[dict], task: str, opt: str, K: int, key: str) -> np
 
 
 def write_curves(runs: list[dict], path: Path) -> None:
-    inside = any("steps_inside" in it for r in runs for it in r["iterations"])  # --cost binary
+    inside = any("steps_inside" in it for r in runs for it in r["iterations"])  # a task in BINARY_TERMS
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "optimizer", "seed", "iteration", "mean_cost", "final_distance"]
@@ -292,13 +293,13 @@ def write_curves(runs: list[dict], path: Path) -> None:
             for it in r["iterations"]:
                 w.writerow([r["task"], r["optimizer"], r["seed"], it["iteration"], f"{np.mean(it['cost']):.6g}",
                             f"{np.mean(it['final_distance']):.6g}"]
-                           + ([f"{np.mean(it['steps_inside']):.6g}"] if inside else [])
+                           + ([f"{np.mean(it['steps_inside']):.6g}" if "steps_inside" in it else ""] if inside else [])
                            + [f"{it['times'][p]:.4f}" for p in PARTS])
 
 
 def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path, cost: str = "task") -> None:
-    """Row 1: mean sampled cost; row 2: final distance of the noise-free rollouts; row 3 (--cost binary): steps
-    inside the region per sample; mean line, min..max band over seeds."""
+    """Row 1: mean sampled cost; row 2: final distance of the noise-free rollouts; row 3 (where recorded): steps
+    inside the binary region per sample; mean line, min..max band over seeds."""
     import warnings
 
     import matplotlib
@@ -308,7 +309,7 @@ def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path
 
     rows = [("cost", "mean sampled cost per condition (sum over t)"),
             ("final_distance", "final distance, noise-free rollout (mean over conditions)")]
-    if cost == "binary":
+    if any("steps_inside" in it for r in runs for it in r["iterations"]):
         rows.append(("steps_inside", "steps inside the binary region per sample (mean over conditions)"))
     fig, axes = plt.subplots(len(rows), len(tasks), figsize=(5.5 * len(tasks), 3.75 * len(rows)), squeeze=False,
                              sharex=True)
@@ -316,6 +317,10 @@ def plot(runs: list[dict], tasks: list[str], opts: list[str], K: int, path: Path
     for col, task in enumerate(tasks):
         for row, (key, ylabel) in enumerate(rows):
             ax = axes[row, col]
+            if key == "steps_inside" and task not in BINARY_TERMS:
+                ax.text(0.5, 0.5, f"no binary region for {task}", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xlabel("iteration (0: initial controllers; i: after i updates)")
+                continue
             positive = True
             for opt in opts:
                 C = metric_matrix(runs, task, opt, K, key)
@@ -358,7 +363,7 @@ def fmt(x: np.ndarray) -> str:
 
 
 def table(runs: list[dict], tasks: list[str], opts: list[str], K: int, key: str = "cost") -> str:
-    """Columns: `key` (cost, or steps_inside of a --cost binary run) at iterations 0, 1, K/2, K, final distance, time."""
+    """Columns: `key` (cost or steps_inside) at iterations 0, 1, K/2, K, final distance, time."""
     cols = sorted({0, 1, K // 2, K})
     name = {"cost": "cost", "steps_inside": "steps inside"}[key]
     lines = ["| task | optimizer | seeds | " + " | ".join(f"{name}, itr {c}" for c in cols)
@@ -400,10 +405,10 @@ def outputs(data: dict, out: Path) -> None:
         print(f"\ncost: the task's cost plus {', '.join(json.dumps(t) for t in data['cost_added'])}")
     print(f"\nmean sampled cost per condition (mean ± std over seeds), N = {data['num_samples']} samples per condition\n")
     print(table(runs, tasks, opts, K))
-    if cost == "binary":
-        print("\nsteps inside the binary region per sample (of T), mean over samples and conditions, "
-              "mean ± std over seeds\n")
-        print(table(runs, tasks, opts, K, "steps_inside"))
+    if any("steps_inside" in it for r in runs for it in r["iterations"]):
+        print(f"\nsteps inside the binary region {'of the cost' if cost == 'binary' else '(not in the cost)'} per "
+              "sample (of T), mean over samples and conditions, mean ± std over seeds\n")
+        print(table(runs, [t for t in tasks if t in BINARY_TERMS], opts, K, "steps_inside"))
     print("\nseconds per iteration, by part (mean over iterations and seeds; evaluate = noise-free rollouts)\n")
     print(times_table(runs, tasks, opts, K))
     failed = [f"{r['task']} {r['optimizer']} seed {r['seed']}: {r['error']}" for r in runs if r["error"]]
