@@ -586,6 +586,8 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--out", required=True)
     rep.add_argument("--figures", help="folder for compare_rl_<task>.png")
     rep.add_argument("--levels", help="comma-separated return levels: a table of the steps each method needs to reach each")
+    rep.add_argument("--tasks", help="comma-separated tasks to report (default: every task of the settings)")
+    rep.add_argument("--ymin", type=float, help="cut the figures' return axis there (a method going lower says so)")
     args = ap.parse_args(argv)
     try:
         {"run": cmd_run, "one": cmd_one, "report": cmd_report}[args.command](args)
@@ -613,6 +615,7 @@ class MethodCurve:
     source: str
     label: str = ""  # the method's name in tables and figures (default METHOD_LABELS)
     gps: bool = False  # a GPS method: a point per iteration
+    variant: bool = False  # a GPS method with settings of its own (`set`): drawn dashed
 
     @property
     def name(self) -> str:
@@ -649,7 +652,8 @@ def load_curves(task: TaskSettings, cmp: Comparison, out: Path) -> dict[str, Met
             method, [d["seed"] for d in docs], np.mean([d["env_steps"][:k] for d in docs], axis=0),
             np.array([d["return_mean"][:k] for d in docs]), np.array([d["train_seconds"][:k] for d in docs]),
             all(d["finished"] for d in docs), docs[0]["source"],
-            task.gps[method].label if method in task.gps else "", method in task.gps)
+            task.gps[method].label if method in task.gps else "", method in task.gps,
+            method in task.gps and bool(task.gps[method].overrides))
     return curves
 
 
@@ -713,9 +717,11 @@ def levels_table(curves: dict[str, MethodCurve], levels: list[float]) -> list[st
     return lines
 
 
-def draw(task: TaskSettings, curves: dict[str, MethodCurve], threshold: float | None, path: Path) -> None:
+def draw(task: TaskSettings, curves: dict[str, MethodCurve], threshold: float | None, path: Path,
+         ymin: float | None = None) -> None:
     """Return against environment steps (left) and training wall-clock (right), both log x: mean and a band of
-    one std over seeds, the threshold dashed."""
+    one std over seeds, the threshold dashed, variants dashed; ymin: the axes cut there (the methods whose
+    mean goes lower say so in the legend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -729,19 +735,30 @@ def draw(task: TaskSettings, curves: dict[str, MethodCurve], threshold: float | 
         for method, c in curves.items():
             x = c.env_steps if ax is axes[0] else c.train_seconds.mean(axis=0)
             colour = colours[method]
+            cut = f", mean down to {c.mean.min():.0f}" if ymin is not None and c.mean.min() < ymin else ""
             ax.plot(x, c.mean, color=colour, marker="o" if c.gps or method == "mdgps" else None, markersize=3,
-                    label=f"{c.name} ({len(c.seeds)} seeds)")
+                    linestyle="--" if c.variant else "-", label=f"{c.name} ({len(c.seeds)} seeds{cut})")
             ax.fill_between(x, c.mean - c.std, c.mean + c.std, color=colour, alpha=0.2, linewidth=0)
         if threshold is not None:
             ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"reward_threshold {threshold:g}")
+        if ymin is not None:
+            ax.set_ylim(bottom=ymin)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(f"return ({task.episodes} episodes)")
-    axes[0].legend(loc="best")
+    if len(curves) > 4:  # beside the axes, not over the curves
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize="small", frameon=False)
+    else:
+        axes[0].legend(loc="best")
     fig.suptitle(f"{task.env_id}: each method's deterministic policy in Gymnasium's environment, mean ± std over seeds")
-    fig.tight_layout()
+    if len(curves) > 4:
+        rows = (len(curves) + (threshold is not None) + 1) // 2
+        fig.set_size_inches(11, 4.2 + 0.22 * rows)
+        fig.tight_layout(rect=(0, 0.22 * rows / (4.2 + 0.22 * rows) + 0.01, 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
@@ -751,7 +768,11 @@ def cmd_report(args) -> None:
 
     cmp = load_comparison(Path(args.settings))
     out = Path(args.out).resolve()
-    for task in cmp.tasks.values():
+    names = args.tasks.split(",") if args.tasks else list(cmp.tasks)
+    for name in names:
+        if name not in cmp.tasks:
+            raise SettingsError(f"{args.settings}: no task {name!r} (expected one of {', '.join(cmp.tasks)})")
+    for task in (cmp.tasks[n] for n in names):
         curves = load_curves(task, cmp, out)
         if not curves:
             print(f"{task.name}: no runs in {out}\n")
@@ -764,7 +785,7 @@ def cmd_report(args) -> None:
         if args.figures:
             path = Path(args.figures) / f"compare_rl_{task.name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            draw(task, curves, threshold, path)
+            draw(task, curves, threshold, path, args.ymin)
             print(f"figure: {path}\n")
 
 

@@ -294,7 +294,7 @@ def test_the_report_shows_each_gps_method_as_its_own_row_and_line(tmp_path, caps
         fake_curve(out, "mdgps_pilqr_n20", s, [400, 800], [-8, -5], "reacher_toy.yaml, mdgps_pilqr, agent.num_samples=20")
     # no pigps runs yet: left out of the table
     compare_rl.main(["report", "--settings", str(settings), "--out", str(out), "--figures", str(tmp_path / "fig"),
-                     "--levels=-6,-4.5"])
+                     "--levels=-6,-4.5", "--tasks", "reacher", "--ymin=-8"])
     text = capsys.readouterr().out
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith(("| method", "| return level", "| -"))]
     assert [row.split(" (")[0] for row in rows] == ["| MDGPS", "| MDGPS-PILQR", "| MDGPS-PILQR, 20 samples"]
@@ -304,6 +304,9 @@ def test_the_report_shows_each_gps_method_as_its_own_row_and_line(tmp_path, caps
     assert "| -6 | 200 | 300 | 800 | 1.50 | 4.00 |" in text
     png = tmp_path / "fig" / "compare_rl_reacher.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit) as exc:
+        compare_rl.main(["report", "--settings", str(settings), "--out", str(out), "--tasks", "pusher"])
+    assert exc.value.code == 2 and "no task 'pusher' (expected one of reacher)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
