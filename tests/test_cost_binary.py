@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +128,24 @@ def test_model_check_of_block_and_target_is_the_state_terms_one_line_error(field
     assert str(err_state.value) == str(err.value)
     params["cost"][-1] = term
     model_check.check_model_consistency(params, source)  # the term as it should be passes
+
+
+def test_gps_command_exits_2_with_the_one_line(tmp_path):
+    """Through a `gps` command: an algorithm that takes a cost without derivatives (PI2), the binary term's block
+    unknown: exit 2, the model check's line, nothing written (tests/test_model_consistency.py's helpers)."""
+    from conftest import small_params
+    from test_model_consistency import gps_fails, init_args, write_params
+
+    def edit(params: dict, tmp: Path | None = None) -> None:
+        params["algorithm"].update(name="pi2", sample_on_policy=False)
+        params["cost"].append({"type": "binary_region", "block": "joint_angles", "target": [3.0, 0.0],
+                               "max_distance": 0.05, "inside_cost": -3.0, "outside_cost": 0.0})
+
+    path = write_params(tmp_path, small_params, edit)
+    out = tmp_path / "out"
+    assert gps_fails(*init_args(path, out)) == (f"gps init: error: {path}: cost[1].block is 'joint_angles', expected a "
+                                                f"block of task.state ({OBSTACLE_BLOCKS})")
+    assert not out.exists()
 
 
 def test_benchmark_binary_term_fits_obstacle_and_starts_outside():
