@@ -15,11 +15,13 @@ dynamics prior, initial controllers from configs/<task>.yaml), no global policy:
         fit, new controller under the previous and the current fit), clipped to the task's
         [min_step_mult, max_step_mult]; eta warm-started from the previous iteration (1 at first).
 - pi2   (AlgorithmTrajOptPI2): pi2_update on the samples' costs, K carried over; no dynamics fit.
-        PI2Config() defaults (the reference's TRAJ_OPT_PI2).
+        PI2Config() defaults (the reference's TRAJ_OPT_PI2, and ours: the covariance floor
+        min_covariance_ratio, gps_core.configs).
 - pilqr (AlgorithmTrajOptPILQR): the res_percent rule from iteration 1 on the residual of the
         current samples under the controller that drew them and the current fit, then
         pilqr_update_batched with per-step bounds schedule(kl_step, T) * step_mult; PILQRConfig()
-        and PI2Config() defaults (the reference's ALG_PILQR / TRAJ_OPT_PILQR / TRAJ_OPT_PI2).
+        and PI2Config() defaults (the reference's ALG_PILQR / TRAJ_OPT_PILQR / TRAJ_OPT_PI2; ours:
+        on_fault recover, min_covariance_ratio).
 
 The same seed gives every optimizer the same exploration noise at the same iteration (the
 pipeline's generators, s.rng(iteration, "sample") with seed replaced), so iteration 0 is the same
