@@ -394,3 +394,20 @@ def test_mdgps_pilqr_resumes_after_a_kill_between_its_stages(tmp_path):
     assert artifacts(ws) == artifacts(finished)
     for rel in artifacts(ws):
         assert_same_datasets(ws / rel, finished / rel)
+
+
+def test_status_marks_iterations_beyond_params_as_left_over(runs, tmp_path):
+    """A shorter run over the data of a longer one: the extra itr_NN folders are not this run's."""
+    import shutil
+
+    from stages.tools.status import status_text
+
+    ws = tmp_path / "ws"
+    shutil.copytree(runs["pi2"], ws)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["iterations"] = 2
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    text = status_text(ws / "data", ws / "params.yaml")
+    assert ": 2 of 2 iterations done" in text.splitlines()[0]
+    row = next(line for line in text.splitlines() if line.startswith(" 02 "))
+    assert " left over " in row and "left over: beyond params' iterations (2)" in text

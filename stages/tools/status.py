@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from stages.settings.load import Settings
 
 PENDING = "-"  # a cell whose file is not written yet
+LEFT_OVER = "left over"  # an itr_NN folder beyond params' iterations (an earlier, longer run wrote it)
 KIND_OF_FILE = {name: kind for kind, name in FILES.items()}  # samples.h5 -> samples, ...
 
 
@@ -167,6 +168,8 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
     rows = []
     for k in range(n_itr):
         row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out, scores)
+        if settings is not None and k >= settings.iterations:  # files of an earlier, longer run: not this run's
+            row.state = LEFT_OVER
         rows.append(row)
         prev_end = end if row.state == "done" else None
     return rows, columns, settings
@@ -289,7 +292,8 @@ def status_text(data: Path, params_path: Path | None = None) -> str:
     """What `gps status` prints: a summary line, the table, then notes on unreadable files."""
     rows, columns, settings = collect(data, params_path)
     done = sum(r.state == "done" for r in rows)
-    head = f"{data}: {done} of {len(rows)} iterations done"
+    planned = [r for r in rows if r.state != LEFT_OVER]
+    head = f"{data}: {done} of {len(planned)} iterations done"
     if settings is not None:
         from stages.tools.report import method_name
 
@@ -299,8 +303,11 @@ def status_text(data: Path, params_path: Path | None = None) -> str:
     summary = Path(data) / "learning_curve.csv"
     head += "; summary written" if summary.exists() else ""
     lines = [head, "", format_table(rows, columns).rstrip("\n")]
-    if any(r.state != "done" for r in rows):
+    if any(r.state not in ("done", LEFT_OVER) for r in rows):
         lines.append(f"{PENDING} pending: the file it comes from is not written yet")
+    if len(planned) < len(rows):
+        lines.append(f"{LEFT_OVER}: beyond params' iterations ({len(planned)}); an earlier, longer run's files, "
+                     "not this run's (DVC does not remove outputs of stages that no longer exist)")
     if any("*" in r.cells["KL/bound"] for r in rows):
         lines.append("* the dual search of at least one condition did not converge")
     if any(r.cells["safeguards"] not in (PENDING, "none") for r in rows):
