@@ -64,11 +64,9 @@ def make_params(task: str, method: str, seed: int, overrides: list[str], config:
 
 def stage_commands(params: dict) -> list[tuple[str, list[str]]]:
     """(stage name, argv without the leading `gps`) of every stage, in execution order."""
-    from stages.pipeline.generate import build_pipeline
-    from stages.settings.schema import algorithm_name
+    from stages.pipeline.generate import pipeline_of
 
-    doc = build_pipeline(int(params["iterations"]), "params.yaml", algorithm_name(params),
-                         gym=params.get("gym_evaluation") is not None)
+    doc = pipeline_of(params)
     return [(name, shlex.split(st["cmd"])[1:]) for name, st in doc["stages"].items() if name != "plot"]
 
 
