@@ -116,6 +116,9 @@ class PILQRConfig:
     # "abort" raises where the LQR step is hopeless or PI2 fails (the reference); "recover" keeps the
     # KL reference, or the LQR step's controller, for that condition (gps_core.traj_opt.pilqr, "Safeguards").
     on_fault: str = "recover"
+    # Under "recover", an unconverged LQR step with Σ_t KL_t above this many times Σ_t ε_t keeps its KL
+    # reference (pilqr.py, "Safeguards" (3)); inf: the reference's behaviour.
+    max_kl_overshoot: float = 10.0
 
 
 # --------------------------------------------------------------------------- priors of the fits (gps_core.fit.dynamics, gps_core.fit.policy_lin)

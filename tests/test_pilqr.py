@@ -638,18 +638,22 @@ def _runaway_fit(seed=0, growth=20.0):
     return fit, cost, pol, noise, sampled
 
 
+# The runaway fit's LQR step ends far above its bound: safeguard (3) would keep the KL reference before PI2 runs.
+NO_OVERSHOOT_CHECK = PILQRConfig(max_kl_overshoot=np.inf)
+
+
 def test_pi2_failure_falls_back_to_the_lqr_step():
     fit, cost, pol, noise, sampled = _runaway_fit()
     with pytest.raises(ConditionError, match="condition 0: PILQR's PI2 step: PI2 step"):
         pilqr_update(cost, pol, fit, sampled, noise, EPS, None, PILQRConfig(on_fault="abort"), PI2Config())
-    res = pilqr_update(cost, pol, fit, sampled, noise, EPS, None, PILQRConfig(), PI2Config())
+    res = pilqr_update(cost, pol, fit, sampled, noise, EPS, None, NO_OVERSHOOT_CHECK, PI2Config())
     assert res.safeguard[0] == LQR_STEP and res.lqr.safeguard[0] == NO_SAFEGUARD
     assert np.abs(res.residual).max() > 1e20
     # The failure: the residual's weights one-hot at every step at the fitted temperatures, even raised to 1e16.
     S = costs_to_go(res.residual[0])
     for eta in (res.fitted_temperatures[0], np.full(T, 1e16)):
         assert np.all(np.sort(pi2_weights(S, eta), axis=1)[:, -1] == 1.0)
-    lqr = lqr_step_batched([cost], [pol], [fit], EPS[None], None, PILQRConfig())
+    lqr = lqr_step_batched([cost], [pol], [fit], EPS[None], None, NO_OVERSHOOT_CHECK)
     for name in ("K", "k", "covar", "eta"):
         np.testing.assert_array_equal(getattr(res, name), getattr(lqr, name), err_msg=name)
     assert all(np.all(np.isfinite(a)) for a in (res.K, res.k, res.covar, res.eta))
@@ -666,11 +670,11 @@ def test_safeguards_act_per_condition_in_a_batch():
     _, bad_cost2, unit2 = _hopeless((dyn2, cost2, pol2))
     costs, pols, dyns = [healthy[1], cost1, bad_cost2], [healthy[2], pol1, unit2], [healthy[0], fit, dyn2]
     sampled, noise = np.stack([healthy[6], sampled1, sampled2]), np.stack([healthy[3], noise1, noise2])
-    res = pilqr_update_batched(costs, pols, dyns, sampled, noise, EPS, None, PILQRConfig(), PI2Config())
+    res = pilqr_update_batched(costs, pols, dyns, sampled, noise, EPS, None, NO_OVERSHOOT_CHECK, PI2Config())
     np.testing.assert_array_equal(res.safeguard, [NO_SAFEGUARD, LQR_STEP, KL_REFERENCE])
     np.testing.assert_array_equal(res.K[2], unit2.K)
     np.testing.assert_array_equal(res.k[1], res.lqr.k[1])
-    one = pilqr_update(healthy[1], healthy[2], healthy[0], healthy[6], healthy[3], EPS, None, PILQRConfig(), PI2Config())
+    one = pilqr_update(healthy[1], healthy[2], healthy[0], healthy[6], healthy[3], EPS, None, NO_OVERSHOOT_CHECK, PI2Config())
     for name in ("K", "k", "covar", "eta", "weights", "temperatures"):
         np.testing.assert_array_equal(getattr(res, name)[0], getattr(one, name)[0], err_msg=name)
     with pytest.raises(HopelessConditions, match="condition 2"):
@@ -694,3 +698,35 @@ def test_healthy_update_is_bit_identical_with_and_without_safeguards(seed):
             assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
         for name in ("K", "k", "covar", "eta", "kl", "converged", "bisection_rounds", "adam_rounds"):
             assert getattr(on.lqr, name).tobytes() == getattr(off.lqr, name).tobytes(), name
+
+
+def test_an_lqr_step_far_outside_its_trust_region_keeps_the_kl_reference():
+    """Safeguard (3): the runaway fit's search ends unconverged with Σ KL more than 10 × Σ ε; under recover the
+    condition keeps its KL reference (KL 0) and PI2 does not run; without the check the reference's result."""
+    fit, cost, pol, noise, sampled = _runaway_fit()
+    loose = lqr_step_batched([cost], [pol], [fit], EPS[None], None, NO_OVERSHOOT_CHECK)
+    assert not loose.converged[0] and loose.kl[0].sum() > 10 * loose.kl_bound[0].sum()
+    res = pilqr_update(cost, pol, fit, sampled, noise, EPS, None, PILQRConfig(), PI2Config())
+    assert res.safeguard[0] == KL_REFERENCE and res.lqr.safeguard[0] == KL_REFERENCE and not res.lqr.converged[0]
+    np.testing.assert_array_equal(res.K[0], pol.K)
+    np.testing.assert_array_equal(res.covar[0], pol.covar)
+    assert res.lqr.kl[0].sum() == 0 and np.all(np.isnan(res.weights[0]))
+    np.testing.assert_array_equal(res.lqr.eta, loose.eta)  # the search itself is the same
+
+
+def test_an_action_block_whose_inverse_has_no_cholesky_factor_is_not_usable():
+    """A PD matrix of condition ~1e17 whose inverse (the new covariance) numpy cannot factor: the reference's
+    KL stops there, so the LQR step raises η at such a step as at an indefinite one."""
+    from gps_core.traj_opt.pilqr import _usable_action_blocks
+
+    rng = np.random.default_rng(0)  # rotations of diag(1e15..1e18, 1, 0.5): the third draw is such a matrix
+    for _ in range(3):
+        R, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        A = R @ np.diag([10 ** rng.uniform(15, 18), 1.0, 0.5]) @ R.T
+        A = 0.5 * (A + A.T)
+    np.linalg.cholesky(A)  # it has a factor
+    with pytest.raises(np.linalg.LinAlgError):
+        L_inv = np.linalg.inv(np.linalg.cholesky(A))
+        np.linalg.cholesky(L_inv.T @ L_inv)
+    healthy = np.eye(3) + 0.1
+    np.testing.assert_array_equal(_usable_action_blocks(np.stack([healthy, A, -healthy])), [True, False, False])

@@ -233,7 +233,7 @@ def pi2_temperatures(costs_to_go: np.ndarray, kl_threshold: float, min_temperatu
         hi[idx] = np.where(above, hi[idx], s[idx])
         narrow = hi[idx] - lo[idx] <= 4 * np.finfo(float).eps * np.maximum(np.abs(s[idx]), 1.0)
         done = (np.abs(excess) <= tolerance) | narrow
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # var_z ≈ 0: not inside, bisected
             newton = s[idx] + excess / var_z  # f'(s) = −Var_w[z]
         inside = np.isfinite(newton) & (newton > lo[idx]) & (newton < hi[idx])
         step = np.where(inside, newton, 0.5 * (lo[idx] + hi[idx]))

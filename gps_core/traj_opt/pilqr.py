@@ -77,7 +77,15 @@ stops on numerics. "abort" raises where the reference fails (HopelessConditions,
       one-hot under a residual off by 1e20, that no temperature below 1e16 gives a positive definite
       covariance): that condition takes the LQR step's controller, PILQR without its PI2 correction
       (safeguard "lqr_step"). A configuration PI2 refuses whatever the numbers (N ≤ dU without
-      damping) still raises.
+      damping) still raises;
+  (3) an LQR step whose search ended without converging and with Σ_t KL_t > PILQRConfig.max_kl_overshoot (10) ×
+      Σ_t ε_t: also the KL reference (safeguard "kl_reference", kl 0, converged False). Measured on
+      Pusher (MDGPS-PILQR, 5 samples): 25 of 360 condition-iterations ended above 100× their bound, up
+      to Σ KL 1.7e6 against 30, and the S-step then trained the network on those controllers. The
+      reference keeps them.
+In the LQR step itself, an action block A_t that has a Cholesky factor but whose inverse (the step's
+covariance) has none counts as indefinite and raises η_t (per_step_backward_batched,
+_usable_action_blocks): the reference's KL then stops on that covariance; elsewhere nothing changes.
 The conditions a safeguard acted on have NaN in the PI2 fields of the result (temperatures, weights,
 weights_kl, ml_covar) and temperature_raised False. Where no safeguard acts the result is the same,
 bit for bit, under either setting. A cheaper, better-founded answer to (1) would be c_step.py's: the
@@ -94,8 +102,8 @@ import numpy as np
 from gps_core.configs import PI2Config, PILQRConfig
 from gps_core.traj_opt.lingauss import LinearGaussianPolicy
 from gps_core.traj_opt.lqr import (
-    ConditionError, Dynamics, HopelessConditions, QuadraticCost, forward_pass_batched, matvec, mT,
-    quadratic_form_batched, sym, traj_kl_batched,
+    ConditionError, Dynamics, HopelessConditions, QuadraticCost, cholesky_per_item, forward_pass_batched, matvec,
+    mT, quadratic_form_batched, sym, traj_kl_batched,
 )
 from gps_core.traj_opt.pi2 import costs_to_go, pi2_feedforward_update, pi2_temperatures, resampled_feedforward
 
@@ -167,28 +175,22 @@ def per_step_backward_batched(
         Quu, Qux, qu = Qzz[:, dX:, dX:], Qzz[:, dX:, :dX], qz[:, dX:]
         inv_eta = 1.0 / eta[:, t]
         A = inv_eta[:, None, None] * Quu + Pq[:, t]
-        try:
-            L = np.linalg.cholesky(A)
-        except np.linalg.LinAlgError:
-            for b in range(B):
-                delta = float(del0)
-                while True:
-                    try:
-                        np.linalg.cholesky(A[b])
-                        break
-                    except np.linalg.LinAlgError:
-                        eta[b, t] += delta
-                        delta *= 2.0
-                        if eta[b, t] >= ETA_LIMIT:
-                            raise HopelessConditions(
-                                int(conditions[b]),
-                                f"Q_uu/eta + Sigma_ref^-1 at step {t} stayed non-positive-definite while "
-                                "eta was raised to 1e16 (the fitted dynamics or cost are numerically degenerate)",
-                                np.array([b]),
-                            ) from None
-                        A[b] = (1.0 / eta[b, t]) * Quu[b] + Pq[b, t]
-            inv_eta = 1.0 / eta[:, t]
-            L = np.linalg.cholesky(A)
+        usable = _usable_action_blocks(A)
+        for b in np.flatnonzero(~usable):
+            delta = float(del0)
+            while not _usable_action_blocks(A[b:b + 1])[0]:
+                eta[b, t] += delta
+                delta *= 2.0
+                if eta[b, t] >= ETA_LIMIT:
+                    raise HopelessConditions(
+                        int(conditions[b]),
+                        f"Q_uu/eta + Sigma_ref^-1 at step {t} stayed non-positive-definite while "
+                        "eta was raised to 1e16 (the fitted dynamics or cost are numerically degenerate)",
+                        np.array([b]),
+                    )
+                A[b] = (1.0 / eta[b, t]) * Quu[b] + Pq[b, t]
+        inv_eta = 1.0 / eta[:, t]
+        L = np.linalg.cholesky(A)
         L_inv = np.linalg.inv(L)
         A_inv = mT(L_inv) @ L_inv
         Kt = -A_inv @ (inv_eta[:, None, None] * Qux - PK[:, t])
@@ -200,6 +202,28 @@ def per_step_backward_batched(
         V = sym(Qzz[:, :dX, :dX] + KtT @ Quu @ Kt + 2.0 * (Qxu @ Kt))
         v = qz[:, :dX] + matvec(KtT, qu) + matvec(KtT @ Quu, kt) + matvec(Qxu, kt)
     return K, k, covar, eta
+
+
+def _usable_action_blocks(A: np.ndarray) -> np.ndarray:
+    """[B] bool: A [B, dU, dU] has a Cholesky factor, and so has its inverse, the step's new covariance.
+
+    The reference raises η only where A has none. A can pass that and still be so ill-conditioned
+    (measured on Pusher: condition 1.3e17) that its inverse has none; the reference's KL then fails on
+    that covariance (numpy's LinAlgError, the run stops). Here such a step raises η the same way, which
+    changes nothing where the reference runs through. Batched first, item by item only on a failure."""
+    try:
+        L = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        ok = cholesky_per_item(A)
+        if ok.any():
+            ok[ok] = _usable_action_blocks(A[ok])
+        return ok
+    L_inv = np.linalg.inv(L)
+    try:
+        np.linalg.cholesky(mT(L_inv) @ L_inv)
+        return np.ones(A.shape[0], dtype=bool)
+    except np.linalg.LinAlgError:
+        return cholesky_per_item(mT(L_inv) @ L_inv)
 
 
 @dataclass(frozen=True)
@@ -349,6 +373,12 @@ def lqr_step_batched(
         step = eta[active, :-1] + cfg.adam_lr * m_u / (np.sqrt(v_u) + cfg.adam_eps)
         eta[active, :-1] = np.minimum(np.maximum(step, cfg.min_eta), cfg.max_eta)
 
+    if cfg.on_fault == "recover":
+        # (3) a search that ended far outside its trust region: the KL reference, as for (1).
+        overshot = ~converged & ~hopeless & (out_kl.sum(axis=1) > cfg.max_kl_overshoot * eps.sum(axis=1))
+        out_K[overshot], out_k[overshot], out_covar[overshot], out_kl[overshot] = (
+            Kq[overshot], kq[overshot], Sq[overshot], 0.0)
+        hopeless |= overshot
     return PerStepLQRResult(
         K=out_K, k=out_k, covar=out_covar, eta=eta, kl=out_kl, kl_bound=eps, converged=converged,
         bisection_rounds=rounds["bisection"], adam_rounds=rounds["adam"],

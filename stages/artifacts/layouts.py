@@ -130,8 +130,9 @@ LAYOUTS: dict[str, dict[str, Dataset]] = {
         "converged": D("M", "whether |KL_t − ε_t| < tolerance · ε_t at every t", "bool"),
         "bisection_rounds": D("M", "rounds of the bracketing search", "int64"),
         "adam_rounds": D("M", "Adam steps after it", "int64"),
-        "safeguard": D("M", "1 where an action block stayed indefinite up to η = 1e16 and the controller is the KL "
-                            "reference (`pilqr.on_fault: recover`), else 0", "int8"),
+        "safeguard": D("M", "1 where the controller is the KL reference (`pilqr.on_fault: recover`): an action block "
+                            "stayed indefinite up to η = 1e16, or the search ended unconverged with Σ_t KL_t above 10 "
+                            "× Σ_t ε_t; else 0", "int8"),
     },
     "pi2": {
         "temperatures": D("M,T", "the η_t each step's sample weights were computed with"),

@@ -51,7 +51,7 @@ def lqr_step(
             f"bracketing rounds and {res.adam_rounds[m]} Adam steps (worst |KL_t - eps_t| / eps_t "
             f"{np.max(np.abs(res.kl[m] - res.kl_bound[m]) / res.kl_bound[m]):.2f})")
     for m in np.flatnonzero(res.safeguard):
-        log(f"iteration {iteration}: condition {m}: safeguard: an action block stayed indefinite up to eta 1e16; "
-            "kept the KL reference")
+        log(f"iteration {iteration}: condition {m}: safeguard: kept the KL reference (an action block stayed indefinite "
+            f"up to eta 1e16, or the search ended with a KL over {s.pilqr.max_kl_overshoot:g} times its bound)")
     log(f"iteration {iteration}: KL (sum over t) {np.array2string(res.kl.sum(1), precision=2)} / "
         f"bound {np.array2string(res.kl_bound.sum(1), precision=2)}")

@@ -54,8 +54,10 @@ def pi2(
     if raised.any():
         log(f"iteration {iteration}: PI2 raised the temperature to keep the covariance positive definite at "
             + ", ".join(f"{r} steps of condition {m}" for m, r in enumerate(raised) if r))
+    ran = ~np.isnan(details["weights_kl"]).all(axis=1)  # NaN: a PILQR safeguard kept PI2 from running there
     log(f"iteration {iteration}: weights' KL to uniform (mean over t) "
-        f"{np.array2string(np.nanmean(details['weights_kl'], axis=1), precision=2)}")
+        + ", ".join(f"c{m} {details['weights_kl'][m].mean():.2f}" if ran[m] else f"c{m} - (no PI2: safeguard)"
+                    for m in range(len(ran))))
 
 
 def _safeguard_names(stage: str) -> dict[str, str]:
