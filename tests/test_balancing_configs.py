@@ -1,7 +1,7 @@
 """Gymnasium's balancing tasks as shipped configs (configs/inverted_pendulum.yaml, inverted_double_pendulum.yaml):
 they load and fit their models, their state holds the simulation's state (what init_lqr.source model linearises),
 their observation is Gymnasium's side by side with gymnasium.make(...) from the same state with the same actions
-(the double pendulum's first 8 entries: the 9th, qfrc_constraint[0], has no block kind), and the double pendulum's
+(all entries, the double pendulum's clipped velocities and constraint force included), and the double pendulum's
 Gymnasium terms of the cost equal minus its reward's penalties."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def gym_start(env, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_observation_equals_gymnasiums_side_by_side(name, seed):
     """Our simulator and gymnasium.make(...) from the same state (Gymnasium's reset of this seed, at rest) with the
-    same actions: the task's observation equals Gymnasium's at every step (the double pendulum's first 8 entries)."""
+    same actions: the task's observation equals Gymnasium's at every step."""
     from gps_core.sim.env import Simulator
 
     env = gymnasium.make(TASKS[name])
@@ -89,11 +89,9 @@ def test_observation_equals_gymnasiums_side_by_side(name, seed):
         assert task.dO == gym_obs.shape[1] == 4
         np.testing.assert_allclose(r.O[0], gym_obs, rtol=0, atol=1e-12)
         return
-    # InvertedDoublePendulum: the format has no block kind for qfrc_constraint (its 9th entry, 0 away from the
-    # slider's limits) and no clip of qvel at +-10 (speeds stay below it here)
-    assert task.dO == 8 and gym_obs.shape[1] == 9
-    assert np.all(gym_obs[:, 8] == 0.0) and np.all(np.abs(gym_obs[:, 5:8]) < 10)
-    np.testing.assert_allclose(r.O[0], gym_obs[:, :8], rtol=0, atol=1e-12)
+    # InvertedDoublePendulum: all 9 entries, the clipped velocities and the slider's constraint force included
+    assert task.dO == gym_obs.shape[1] == 9
+    np.testing.assert_allclose(r.O[0], gym_obs, rtol=0, atol=1e-12)
     # The cost's tip and velocity terms are minus the reward's distance and velocity penalties, after each step
     from gps_core.costs import build_cost
 
@@ -101,3 +99,35 @@ def test_observation_equals_gymnasiums_side_by_side(name, seed):
     cost = build_cost(terms, task).evaluate(r.X, r.U, r.ee_jac).l[0, 1:]
     penalties = [-(info["distance_penalty"] + info["velocity_penalty"]) for info in infos]
     np.testing.assert_allclose(cost, penalties, rtol=1e-12, atol=1e-12)
+
+
+def test_double_pendulum_constraint_force_and_clip_as_gymnasium_at_the_rail_end():
+    """Pushed hard one way, the cart reaches its rail's end (the constraint force, the 9th entry, is not 0) and the
+    poles swing past Gymnasium's velocity clip at 10: both blocks equal Gymnasium's observation there."""
+    from gps_core.sim.env import Simulator
+
+    env = gymnasium.make(TASKS["inverted_double_pendulum"])
+    qpos = gym_start(env, 0)
+    T = 60
+    actions = np.full((T, 1), env.action_space.high[0])
+    gym_obs = [env.unwrapped._get_obs()]
+    for t in range(T - 1):
+        gym_obs.append(env.step(actions[t].astype(np.float32))[0])
+    env.close()
+    gym_obs = np.array(gym_obs)
+    assert np.any(gym_obs[:, 8] != 0.0) and np.any(np.abs(gym_obs[:, 5:8]) == 10.0)
+    task = compiled("inverted_double_pendulum", T=T, conditions=[{"qpos": [float(v) for v in qpos]}], test_conditions=[])
+    r = Simulator(task).rollout(np.array([0]), lambda t, x, o: actions[t][None].astype(np.float32).astype(float), T)
+    np.testing.assert_allclose(r.O[0], gym_obs, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("block", ["slider_force", "joint_velocities"])
+def test_observation_only_blocks_are_refused_in_the_state(block):
+    """A constraint force or a clipped reading has no derivative the dynamics could use: one line naming it."""
+    from gps_core.sim.task import TaskError
+
+    state = task_params("inverted_double_pendulum")["task"]["state"] + [block]
+    with pytest.raises(TaskError) as err:
+        compiled("inverted_double_pendulum", state=state)
+    assert err.value.key == f"task.state[{len(state) - 1}]"
+    assert "the observation may hold it, the state may not" in str(err.value)

@@ -121,6 +121,8 @@ class BlockReader:
                 v = np.cos(data.qpos[b.qadr])
             elif b.kind == "sin":
                 v = np.sin(data.qpos[b.qadr])
+            elif b.kind == "constraint_force":  # from MuJoCo's last forward pass, as the points (docstring)
+                v = data.qfrc_constraint[b.dadr]
             elif b.kind == "position":
                 if b.axes == self.XYZ:
                     v = np.concatenate([self._position(data, p) for p in b.points])
@@ -130,7 +132,7 @@ class BlockReader:
                 v = (self._position(data, b.points[0]) - self._position(data, b.points[1]))[list(b.axes)]
             else:  # velocity
                 v = np.zeros(b.size) if prev is None else (out[b.of] - prev[b.of]) / self.dt
-            out[b.name] = v
+            out[b.name] = v if b.clip is None else np.clip(v, *b.clip)
         return out
 
     def jacobian(self, model, data) -> np.ndarray:

@@ -14,6 +14,12 @@ Blocks, read from MjData after each control step (kinds and their entries):
     position  points, axes      p_i[axes]                        len(axes) per point
     relative  point, to, axes   (p_a − p_b)[axes]                len(axes)
     velocity  of                (b_t − b_{t−1}) / dt, 0 at t=0   as block b (a position or relative block)
+    constraint_force  joints    MjData.qfrc_constraint at the joint's dof   one per joint (observation only)
+
+qvel and constraint_force blocks may carry `clip: [lo, hi]` (Gymnasium's observations clip some
+readings); a clipped block and a constraint_force block belong to the observation only: the state is
+what the dynamics fit and the linearisation differentiate. The constraint force comes from MuJoCo's
+last forward pass, like the points below (Gymnasium reads it the same way).
 
 x = concat(state blocks), o = concat(observation blocks). A point is a site or a
 body of the model (its frame origin: MjData.site_xpos or MjData.xpos); a name
@@ -41,8 +47,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-BLOCK_KINDS = ("qpos", "qvel", "cos", "sin", "position", "relative", "velocity")
-JOINT_KINDS = ("qpos", "qvel", "cos", "sin")
+BLOCK_KINDS = ("qpos", "qvel", "cos", "sin", "constraint_force", "position", "relative", "velocity")
+JOINT_KINDS = ("qpos", "qvel", "cos", "sin", "constraint_force")
+# Readings that only the observation may hold: no derivative of them is formed (gps_core.sim.linearise).
+OBSERVATION_ONLY = ("constraint_force",)
 POINT_KINDS = ("position", "relative")  # blocks with a Jacobian
 STEPPING = ("split", "mj_step")
 AXES = {"x": 0, "y": 1, "z": 2}
@@ -77,6 +85,7 @@ class Block:
     points: tuple[Point, ...] = ()  # position: its points; relative: (point, to)
     axes: tuple[int, ...] = (0, 1, 2)
     of: str | None = None  # velocity: the block it differentiates
+    clip: tuple[float, float] | None = None  # observation-only readings clipped to [lo, hi] (Gymnasium's clip)
 
 
 @dataclass(frozen=True)
@@ -262,7 +271,8 @@ def _axes(spec: Mapping[str, Any], key: str) -> tuple[int, ...]:
 
 
 _BLOCK_KEYS = {
-    "qpos": {"kind", "joints"}, "qvel": {"kind", "joints"}, "cos": {"kind", "joints"}, "sin": {"kind", "joints"},
+    "qpos": {"kind", "joints"}, "qvel": {"kind", "joints", "clip"}, "cos": {"kind", "joints"}, "sin": {"kind", "joints"},
+    "constraint_force": {"kind", "joints", "clip"},
     "position": {"kind", "points", "axes"}, "relative": {"kind", "point", "to", "axes"}, "velocity": {"kind", "of"},
 }
 
@@ -279,7 +289,13 @@ def _block(model, name: str, spec: Any, key: str, defined: Mapping[str, Block]) 
     empty = np.zeros(0, dtype=np.int64)
     if kind in JOINT_KINDS:
         qadr, dadr, _ = _joints(model, spec.get("joints"), f"{key}.joints")
-        return Block(name, kind, len(qadr), qadr, dadr)
+        clip = spec.get("clip")
+        if clip is not None:
+            if not (isinstance(clip, list) and len(clip) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                                    and np.isfinite(c) for c in clip) and clip[0] < clip[1]):
+                raise TaskError(f"{key}.clip", f"{clip!r}: expected [lo, hi], two numbers with lo < hi")
+            clip = (float(clip[0]), float(clip[1]))
+        return Block(name, kind, len(qadr), qadr, dadr, clip=clip)
     if kind == "position":
         points = spec.get("points")
         if not isinstance(points, list) or not points:
@@ -422,6 +438,10 @@ def compile_task(task: Mapping[str, Any], base: Path | None = None) -> Task:
             raise TaskError(f"task.{field}", f"{names!r}: a block is listed twice")
         lists[field] = tuple(names)
     state, observation = lists["state"], lists["observation"]
+    for i, n in enumerate(state):  # the state's blocks are what the dynamics and the C-step differentiate
+        if defined[n].kind in OBSERVATION_ONLY or defined[n].clip is not None:
+            what = f"a {defined[n].kind} block" if defined[n].kind in OBSERVATION_ONLY else "a clipped block"
+            raise TaskError(f"task.state[{i}]", f"{n!r} is {what}: the observation may hold it, the state may not")
     config_dofs = _check_configuration(model, state, defined)
 
     needed = set(state) | set(observation)
