@@ -151,8 +151,7 @@ def load_step_mult(path, known: Known | None = None) -> np.ndarray:
     from a step.h5 (the init's ones: every step's multiplier). Finite and > 0."""
     data, attrs = read_artifact(path, ["step_mult"])
     kind = "res_percent" if attrs.get("stage") == "res_percent" else "step"
-    data, _ = read_artifact(path, ["step_mult"], kind=kind)
-    check(str(path), data, spec(kind, "step_mult"), known)
+    check(str(path), data, spec(kind, "step_mult"), known)  # the kind's rank and dtype, as read_artifact(kind=) would
     positive(str(path), data["step_mult"], "step_mult")
     return data["step_mult"] if kind == "res_percent" else data["step_mult"][:, None]
 

@@ -45,34 +45,37 @@ LEFT_OVER = "left over"  # an itr_NN folder beyond params' iterations (an earlie
 KIND_OF_FILE = {name: kind for kind, name in FILES.items()}  # samples.h5 -> samples, ...
 
 
-def _iteration_stages(k: int, algorithm: str) -> dict[str, Any]:
-    """Iteration k's stages as `gps pipeline` lays them out (stages.pipeline.generate), in execution order."""
+def run_layout(iterations: int, algorithm: str) -> dict[str, Any]:
+    """Every stage of the run as `gps pipeline` lays them out (stages.pipeline.generate), in execution order;
+    built once per table (each stage lists its code, which costs an import walk)."""
     from stages.pipeline.generate import build_pipeline
 
-    doc = build_pipeline(k + 1, algorithm=algorithm)
+    return build_pipeline(max(iterations, 1), algorithm=algorithm)["stages"]
+
+
+def _iteration_stages(layout: dict[str, Any], k: int) -> dict[str, Any]:
+    """Iteration k's stages of a run_layout, in execution order."""
     tag = f"_{k:02d}"
-    return {name: st for name, st in doc["stages"].items() if name.endswith(tag) or (k == 0 and name == "catch_up")}
+    return {name: st for name, st in layout.items() if name.endswith(tag) or (k == 0 and name == "catch_up")}
 
 
-def iteration_files(k: int, algorithm: str = "mdgps") -> list[tuple[str, str]]:
+def iteration_files(k: int, algorithm: str = "mdgps", layout: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """(stage, file) of iteration k in pipeline order: every file its stages write, and the metrics."""
     files = []
-    for name, st in _iteration_stages(k, algorithm).items():
+    for name, st in _iteration_stages(layout or run_layout(k + 1, algorithm), k).items():
         step = name if name == "catch_up" else name.rsplit("_", 1)[0]
         files += [(step, Path(out).name) for out in [*st.get("outs", []), *st.get("metrics", [])]]
     return files
 
 
-def step_file(data: Path, k: int, algorithm: str) -> Path:
+def step_file(data: Path, k: int, layout: dict[str, Any]) -> Path:
     """The step multipliers iteration k's evaluation reads (its C-step's): init/step.h5, step.h5 or res_percent.h5."""
-    cmd = _iteration_stages(k, algorithm)[f"evaluate_{k:02d}"]["cmd"].split()
+    cmd = layout[f"evaluate_{k:02d}"]["cmd"].split()
     return data / Path(cmd[cmd.index("--step") + 1]).relative_to("data")
 
 
-def init_files(algorithm: str = "mdgps") -> tuple[str, ...]:
-    from stages.pipeline.generate import build_pipeline
-
-    return tuple(Path(out).name for out in build_pipeline(1, algorithm=algorithm)["stages"]["init"]["outs"])
+def init_files(layout: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(Path(out).name for out in layout["init"]["outs"])
 
 
 def run_algorithm(data: Path, settings: "Settings | None") -> str:
@@ -162,12 +165,13 @@ def collect(data: Path, params_path: Path | None = None) -> tuple[list[Row], lis
     scores = [c for c, key in SCORE_COLUMNS.items() if selected[c] or any(key in m for m in metrics_all if m)]
     columns = ["itr", "state", "drawn by", "cost", "dist", *(f"succ<{t:g}" for t in thresholds), *scores,
                *(["held-out"] if held_out else []), "KL/bound", "eta", *(["nu"] if algorithm == "badmm" else []), "step_mult", "safeguards", "time"]
-    first = init_files(algorithm)
+    layout = run_layout(n_itr, algorithm)
+    first = init_files(layout)
     init_times = [(data / "init" / f).stat().st_mtime for f in first if (data / "init" / f).exists()]
     prev_end = max(init_times) if len(init_times) == len(first) else None
     rows = []
     for k in range(n_itr):
-        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out, scores)
+        row, end = _row(data, k, thresholds, metrics_all[k], prev_end, algorithm, held_out, scores, layout)
         if settings is not None and k >= settings.iterations:  # files of an earlier, longer run: not this run's
             row.state = LEFT_OVER
         rows.append(row)
@@ -189,10 +193,10 @@ def _score_cell(column: str, metrics: dict[str, Any]) -> str:
 
 
 def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | None,
-         prev_end: float | None, algorithm: str = "mdgps", held_out: bool = False,
-         scores: tuple[str, ...] | list[str] = ()) -> tuple[Row, float | None]:
+         prev_end: float | None, algorithm: str, held_out: bool, scores: list[str],
+         layout: dict[str, Any]) -> tuple[Row, float | None]:
     d = data / f"itr_{k:02d}"
-    files = iteration_files(k, algorithm)
+    files = iteration_files(k, algorithm, layout)
     present = {name: (d / name).exists() for _, name in files}
     missing = [stage for stage, name in files if not present[name]]
     state = "done" if not missing else ("pending" if not any(present.values()) else f"next: {missing[0]}")
@@ -261,7 +265,7 @@ def _row(data: Path, k: int, thresholds: list[float], metrics: dict[str, Any] | 
     duals = read("duals.h5", ("pol_wt",)) if algorithm == "badmm" else None
     if duals is not None:
         cells["nu"] = _g(float(duals["pol_wt"].mean()))
-    steps = step_file(data, k, algorithm)
+    steps = step_file(data, k, layout)
     if steps.exists():
         try:
             mult = _read_h5(steps, ("step_mult",))["step_mult"]
