@@ -166,7 +166,9 @@ class ILQRConfig:
     iterations: backward passes per condition at most. tolerance: relative decrease of the true
     cost below which it has converged. line_search: step sizes tried, α = 1, ½, … (this many).
     mu_min, mu_max, mu_factor: Levenberg–Marquardt μ on Q_uu (0, mu_min, …; give up past mu_max;
-    Δ0 = mu_factor). eps: the linearisation's difference step (linearise_trajectory).
+    Δ0 = mu_factor). eps: the linearisation's difference step (linearise_trajectory). first_horizon:
+    the shortest horizon solved; a longer T is reached by doubling it, each horizon starting from the
+    shorter one's solution held at its last state (gps_core.traj_opt.ilqr.ilqr_growing).
     """
 
     iterations: int = 50
@@ -176,6 +178,7 @@ class ILQRConfig:
     mu_max: float = 1e10
     mu_factor: float = 2.0
     eps: float = 1e-6
+    first_horizon: int = 25
 
 
 # --------------------------------------------------------------------------- the S-step (gps_core.policy.s_step)

@@ -71,6 +71,7 @@ def _model_controllers(s, sim) -> list:
                                                     progress=progress)
         except LinearisationError as err:
             raise UserError(f"init_lqr.source is model, but {err}") from None
-    log("init: iLQR noise-free cost per condition, first rollout (u = 0) -> controller: "
+    log(f"init: iLQR noise-free cost per condition over {s.task.T} steps, first rollout (u = 0, or a shorter horizon's "
+        "solution extended) -> controller: "
         + ", ".join(f"{c[0]:.4g} -> {c[-1]:.4g}" for c in costs))
     return pols
