@@ -106,6 +106,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
     (stages.settings.schema: iterations >= 1, algorithm one of ALGORITHMS).
     """
     p = [] if params_file == "params.yaml" else ["--params", params_file]
+    dynamics_source = "model" if dynamics_model else "fitted"
     init_c, init_p, init_s = "data/init/controllers.h5", "data/init/policy.h5", "data/init/step.h5"
     if algorithm == "badmm":
         init_d = "data/init/duals.h5"
@@ -116,8 +117,8 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
                 [], "init_badmm_model" if init_model else "init_badmm", [init_c, init_p, init_s, init_d], params_file,
             )
         }
-        metrics_files = [_badmm_iteration(stages, k, p, params_file) for k in range(iterations)]
-        return _model_dynamics(_finish(stages, metrics_files, iterations, p, params_file, gym), params_file, dynamics_model)
+        metrics_files = [_badmm_iteration(stages, k, p, params_file, dynamics_source) for k in range(iterations)]
+        return _finish(stages, metrics_files, iterations, p, params_file, gym)
     stages = {
         "init": _stage(
             ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s],
@@ -125,9 +126,8 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
         )
     }
     if algorithm in LOCAL_ONLY:
-        metrics_files = [_local_iteration(stages, k, algorithm, p, params_file) for k in range(iterations)]
-        return _model_dynamics(_finish(stages, metrics_files, iterations, p, params_file, gym=False), params_file,
-                               dynamics_model)
+        metrics_files = [_local_iteration(stages, k, algorithm, p, params_file, dynamics_source) for k in range(iterations)]
+        return _finish(stages, metrics_files, iterations, p, params_file, gym=False)
     metrics_files = []
     for k in range(iterations):
         d, prev = _itr(k), _itr(k - 1)
@@ -140,7 +140,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
         controllers, policy = f"{d}/controllers.h5", f"{d}/policy.h5"
 
         _sample_and_fit_dynamics(stages, k, p, params_file, prev_controllers, prev_policy,
-                                 fit=algorithm != "pigps")
+                                 None if algorithm == "pigps" else dynamics_source)
         if k == 0:
             # Catch-up: before the first C-step the network imitates the initial controllers.
             policy_in = f"{d}/policy_catchup.h5"
@@ -186,25 +186,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
             [samples, controllers, policy_in], "s_step", [policy], params_file,
         )
         metrics_files.append(_evaluate(stages, k, p, params_file, step, policy))
-    return _model_dynamics(_finish(stages, metrics_files, iterations, p, params_file, gym), params_file, dynamics_model)
-
-
-def _model_dynamics(doc: dict[str, Any], params_file: str, dynamics_model: bool) -> dict[str, Any]:
-    """With dynamics.source: model, every fit_dynamics stage reads the task and not the previous dynamics (the
-    model has no prior to carry): the same stages otherwise."""
-    if not dynamics_model:
-        return doc
-    for name, stage in doc["stages"].items():
-        if name.startswith("fit_dynamics_"):
-            cmd = stage["cmd"].split(" ")
-            if "--prev" in cmd:
-                prev = cmd[cmd.index("--prev") + 1]
-                del cmd[cmd.index("--prev"):cmd.index("--prev") + 2]
-                stage["deps"] = [d for d in stage["deps"] if d != prev]
-            stage["cmd"] = " ".join(cmd)
-            keys = list(STAGE_PARAMS["fit_dynamics_model"])
-            stage["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
-    return doc
+    return _finish(stages, metrics_files, iterations, p, params_file, gym)
 
 
 def _evaluate(stages: dict[str, Any], k: int, p: list[str], params_file: str, step: str, policy: str | None) -> str:
@@ -258,14 +240,16 @@ def _pilqr(stages: dict[str, Any], k: int, p: list[str], params_file: str, sampl
     return step
 
 
-def _local_iteration(stages: dict[str, Any], k: int, algorithm: str, p: list[str], params_file: str) -> str:
+def _local_iteration(stages: dict[str, Any], k: int, algorithm: str, p: list[str], params_file: str,
+                     dynamics_source: str) -> str:
     """Add iteration k of a local optimizer alone (traj_opt, pi2, pilqr); returns its metrics file. The
     controllers that drew the samples are the KL reference and what PI2 starts from."""
     d, prev, prev2, tag, i = _itr(k), _itr(k - 1), _itr(k - 2), f"{k:02d}", ["-i", str(k)]
     init_c, init_s = "data/init/controllers.h5", "data/init/step.h5"
     sampling = init_c if k == 0 else f"{prev}/controllers.h5"
     samples, dynamics, controllers = f"{d}/samples.h5", f"{d}/dynamics.h5", f"{d}/controllers.h5"
-    _sample_and_fit_dynamics(stages, k, p, params_file, sampling, "data/init/policy.h5", fit=algorithm != "pi2")
+    _sample_and_fit_dynamics(stages, k, p, params_file, sampling, "data/init/policy.h5",
+                             None if algorithm == "pi2" else dynamics_source)
     step = init_s
     if algorithm == "pi2":
         _pi2(stages, k, p, params_file, sampling)
@@ -293,24 +277,27 @@ def _local_iteration(stages: dict[str, Any], k: int, algorithm: str, p: list[str
 
 
 def _sample_and_fit_dynamics(stages: dict[str, Any], k: int, p: list[str], params_file: str,
-                             controllers: str, policy: str, fit: bool = True) -> None:
-    """Add iteration k's sample and (fit) fit_dynamics stages (the same for every algorithm that fits)."""
+                             controllers: str, policy: str, dynamics_source: str | None) -> None:
+    """Add iteration k's sample stage and, unless dynamics_source is None (PI2 needs no model), its fit_dynamics stage
+    (the same for every algorithm): "fitted" regresses on the samples with the previous dynamics' prior, "model"
+    linearises the model along them and reads the task, with no previous dynamics to carry."""
     d, prev, tag, i = _itr(k), _itr(k - 1), f"{k:02d}", ["-i", str(k)]
-    samples, dynamics = f"{d}/samples.h5", f"{d}/dynamics.h5"
+    samples = f"{d}/samples.h5"
     stages[f"sample_{tag}"] = _stage(
         ["gps", "sample", *i, *p, "--controllers", controllers, "--policy", policy, "--out", samples],
         [controllers, policy], "sample", [samples], params_file,
     )
-    if not fit:
+    if dynamics_source is None:
         return
-    prev_dyn = [] if k == 0 else [f"{prev}/dynamics.h5"]
+    out = f"{d}/dynamics.h5"
+    prev_dyn = [] if k == 0 or dynamics_source == "model" else [f"{prev}/dynamics.h5"]
     stages[f"fit_dynamics_{tag}"] = _stage(
-        ["gps", "fit-dynamics", *i, *p, "--samples", samples, *sum((["--prev", x] for x in prev_dyn), []), "--out", dynamics],
-        [samples, *prev_dyn], "fit_dynamics", [dynamics], params_file,
+        ["gps", "fit-dynamics", *i, *p, "--samples", samples, *sum((["--prev", x] for x in prev_dyn), []), "--out", out],
+        [samples, *prev_dyn], "fit_dynamics_model" if dynamics_source == "model" else "fit_dynamics", [out], params_file,
     )
 
 
-def _badmm_iteration(stages: dict[str, Any], k: int, p: list[str], params_file: str) -> str:
+def _badmm_iteration(stages: dict[str, Any], k: int, p: list[str], params_file: str, dynamics_source: str) -> str:
     """Add BADMM iteration k's stages to `stages`; returns its metrics file.
 
     p̄ (the controllers that draw the samples and bound the C-step's KL) is the previous
@@ -327,7 +314,7 @@ def _badmm_iteration(stages: dict[str, Any], k: int, p: list[str], params_file: 
     controllers, policy, duals = f"{d}/controllers.h5", f"{d}/policy.h5", f"{d}/duals.h5"
     lin_final, inner = f"{d}/policy_lin_final.h5", f"{d}/inner.h5"
 
-    _sample_and_fit_dynamics(stages, k, p, params_file, prev_controllers, prev_policy)
+    _sample_and_fit_dynamics(stages, k, p, params_file, prev_controllers, prev_policy, dynamics_source)
     prev_lin = [] if k == 0 else [f"{prev}/policy_lin_final.h5"]  # the policy prior's GMM as the inner loop left it
     stages[f"fit_policy_{tag}"] = _stage(
         ["gps", "fit-policy", *i, *p, "--samples", samples, "--policy", prev_policy,
