@@ -21,7 +21,7 @@ def registered_app():
     iteration's steps in order, then the user tools)."""
     from stages.app import app
     from stages.steps import (  # noqa: F401  (each registers its command on import)
-        init, sample, fit_dynamics, fit_policy, adjust_step, badmm_adjust_step, badmm_inner, c_step, res_percent,
+        init, init_model, sample, fit_dynamics, fit_policy, adjust_step, badmm_adjust_step, badmm_inner, c_step, res_percent,
         lqr_step, pi2, s_step, evaluate, summary, plot, evaluate_gym,
     )
     from stages.tools import commands  # noqa: F401

@@ -89,7 +89,41 @@ def test_a_state_that_is_not_the_simulations_is_refused_in_one_line(tmp_path):
     result = run_init(tmp_path / "ws", params)
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
-    assert line.startswith("gps init: error: init_lqr.source is model, but task pusher: the state x does not hold "
+    assert line.startswith("gps init-model: error: init_lqr.source is model, but task pusher: the state x does not hold "
                            "the simulation's state"), line
     assert "obj_slidex" in line
     assert not (tmp_path / "ws" / "data").exists()
+
+
+def test_the_guessed_init_stage_does_not_depend_on_ilqr():
+    """Only a run whose initial controllers come from the model has iLQR's code among its init stage's deps: editing
+    ilqr.py leaves the paper's runs up to date. Each command refuses the other source in one line."""
+    peg = task_params("peg")
+    init = yaml.safe_load(render_pipeline(peg)["dvc.yaml"])["stages"]["init"]
+    assert init["cmd"].startswith("gps init ") and "gps_core/traj_opt/ilqr.py" not in init["deps"]
+    model = copy.deepcopy(peg)
+    model["init_lqr"]["source"] = "model"
+    init = yaml.safe_load(render_pipeline(model)["dvc.yaml"])["stages"]["init"]
+    assert init["cmd"].startswith("gps init-model ") and "gps_core/traj_opt/ilqr.py" in init["deps"]
+
+
+def test_each_init_command_refuses_the_other_source(tmp_path):
+    from stages.main import registered_app
+
+    for source, command in (("model", "init"), ("guess", "init-model")):
+        params = small_params(1)
+        params["init_lqr"]["source"] = source
+        ws = tmp_path / source
+        ws.mkdir()
+        (ws / "params.yaml").write_text(yaml.safe_dump(params))
+        cwd = os.getcwd()
+        os.chdir(ws)
+        try:
+            result = CliRunner().invoke(registered_app(), [command, "--controllers-out", "c.h5", "--policy-out", "p.h5",
+                                                           "--step-out", "s.h5"])
+        finally:
+            os.chdir(cwd)
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines()[-1].startswith(
+            f"gps {command}: error: params.yaml: init_lqr.source is '{source}'"), result.output
+        assert not any(ws.glob("*.h5"))

@@ -106,13 +106,14 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
     (stages.settings.schema: iterations >= 1, algorithm one of ALGORITHMS).
     """
     p = [] if params_file == "params.yaml" else ["--params", params_file]
-    dynamics_source = "model" if dynamics_model else "fitted"
+    dynamics_source = "model" if dynamics_model else "fit"
     init_c, init_p, init_s = "data/init/controllers.h5", "data/init/policy.h5", "data/init/step.h5"
+    init_cmd = ["gps", "init-model" if init_model else "init"]
     if algorithm == "badmm":
         init_d = "data/init/duals.h5"
         stages: dict[str, Any] = {
             "init": _stage(
-                ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s,
+                [*init_cmd, *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s,
                  "--duals-out", init_d],
                 [], "init_badmm_model" if init_model else "init_badmm", [init_c, init_p, init_s, init_d], params_file,
             )
@@ -121,7 +122,7 @@ def build_pipeline(iterations: int, params_file: str = "params.yaml", algorithm:
         return _finish(stages, metrics_files, iterations, p, params_file, gym)
     stages = {
         "init": _stage(
-            ["gps", "init", *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s],
+            [*init_cmd, *p, "--controllers-out", init_c, "--policy-out", init_p, "--step-out", init_s],
             [], "init_model" if init_model else "init", [init_c, init_p, init_s], params_file,
         )
     }
@@ -279,7 +280,7 @@ def _local_iteration(stages: dict[str, Any], k: int, algorithm: str, p: list[str
 def _sample_and_fit_dynamics(stages: dict[str, Any], k: int, p: list[str], params_file: str,
                              controllers: str, policy: str, dynamics_source: str | None) -> None:
     """Add iteration k's sample stage and, unless dynamics_source is None (PI2 needs no model), its fit_dynamics stage
-    (the same for every algorithm): "fitted" regresses on the samples with the previous dynamics' prior, "model"
+    (the same for every algorithm): "fit" regresses on the samples with the previous dynamics' prior, "model"
     linearises the model along them and reads the task, with no previous dynamics to carry."""
     d, prev, tag, i = _itr(k), _itr(k - 1), f"{k:02d}", ["-i", str(k)]
     samples = f"{d}/samples.h5"

@@ -42,7 +42,7 @@ ROOT = Path(sys.modules["stages"].__file__).resolve().parent.parent
 # The commands of the generated dvc.yaml. The others (report, sweep, render, ...)
 # are run by hand, rarely, and render must pick its OpenGL backend at import.
 WORKER_COMMANDS = frozenset({
-    "init", "sample", "fit-dynamics", "fit-policy", "adjust-step", "c-step", "s-step", "evaluate",
+    "init", "init-model", "sample", "fit-dynamics", "fit-policy", "adjust-step", "c-step", "s-step", "evaluate",
     "badmm-inner", "badmm-adjust-step", "res-percent", "lqr-step", "pi2", "summary", "plot", "evaluate-gym",
 })
 # Read when the worker imports numpy, torch and mujoco: a worker serves one set of values.
