@@ -222,7 +222,7 @@ RootOpt = typer.Option(Path("."), "--root", help="project root: dvc.yaml goes he
 
 @app.command("configure")
 def configure(
-    task: str = typer.Argument(..., help="a task of configs/ (obstacle, peg, peg_blind, reacher, pusher): configs/<task>.yaml"),
+    task: str = typer.Argument(..., help="a task of configs/: configs/<task>.yaml (an unknown name lists them)"),
     params_path: Path = ParamsOpt,
     root: Path = RootOpt,
 ) -> None:
