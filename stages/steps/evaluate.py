@@ -37,7 +37,7 @@ def evaluate(
     from gps_core.sim.sampling import rollout_controllers, rollout_policy
     from gps_core.scoring import final_distance, success, survival_steps
     from stages.artifacts.checks import check_controller_stats, load_samples, load_step_mult
-    from stages.artifacts.controllers import load_controllers
+    from stages.artifacts.controllers import controllers_from_datasets
 
     s = load_settings(params_path)
     agent, ev = s.agent, s.evaluation
@@ -50,7 +50,7 @@ def evaluate(
     cdata = check_controller_stats(controllers, {"M": known["M"]})
     step_mult = load_step_mult(step, {"M": known["M"]}).mean(axis=1)
     if policy is None:
-        local = load_controllers(controllers, known)
+        local = controllers_from_datasets(cdata, str(controllers), known)  # the file read once
     else:
         from stages.artifacts.policy import load_policy
 
