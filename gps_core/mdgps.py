@@ -44,6 +44,13 @@ class StepEstimates:
 
 
 def new_step_mult(predicted_impr: float, actual_impr: float, step_mult: float, min_mult: float, max_mult: float) -> float:
+    """The paper's rule: step_mult x predicted / (2 (predicted - actual)), the ratio within [0.1, 5], the result
+    within [min_mult, max_mult]. Where the estimates overflowed (an improvement that is NaN, or a predicted one
+    that is infinite: seen on Pusher with iLQR's gains of 5e5 at a joint limit) the multiplier is kept: the
+    rule has no evidence either way, and a NaN multiplier would stop the next C-step. An actual improvement of
+    -inf (the new controller's cost overflowed) is evidence: the ratio is 0, the step shrinks."""
+    if np.isnan(predicted_impr) or np.isnan(actual_impr) or np.isinf(predicted_impr):
+        return float(step_mult)
     ratio = predicted_impr / (2.0 * max(1e-4, predicted_impr - actual_impr))
     ratio = min(max(ratio, 0.1), 5.0)
     return float(min(max(ratio * step_mult, min_mult), max_mult))

@@ -63,3 +63,13 @@ def test_new_step_mult():
     assert new_step_mult(-1.0, -3.0, 1.0, 0.01, 1.0) == pytest.approx(0.1)
     # upper clip
     assert new_step_mult(1.0, 0.9, 0.9, 0.01, 1.0) == pytest.approx(1.0)
+
+
+def test_new_step_mult_keeps_the_multiplier_where_the_estimates_overflowed():
+    """NaN or an infinite prediction: no evidence, the multiplier stays (it would otherwise be NaN, or 5x on
+    inf / inf); an actual improvement of -inf shrinks the step as any failed step does."""
+    nan, inf = float("nan"), float("inf")
+    for predicted, actual in ((nan, 1.0), (1.0, nan), (nan, nan), (inf, inf), (inf, 1.0), (-inf, 1.0)):
+        assert new_step_mult(predicted, actual, 0.3, 0.01, 10.0) == 0.3
+    assert new_step_mult(1.0, -inf, 0.3, 0.01, 10.0) == pytest.approx(0.03)
+    assert new_step_mult(1.0, -inf, 0.3, 0.05, 10.0) == pytest.approx(0.05)
