@@ -276,3 +276,28 @@ def test_niw_prior_two_clusters_by_hand():
     mu0_single, Phi_single, _, _ = niw_prior(gmm, points[::-1] + 5.0, strength)
     np.testing.assert_allclose(mu0_b[1], mu0_single, rtol=1e-12)
     np.testing.assert_allclose(Phi_b[1], Phi_single, rtol=1e-12)
+
+
+def test_em_covariances_stay_factorable_at_any_scale():
+    """Samples of scale 1e10 (Pusher under iLQR's gains of 5e5): along one direction only, their covariance
+    (scale 1e20) plus EM's jitter 1e-6 I is positive definite on paper, but numpy cannot factor it, and the
+    fit stopped. Each covariance EM makes now factors (jitter relative to its scale where needed), the fit
+    runs, and data of ordinary scale give the same numbers as without that step."""
+    from gps_core.fit import gmm as gmm_module
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(4)
+    sigma = 1e20 * np.outer(v, v) + 1e-6 * np.eye(4)
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(sigma)
+    fixed = gmm_module._factorable(sigma)
+    np.linalg.cholesky(fixed)
+    assert 0 < np.max(np.abs(fixed - sigma)) < 1e-6 * 1e20 * v @ v
+    data = 1e10 * rng.standard_normal((3, 1))[None] * v[None, None]  # [1, 3, 4]: three points on one line
+    data = np.concatenate([data, 1e10 * rng.standard_normal((1, 40, 1)) * v], axis=1)
+    gmms, _ = fit_gmm_batched(data, 2, np.random.default_rng(1))
+    for s in gmms[0].sigma:
+        np.linalg.cholesky(s)
+    ordinary = rng.standard_normal((2, 60, 3))
+    same = np.stack([np.cov(d, rowvar=False) for d in ordinary]) + 1e-6 * np.eye(3)
+    assert gmm_module._factorable(same) is same  # nothing added where numpy factors

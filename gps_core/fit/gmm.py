@@ -91,7 +91,7 @@ def _initial_parameters(data: np.ndarray, n_clusters: int, rng: np.random.Genera
     mu = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1.0)[:, None], overall_mean[None, :])
     diff = (data[None, :, :] - mu[:, None, :]) * one_hot.T[:, :, None]  # [K, N, D], zero off-cluster
     scatter = np.swapaxes(diff, 1, 2) @ diff  # [K, D, D]
-    sigma = scatter / n_clusters + INIT_COVARIANCE_JITTER * np.eye(dim)[None]
+    sigma = _factorable(scatter / n_clusters + INIT_COVARIANCE_JITTER * np.eye(dim)[None])
     logmass = np.full(n_clusters, np.log(1.0 / n_clusters))
     return mu, sigma, logmass
 
@@ -146,6 +146,39 @@ def _lower_triangular_inverse(chol_lower: np.ndarray) -> np.ndarray:
     return out.reshape(chol_lower.shape)
 
 
+def _factorable(sigma: np.ndarray) -> np.ndarray:
+    """sigma [..., D, D] itself if numpy factors every matrix (Cholesky); else a copy in which each matrix it
+    cannot factor has jitter · I added, from 1e-12 of its largest diagonal entry up by tens until it factors.
+
+    EM adds EM_COVARIANCE_JITTER · I to every covariance, which keeps those of data of ordinary scale positive
+    definite. With samples of scale 1e10 (Pusher, whose iLQR controllers had gains of 5e5 at a joint limit)
+    the covariance's round-off exceeds that jitter: the E-step's Cholesky, and the next iteration's check of
+    the stored prior, stopped the run. Where numpy factors every matrix (every run before that one) the
+    numbers are unchanged.
+    """
+    try:
+        np.linalg.cholesky(sigma)
+        return sigma
+    except np.linalg.LinAlgError:
+        pass
+    dim = sigma.shape[-1]
+    out = sigma.reshape(-1, dim, dim).copy()
+    eye = np.eye(dim)
+    for i, s in enumerate(out):
+        scale = max(float(np.max(np.abs(np.diagonal(s)))), 1.0)
+        jitter = 0.0
+        while True:
+            try:
+                np.linalg.cholesky(s + jitter * eye)
+                break
+            except np.linalg.LinAlgError:
+                jitter = 1e-12 * scale if jitter == 0.0 else 10.0 * jitter
+                if jitter > scale or not np.isfinite(jitter):
+                    raise
+        out[i] = s + jitter * eye
+    return out.reshape(sigma.shape)
+
+
 def log_joint_batched(mu: np.ndarray, sigma: np.ndarray, logmass: np.ndarray, points: np.ndarray) -> np.ndarray:
     """L[b, ..., n, k] = log N(y_n; μ_bk, Σ_bk) + log π_bk for B mixtures at once (Cholesky of Σ).
 
@@ -154,7 +187,7 @@ def log_joint_batched(mu: np.ndarray, sigma: np.ndarray, logmass: np.ndarray, po
     """
     n_batch, n_clusters, dim = mu.shape
     batch_shape = points.shape[1:-1]
-    chol_lower = np.linalg.cholesky(sigma)  # [B, K, D, D]
+    chol_lower = np.linalg.cholesky(sigma)  # [B, K, D, D]: factorable (_factorable at every M-step)
     half_logdet = np.sum(np.log(np.diagonal(chol_lower, axis1=-2, axis2=-1)), axis=-1)  # [B, K]
     chol_inv = _lower_triangular_inverse(chol_lower)  # [B, K, D, D], L⁻¹
     flat = points.reshape(n_batch, -1, dim)  # [B, P, D]
@@ -181,7 +214,7 @@ def _m_step_batched(data: np.ndarray, log_resp: np.ndarray):
     diff = data[:, None, :, :] - mu[:, :, None, :]  # [B, K, N, D]
     weighted = diff * np.sqrt(weights_t)[..., None]
     cov = np.swapaxes(weighted, -1, -2) @ weighted  # [B, K, D, D]
-    sigma = 0.5 * (cov + np.swapaxes(cov, -1, -2)) + EM_COVARIANCE_JITTER * np.eye(dim)
+    sigma = _factorable(0.5 * (cov + np.swapaxes(cov, -1, -2)) + EM_COVARIANCE_JITTER * np.eye(dim))
     return mu, sigma, logmass
 
 
