@@ -241,3 +241,34 @@ def test_cost_per_step(name, capsys):
     per_step = (time.perf_counter() - start) / (5 * (len(X) - 1))
     with capsys.disabled():
         print(f"\nlinearise {name}: {per_step * 1e3:.2f} ms per control step (dX {task.dX}, dU {task.dU})")
+
+
+def test_a_joint_limit_switching_on_within_the_difference_step_takes_the_free_side():
+    """Pusher's elbow 5e-7 inside its upper limit (0), moving into it at 2 rad/s: the limit switches on between
+    q - eps and q + eps, and the step jumps there. A central difference of the simulator's whole step gives
+    1.8e5 in the elbow's column (iLQR turned such columns into gains of 5.6e5); the linearisation takes the
+    free side's one-sided difference there (the whole step's backward difference, to 1e-6) and the central
+    difference in every other column (to 1e-7, as everywhere)."""
+    from gps_core.sim.linearise import one_sided_at_kinks
+
+    task = _task("pusher_with_object")
+    sim = Simulator(task)
+    X, U = rollout(sim)
+    x, u = X[2].copy(), U[2]
+    elbow = task.x_slices["arm_angles"].start + 3  # r_elbow_flex_joint, range [-2.32, 0]
+    x[elbow], x[task.x_slices["arm_velocities"].start + 3] = -5e-7, 2.0
+    qpos, qvel = physics_state(task, x, sim.qpos0[0])
+    lin = linearise_step(sim.models[0], task, qpos, qvel, u, x=x)
+    F, _ = fd_jacobians(sim, 0, x, u)
+    assert np.abs(F[:, elbow]).max() > 1e5
+    base = sim_step(sim, 0, x, u)
+    e = np.eye(len(x))[elbow]
+    backward = (base - sim_step(sim, 0, x - H * e, u)) / H
+    forward = (sim_step(sim, 0, x + H * e, u) - base) / H
+    assert np.abs(forward).max() > 1e5 and np.abs(backward).max() < 30
+    np.testing.assert_allclose(lin.F[:, elbow], backward, rtol=0, atol=1e-5)
+    others = np.delete(np.arange(len(x)), elbow)
+    np.testing.assert_allclose(lin.F[:, others], F[:, others], rtol=0, atol=2e-6 * np.abs(F[:, others]).max())
+    # Smooth differences come back as they were, the very array.
+    central = np.random.default_rng(0).standard_normal((5, 4))
+    assert one_sided_at_kinks(central, central + 1e-6) is central

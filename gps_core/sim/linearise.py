@@ -39,7 +39,13 @@ one-sided derivative, where a central difference of the simulator would give hal
 Where the step has a kink (a joint limit or contact switching on within the difference step,
 e.g. Pusher's arm resting on its elbow and wrist limits at t = 0) the chained per-substep
 differences and a difference of the whole control step can disagree; elsewhere, including in
-steady contact, they agree to ~1e-7 of the largest entry (tests/test_linearise.py).
+steady contact, they agree to ~1e-7 of the largest entry (tests/test_linearise.py). Where a limit
+switches on with the joint moving into it, the step jumps, and a central difference across the
+jump is jump / (2 eps) (1.8e5 on Pusher's elbow at 2 rad/s; iLQR made gains of 5.6e5 of such a
+column). Each substep's difference is therefore also taken forward: a column whose forward and
+backward differences disagree by more than KINK_RATIO (1 + the smaller's size) takes the smaller
+one-sided difference, the free side's (one_sided_at_kinks). Every other column is the central
+difference, bit for bit. The forward differences cost half again the linearisation's time.
 """
 
 from __future__ import annotations
@@ -181,6 +187,31 @@ def _points(task: Task, values: dict) -> np.ndarray:
                           or [np.zeros(0)])
 
 
+# A column whose forward and backward differences differ by more than this many times (1 + the smaller one's
+# size) is taken to cross a kink (module docstring).
+KINK_RATIO = 100.0
+
+
+def one_sided_at_kinks(central: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """Central differences [n, k], except in the columns where the step has a kink: there the one-sided
+    difference (forward, or backward = 2 central - forward) of the smaller size (max |entry|).
+
+    A joint limit or contact that switches on between x - eps and x + eps makes the step jump, and a central
+    difference across the jump is jump / (2 eps): 5e6 on Pusher where the elbow returns to its limit, which
+    iLQR turned into gains of 5.6e5. The side the limit is not on has the step's derivative there. On smooth
+    steps the two one-sided differences agree to O(eps) (second derivatives times eps), far within the
+    threshold, and the central difference is returned unchanged, bit for bit.
+    """
+    backward = 2.0 * central - forward
+    size_f, size_b = np.max(np.abs(forward), axis=0), np.max(np.abs(backward), axis=0)
+    kink = np.max(np.abs(forward - backward), axis=0) > KINK_RATIO * (1.0 + np.minimum(size_f, size_b))
+    if not np.any(kink):
+        return central
+    out = central.copy()
+    out[:, kink] = np.where(size_f[kink] <= size_b[kink], forward[:, kink], backward[:, kink])
+    return out
+
+
 def _substep_fd(model, data, task: Task, u: np.ndarray, split: bool, eps: float):
     """One physics step from data's state by central differences, for what mjd_transitionFD does not take (RK4).
 
@@ -209,11 +240,14 @@ def _substep_fd(model, data, task: Task, u: np.ndarray, split: bool, eps: float)
         return s, _points(task, reader.values(scratch, None))
 
     cols_s, cols_u = [], []
+    s0, p0 = run(np.zeros(ns), np.zeros(nu))
     for i in range(ns):
         e = np.zeros(ns)
         e[i] = eps
         (sp, pp), (sm, pm) = run(e, np.zeros(nu)), run(-e, np.zeros(nu))
-        cols_s.append(np.concatenate([sp - sm, pp - pm]) / (2 * eps))
+        central = np.concatenate([sp - sm, pp - pm]) / (2 * eps)
+        forward = np.concatenate([sp - s0, pp - p0]) / eps
+        cols_s.append(one_sided_at_kinks(central[:, None], forward[:, None])[:, 0])
     lo, hi = task.action_low, task.action_high
     for i in range(nu):
         up, down = min(eps, hi[i] - u[i]), min(eps, u[i] - lo[i])
@@ -264,6 +298,7 @@ def linearise_step(model, task: Task, qpos: np.ndarray, qvel: np.ndarray, u: np.
 
     A, B = np.eye(ns), np.zeros((ns, nu))  # d s_k / d(s_0, u) over the substeps taken so far
     Ak, Bk = np.zeros((ns, ns)), np.zeros((ns, nu))
+    Ak_fwd, Bk_fwd = np.zeros((ns, ns)), np.zeros((ns, nu))
     # mjd_transitionFD takes every integrator but RK4 (MuJoCo 4.0 refuses it); those also compute the kinematics
     # at the start of the step, so the points read after it are s⁻'s (split steps are Euler: compile_task).
     mjd = split or int(model.opt.integrator) in _KINEMATICS_AT_START
@@ -281,6 +316,8 @@ def linearise_step(model, task: Task, qpos: np.ndarray, qvel: np.ndarray, u: np.
         if mjd:
             data.ctrl[:] = uc
             mujoco.mjd_transitionFD(model, data, eps, True, Ak, Bk, None, None)
+            mujoco.mjd_transitionFD(model, data, eps, False, Ak_fwd, Bk_fwd, None, None)
+            Ak, Bk = one_sided_at_kinks(Ak, Ak_fwd), one_sided_at_kinks(Bk, Bk_fwd)
         else:
             Ak, Bk, Rs, Ru = _substep_fd(model, data, task, uc, split, eps)
             if k == task.substeps - 1:
