@@ -45,7 +45,7 @@ jump is jump / (2 eps) (1.8e5 on Pusher's elbow at 2 rad/s; iLQR made gains of 5
 column). Each substep's difference is therefore also taken forward: a column whose forward and
 backward differences disagree by more than KINK_RATIO (1 + the smaller's size) takes the smaller
 one-sided difference, the free side's (one_sided_at_kinks). Every other column is the central
-difference, bit for bit. The forward differences cost half again the linearisation's time.
+difference, bit for bit. The forward differences add 15-25 % to the linearisation's time (docs/performance.md).
 """
 
 from __future__ import annotations
