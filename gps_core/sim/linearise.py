@@ -239,26 +239,31 @@ def _substep_fd(model, data, task: Task, u: np.ndarray, split: bool, eps: float)
         s = np.concatenate([dq, scratch.qvel, scratch.act])
         return s, _points(task, reader.values(scratch, None))
 
-    cols_s, cols_u = [], []
-    s0, p0 = run(np.zeros(ns), np.zeros(nu))
+    # Central differences, and forward ones for one_sided_at_kinks (a column differenced one-sidedly, a control
+    # at a limit, has its forward difference equal to the central one, so it is never taken for a kink).
+    s0 = np.concatenate(run(np.zeros(ns), np.zeros(nu)))
+    central_s, forward_s = [], []
     for i in range(ns):
         e = np.zeros(ns)
         e[i] = eps
-        (sp, pp), (sm, pm) = run(e, np.zeros(nu)), run(-e, np.zeros(nu))
-        central = np.concatenate([sp - sm, pp - pm]) / (2 * eps)
-        forward = np.concatenate([sp - s0, pp - p0]) / eps
-        cols_s.append(one_sided_at_kinks(central[:, None], forward[:, None])[:, 0])
+        plus, minus = np.concatenate(run(e, np.zeros(nu))), np.concatenate(run(-e, np.zeros(nu)))
+        central_s.append((plus - minus) / (2 * eps))
+        forward_s.append((plus - s0) / eps)
     lo, hi = task.action_low, task.action_high
+    central_u, forward_u = [], []
     for i in range(nu):
         up, down = min(eps, hi[i] - u[i]), min(eps, u[i] - lo[i])
         if up <= 0 and down <= 0:
-            cols_u.append(np.zeros(len(cols_s[0]) if cols_s else 0))
+            central_u.append(np.zeros(len(s0)))
+            forward_u.append(central_u[-1])
             continue
         e_up, e_down = np.zeros(nu), np.zeros(nu)
         e_up[i], e_down[i] = max(up, 0.0), -max(down, 0.0)
-        (sp, pp), (sm, pm) = run(np.zeros(ns), e_up), run(np.zeros(ns), e_down)
-        cols_u.append(np.concatenate([sp - sm, pp - pm]) / (e_up[i] - e_down[i]))
-    Ds, Du = np.stack(cols_s, axis=1), np.stack(cols_u, axis=1)
+        plus, minus = np.concatenate(run(np.zeros(ns), e_up)), np.concatenate(run(np.zeros(ns), e_down))
+        central_u.append((plus - minus) / (e_up[i] - e_down[i]))
+        forward_u.append((plus - s0) / e_up[i] if e_up[i] == -e_down[i] else central_u[-1])
+    Ds = one_sided_at_kinks(np.stack(central_s, axis=1), np.stack(forward_s, axis=1))
+    Du = one_sided_at_kinks(np.stack(central_u, axis=1), np.stack(forward_u, axis=1))
     return Ds[:ns], Du[:ns], Ds[ns:], Du[ns:]
 
 

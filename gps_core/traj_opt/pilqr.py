@@ -219,11 +219,12 @@ def _usable_action_blocks(A: np.ndarray) -> np.ndarray:
             ok[ok] = _usable_action_blocks(A[ok])
         return ok
     L_inv = np.linalg.inv(L)
+    covar = mT(L_inv) @ L_inv
     try:
-        np.linalg.cholesky(mT(L_inv) @ L_inv)
+        np.linalg.cholesky(covar)
         return np.ones(A.shape[0], dtype=bool)
     except np.linalg.LinAlgError:
-        return cholesky_per_item(mT(L_inv) @ L_inv)
+        return cholesky_per_item(covar)
 
 
 @dataclass(frozen=True)
